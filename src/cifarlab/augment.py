@@ -1,0 +1,49 @@
+"""Batched, device-side image preprocessing: normalisation, random crop, horizontal flip.
+
+Every function takes a whole batch (N, C, H, W) and does tensor operations on the
+batch's device: no per-image Python work anywhere in the training loop.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 pixels (N, 3, H, W) -> float tensor with zero mean and unit variance per channel."""
+    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    return ((images.float() - mean_t) / std_t).to(dtype)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror a random half of the batch left-right."""
+    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image by up to `pad` pixels in each direction, reflecting at the borders.
+
+    Equivalent to padding by `pad` and taking a random crop of the original size.
+    """
+    if pad <= 0:
+        return images
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="reflect")
+    shifts = torch.randint(0, 2 * pad + 1, (2, n), device=images.device, generator=generator)
+    rows = shifts[0].view(n, 1) + torch.arange(h, device=images.device)  # (n, h)
+    cols = shifts[1].view(n, 1) + torch.arange(w, device=images.device)  # (n, w)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
+    chans = torch.arange(c, device=images.device).view(1, c, 1, 1)
+    return padded[batch, chans, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def augment(images: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The training augmentation a config asks for (none when crop_pad=0 and flip=False)."""
+    if crop_pad:
+        images = random_crop(images, crop_pad, generator)
+    if flip:
+        images = random_flip(images, generator)
+    return images

@@ -1,0 +1,315 @@
+"""CIFAR-10 on disk: find it, verify it, download it, read it into uint8 tensors.
+
+Both official layouts are read:
+- binary  (`cifar-10-batches-bin/*.bin`): records of 1 label byte + 3,072 pixel bytes
+  (1,024 red, 1,024 green, 1,024 blue, each plane row-major 32x32);
+- python  (`cifar-10-batches-py/`): pickled dicts, read with a restricted unpickler that
+  can build numpy arrays and plain lists/dicts but never any other object.
+
+Either may sit in a folder or in the official `.tar.gz` archive. When nothing is found,
+the official binary archive is downloaded, its published MD5 checked, and only then
+extracted and moved into place, so a partial or corrupt download never becomes the data.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Published per-channel statistics of the 50,000 training images, pixels scaled to [0, 1].
+MEAN = (0.49139968, 0.48215841, 0.44653091)
+STD = (0.24703223, 0.24348513, 0.26158784)
+
+RECORD_BYTES = 1 + 3 * 32 * 32
+BIN_DIR, PY_DIR = "cifar-10-batches-bin", "cifar-10-batches-py"
+BIN_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
+PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+@dataclass(frozen=True)
+class Archive:
+    url: str
+    md5: str
+    filename: str
+
+
+BINARY_ARCHIVE = Archive(
+    "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+    "c32a1d4ab5d03f1284b67883e8d87530",
+    "cifar-10-binary.tar.gz",
+)
+PYTHON_ARCHIVE = Archive(
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "c58f30108f718f92721af3b95e74349a",
+    "cifar-10-python.tar.gz",
+)
+
+
+class DataError(Exception):
+    """A data set that is missing, malformed or cannot be fetched; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """The whole data set as uint8 NCHW image tensors and int64 label tensors."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+    source: str
+
+
+# ---------------------------------------------------------------- locating
+
+
+def default_data_dir() -> Path:
+    """`CIFARLAB_DATA` if set, else `~/.cache/cifarlab`."""
+    env = os.environ.get("CIFARLAB_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "cifarlab"
+
+
+def find_dataset(root: Path) -> Path | None:
+    """The batches folder or archive under `root` (or `root` itself), or None."""
+    root = Path(root)
+    candidates = [root / BIN_DIR, root / PY_DIR, root, root / BINARY_ARCHIVE.filename, root / PYTHON_ARCHIVE.filename]
+    if root.is_file():
+        return root
+    for path in candidates:
+        if path.is_dir() and ((path / "test_batch.bin").exists() or (path / "test_batch").exists()):
+            return path
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+            return path
+    return None
+
+
+def load_cifar10(root: Path | str | None = None, download: bool = True, archive: Archive = BINARY_ARCHIVE) -> Cifar10:
+    """Read CIFAR-10 from `root` (default: `default_data_dir()`), downloading it if absent."""
+    root = Path(root) if root is not None else default_data_dir()
+    found = find_dataset(root)
+    if found is None:
+        if not download:
+            raise DataError(f"no CIFAR-10 data in {root}: expected {BIN_DIR}/, {PY_DIR}/ or an official .tar.gz archive")
+        found = download_cifar10(root, archive)
+    if found.is_file():
+        return _read_archive(found)
+    return read_folder(found)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_folder(folder: Path) -> Cifar10:
+    """Read a `cifar-10-batches-bin` or `cifar-10-batches-py` folder."""
+    folder = Path(folder)
+    binary = (folder / "test_batch.bin").exists()
+    train_names, test_name = (BIN_TRAIN, "test_batch.bin") if binary else (PY_TRAIN, "test_batch")
+    missing = [n for n in [*train_names, test_name] if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder}: incomplete CIFAR-10 folder, missing {', '.join(missing)}")
+    reader = read_binary_batch if binary else read_python_batch
+    parts = [reader(folder / n) for n in train_names]
+    test_x, test_y = reader(folder / test_name)
+    return Cifar10(
+        train_images=torch.cat([p[0] for p in parts]),
+        train_labels=torch.cat([p[1] for p in parts]),
+        test_images=test_x,
+        test_labels=test_y,
+        classes=_read_class_names(folder, binary),
+        source=str(folder),
+    )
+
+
+def read_binary_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    raw = Path(path).read_bytes()
+    if len(raw) == 0 or len(raw) % RECORD_BYTES:
+        raise DataError(
+            f"{path}: {len(raw)} bytes is not a whole number of {RECORD_BYTES}-byte records (truncated or wrong file)"
+        )
+    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    images = records[:, 1:].reshape(-1, 3, 32, 32)
+    return _checked(path, images, labels)
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds numpy arrays and plain containers only: a batch file cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles made by Python 3 encode raw bytes with it
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            if module == "_codecs":
+                return codecs.encode
+            return getattr(np, name) if module == "numpy" else _reconstruct
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def read_python_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = _unpickle(Path(path))
+    if "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path}: python batch lacks 'data' or 'labels'")
+    data = np.asarray(batch["data"])
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DataError(f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected ({len(labels)}, 3072) uint8")
+    return _checked(path, data.reshape(-1, 3, 32, 32), labels)
+
+
+def _checked(path: Path, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    bad = (labels < 0) | (labels > 9)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: label {int(labels[i])} of record {i} is outside 0-9")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+
+
+def _read_class_names(folder: Path, binary: bool) -> tuple[str, ...]:
+    if binary and (folder / "batches.meta.txt").is_file():
+        names = [n.strip() for n in (folder / "batches.meta.txt").read_text().splitlines() if n.strip()]
+    elif not binary and (folder / "batches.meta").is_file():
+        names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(folder / "batches.meta").get("label_names", [])]
+    else:
+        names = []
+    return tuple(names) if len(names) == 10 else CLASSES
+
+
+def _read_archive(archive: Path) -> Cifar10:
+    with tempfile.TemporaryDirectory(prefix="cifarlab-") as tmp:
+        _safe_extract(archive, Path(tmp))
+        found = find_dataset(Path(tmp))
+        if found is None or found.is_file():
+            raise DataError(f"{archive}: archive holds neither {BIN_DIR}/ nor {PY_DIR}/")
+        data = read_folder(found)
+    return Cifar10(**{**data.__dict__, "source": str(archive)})
+
+
+def _safe_extract(archive: Path, dest: Path) -> None:
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f"{archive}: cannot extract ({e})") from None
+
+
+# ---------------------------------------------------------------- download
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_cifar10(root: Path, archive: Archive = BINARY_ARCHIVE, progress: bool = True) -> Path:
+    """Download, verify and extract the official archive into `root`; returns the batches folder.
+
+    Everything happens in a temporary folder inside `root`; only a verified, fully extracted
+    folder is renamed into place, so an interrupted or corrupt download leaves nothing behind.
+    """
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
+    except OSError as e:
+        raise DataError(f"no CIFAR-10 data in {root} and cannot create it ({e})") from None
+    try:
+        target = staging / archive.filename
+        _fetch(archive.url, target, progress)
+        digest = md5sum(target)
+        if digest != archive.md5:
+            raise DataError(f"{archive.url}: MD5 {digest} does not match the published {archive.md5}; download discarded")
+        _safe_extract(target, staging / "x")
+        found = find_dataset(staging / "x")
+        if found is None or found.is_file():
+            raise DataError(f"{archive.url}: archive holds neither {BIN_DIR}/ nor {PY_DIR}/")
+        read_folder(found)  # verify before it becomes the data set
+        final = root / found.name
+        os.replace(found, final)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch(url: str, target: Path, progress: bool) -> None:
+    from tqdm import tqdm
+
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    bar.update(len(block))
+    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
+        raise DataError(
+            f"no CIFAR-10 data in {target.parent.parent} and the download from {url} failed ({e}); "
+            f"put {BIN_DIR}/ or {archive_names()} there, or point --data-dir / CIFARLAB_DATA at it"
+        ) from None
+
+
+def archive_names() -> str:
+    return f"{BINARY_ARCHIVE.filename} / {PYTHON_ARCHIVE.filename}"
+
+
+# ---------------------------------------------------------------- splits
+
+
+def split_train_val(labels: torch.Tensor, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic class-balanced split: (train indices, validation indices), both sorted.
+
+    Each class gives val_size // 10 images (the first val_size % 10 classes one more),
+    chosen by a generator seeded with `seed` that is independent of the training seed.
+    """
+    num_classes = int(labels.max()) + 1 if len(labels) else 10
+    if not 0 <= val_size < len(labels):
+        raise DataError(f"--val-size {val_size} must be between 0 and {len(labels) - 1}")
+    gen = torch.Generator().manual_seed(seed)
+    val = []
+    for c in range(num_classes):
+        members = torch.nonzero(labels == c).flatten()
+        take = val_size // num_classes + (1 if c < val_size % num_classes else 0)
+        if take > len(members):
+            raise DataError(f"--val-size {val_size} asks for {take} images of class {c}, only {len(members)} exist")
+        val.append(members[torch.randperm(len(members), generator=gen)[:take]])
+    val_idx = torch.cat(val).sort().values
+    mask = torch.ones(len(labels), dtype=torch.bool)
+    mask[val_idx] = False
+    return torch.nonzero(mask).flatten(), val_idx

@@ -1,0 +1,37 @@
+"""`cifarlab info`: what this machine, torch and the data look like to cifarlab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cifarlab.config import PRESETS
+from cifarlab.data import DataError, default_data_dir, find_dataset, load_cifar10
+from cifarlab.models import build_model, count_parameters, list_models
+from cifarlab.runtime import resolve_device, set_cpu_threads
+
+
+def data_status(data_dir: Path | None) -> dict:
+    """Where the data would be read from and whether it reads and verifies (no download)."""
+    root = Path(data_dir) if data_dir else default_data_dir()
+    found = find_dataset(root)
+    if found is None:
+        return {"location": str(root), "status": "not found (it is downloaded on first use)"}
+    try:
+        data = load_cifar10(root, download=False)
+    except DataError as e:
+        return {"location": str(found), "status": f"invalid: {e}"}
+    return {"location": str(found), "status": f"ok, {len(data.train_labels):,} training and {len(data.test_labels):,} test images"}
+
+
+def gather_info(data_dir: Path | None = None) -> dict:
+    device = resolve_device("auto")
+    return {
+        "torch_version": torch.__version__,
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": set_cpu_threads(),
+        "data": data_status(data_dir),
+        "models": {name: count_parameters(build_model(name)) for name in list_models()},
+        "presets": list(PRESETS),
+    }

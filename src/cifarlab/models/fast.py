@@ -1,0 +1,1 @@
+"""Fast networks (filled in by the fast-training work)."""

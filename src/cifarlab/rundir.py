@@ -1,0 +1,190 @@
+"""The run directory: the one place a run's config, metrics, checkpoints and results live.
+
+    RUNDIR/config.json      resolved TrainConfig (plus data and device facts)
+    RUNDIR/metrics.jsonl    one JSON object per finished epoch
+    RUNDIR/checkpoint.pt    latest training state: model, optimizer, schedule, RNG, metadata
+    RUNDIR/status.json      running / finished / stopped / failed, with the reason
+    RUNDIR/results.json     final figures, written once at the end
+    RUNDIR/evaluation.json  written by `cifarlab evaluate`
+
+Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
+run killed at any moment leaves either the old file or the new one, never half of one.
+Checkpoints hold only tensors and plain Python values and load with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from cifarlab.models import build_model
+
+CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "status.json",
+    "results.json",
+    "evaluation.json",
+)
+
+
+class RunError(Exception):
+    """A path that is not a run or a checkpoint that cannot be used; the message is one line."""
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise RunError(f"{path}: not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_metrics(path: Path) -> tuple[list[dict], bool]:
+    """Epoch records and whether the file ended in a partial line (a run killed mid-write)."""
+    records, partial = [], False
+    if not Path(path).exists():
+        return records, partial
+    lines = Path(path).read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):
+                partial = True  # only the last line may be cut short
+            else:
+                raise RunError(f"{path}: line {n} is not valid JSON") from None
+    return records, partial
+
+
+# ---------------------------------------------------------------- run directory
+
+
+class RunDir:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def exists(self) -> bool:
+        return self.file(CONFIG).is_file()
+
+    def require(self) -> "RunDir":
+        if not self.path.is_dir():
+            raise RunError(f"{self.path}: no such run directory")
+        if not self.exists():
+            raise RunError(f"{self.path}: not a run directory (no {CONFIG})")
+        return self
+
+    def config(self) -> dict:
+        return read_json(self.file(CONFIG))
+
+    def metrics(self) -> tuple[list[dict], bool]:
+        return read_metrics(self.file(METRICS))
+
+    def results(self) -> dict | None:
+        return read_json(self.file(RESULTS)) if self.file(RESULTS).exists() else None
+
+    def status(self) -> dict:
+        return read_json(self.file(STATUS)) if self.file(STATUS).exists() else {"status": "unknown"}
+
+    def write_status(self, status: str, **info) -> None:
+        atomic_write_json(self.file(STATUS), {"status": status, "pid": os.getpid(), **info})
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_path(path: Path | str) -> Path:
+    """A checkpoint file given itself or the run directory holding it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise RunError(f"{path}: no checkpoint there")
+    return path
+
+
+def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
+    path = checkpoint_path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and weights_only errors all mean: not a usable checkpoint
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: not a readable cifarlab checkpoint ({first_line})") from None
+    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+        raise RunError(f"{path}: not a cifarlab checkpoint (no model state or metadata)")
+    return state
+
+
+def model_metadata(config: dict, classes, mean, std) -> dict:
+    """What a checkpoint must carry so that predict/export/serve need nothing else."""
+    return {
+        "model": config["model"],
+        "model_options": config["model_options"],
+        "classes": list(classes),
+        "mean": list(mean),
+        "std": list(std),
+        "input_size": [3, 32, 32],
+        "channels_last": config.get("channels_last", False),
+        "amp": config.get("amp", False),
+    }
+
+
+def model_from_checkpoint(state: dict, source: str = "checkpoint") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint describes and load its weights; one-line errors."""
+    meta = state["meta"]
+    try:
+        model = build_model(meta["model"], **meta["model_options"])
+        model.load_state_dict(state["model"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        first_line = str(e).strip().splitlines()[0]
+        raise RunError(f"{source}: cannot rebuild model {meta.get('model')!r}: {first_line}") from None
+    model.eval()
+    return model, meta

@@ -1,0 +1,40 @@
+"""Where and how tensors run: device choice, bfloat16 autocast, memory format, threads."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+class DeviceError(RuntimeError):
+    """A device that was asked for but is not there."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when available, else CPU; asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"--device {name} was asked for but no CUDA GPU is available")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bfloat16 autocast on the device, or a no-op."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def set_cpu_threads() -> int:
+    """Use one intra-op thread per physical core unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    return torch.get_num_threads()

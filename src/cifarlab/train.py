@@ -1,0 +1,329 @@
+"""Training, read top to bottom: data onto the device, model and optimizer, the epoch loop,
+a checkpoint per epoch, and a final test evaluation written to results.json.
+
+The whole data set lives on the training device as uint8; each batch is gathered, normalised
+and augmented there as tensor operations. Resuming restores model, optimizer, schedule and
+every random number generator, so a resumed run ends with the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cifarlab.augment import augment, normalize
+from cifarlab.config import TrainConfig
+from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
+from cifarlab.evaluate import evaluate
+from cifarlab.models import build_model, count_parameters
+from cifarlab.optim import Schedule, build_optimizer
+from cifarlab.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RESULTS,
+    RunDir,
+    RunError,
+    append_jsonl,
+    atomic_torch_save,
+    atomic_write_json,
+    load_checkpoint,
+    model_metadata,
+)
+from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads
+
+STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Splits:
+    """Every tensor on the training device; images uint8 (N, 3, 32, 32)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: tuple[str, ...]
+    source: str
+
+
+def make_splits(data: Cifar10, val_size: int, device: torch.device, train_subset: int | None = None) -> Splits:
+    """Hold a class-balanced validation split out of the training set and move all to `device`.
+
+    `train_subset`, for tests and quick trials, keeps only the first N training images after the split.
+    """
+    train_idx, val_idx = split_train_val(data.train_labels, val_size)
+    if train_subset is not None:
+        train_idx = train_idx[:train_subset]
+    put = lambda t: t.to(device)  # noqa: E731
+    return Splits(
+        put(data.train_images[train_idx]),
+        put(data.train_labels[train_idx]),
+        put(data.train_images[val_idx]),
+        put(data.train_labels[val_idx]),
+        put(data.test_images),
+        put(data.test_labels),
+        data.classes,
+        data.source,
+    )
+
+
+def seconds_to_stabilise(history: list[dict]) -> tuple[int | None, float | None]:
+    """First epoch after which validation accuracy stays within STABLE_BAND of its final value,
+    and the cumulative seconds at the end of that epoch. (None, None) without validation."""
+    accs = [h.get("val_accuracy") for h in history]
+    if not accs or accs[-1] is None:
+        return None, None
+    final = accs[-1]
+    stable = len(accs) - 1
+    while stable > 0 and abs(accs[stable - 1] - final) <= STABLE_BAND:
+        stable -= 1
+    return history[stable]["epoch"], history[stable]["elapsed_seconds"]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal; nothing (the epoch summary line only) otherwise."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    splits: Splits,
+    config: TrainConfig,
+    generator: torch.Generator,
+    desc: str = "",
+    progress: bool = True,
+) -> dict:
+    """One pass over the training images in a random order; returns loss, accuracy, steps."""
+    device = splits.train_x.device
+    n = len(splits.train_x)
+    order = torch.randperm(n, device=device, generator=generator)
+    if n % config.batch_size == 1:
+        order = order[:-1]  # a batch of one image breaks BatchNorm
+    fmt = memory_format(config.channels_last)
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    steps = math.ceil(len(order) / config.batch_size)
+    with _progress(steps, desc, progress) as bar:
+        for step, start in enumerate(range(0, len(order), config.batch_size)):
+            idx = order[start : start + config.batch_size]
+            x = normalize(splits.train_x[idx], MEAN, STD)
+            x = augment(x, config.crop_pad, config.flip, generator).contiguous(memory_format=fmt)
+            y = splits.train_y[idx]
+            schedule.before_step()
+            with autocast(device, config.amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+            if step % 50 == 49 and not torch.isfinite(loss_sum):
+                break  # stop early; the caller reports it
+            bar.update(1)
+    total = loss_sum.item() / len(order)
+    if not math.isfinite(total):
+        raise TrainingDiverged(f"training loss became {total} in {desc or 'this epoch'}")
+    return {"train_loss": total, "train_accuracy": correct.item() / len(order), "steps": steps}
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train(
+    config: TrainConfig,
+    out: Path | str,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    data: Cifar10 | None = None,
+    train_subset: int | None = None,
+) -> dict:
+    """Train `config` into run directory `out` (or continue it with resume=True); returns results."""
+    run = RunDir(out)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        set_cpu_threads()
+    if resume:
+        run.require()
+        saved = run.config()
+        config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
+        train_subset = saved.get("train_subset")
+    elif run.exists():
+        raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or choose another --out")
+
+    torch.manual_seed(config.seed)
+    generator = torch.Generator(device=dev).manual_seed(config.seed)
+    data = data if data is not None else load_cifar10(data_dir)
+    splits = make_splits(data, config.val_size, dev, train_subset)
+
+    model = build_model(config.model, **config.model_options)
+    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
+        model.init_from_data(normalize(splits.train_x, MEAN, STD))
+    model = model.to(dev, memory_format=memory_format(config.channels_last))
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
+    schedule = Schedule(optimizer, config, steps_per_epoch)
+    meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD)
+    params = count_parameters(model)
+
+    history: list[dict] = []
+    if resume:
+        state = load_checkpoint(run.file(CHECKPOINT), map_location=dev)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        _set_rng_state(state["rng"], generator)
+        history = state["history"]
+        # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
+        run.file(METRICS).write_text("".join(_jsonl(h) for h in history))
+        log(f"resuming {run.path} after epoch {len(history)} of {config.epochs}")
+    else:
+        run.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            run.file(CONFIG),
+            {
+                "train": config.to_dict(),
+                "data": splits.source,
+                "train_subset": train_subset,
+                "train_images": len(splits.train_x),
+                "val_images": len(splits.val_x),
+                "device": str(dev),
+                "torch_version": torch.__version__,
+                "params": params,
+            },
+        )
+        run.file(METRICS).write_text("")
+    run.write_status("running", epoch=len(history))
+    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}, {len(splits.train_x):,} training images")
+
+    def save_checkpoint(epoch: int) -> None:
+        atomic_torch_save(
+            run.file(CHECKPOINT),
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(),
+                "rng": _rng_state(generator),
+                "history": history,
+                "epoch": epoch,
+                "config": config.to_dict(),
+                "meta": meta,
+            },
+        )
+
+    eval_kwargs = dict(batch_size=config.eval_batch_size, amp=config.amp, channels_last=config.channels_last)
+    try:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            start = time.perf_counter()
+            record = train_epoch(
+                model, optimizer, schedule, splits, config, generator, f"epoch {epoch}/{config.epochs}", progress
+            )
+            train_seconds = time.perf_counter() - start
+            lr = optimizer.param_groups[0]["lr"]
+            if len(splits.val_x):
+                val = evaluate(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
+                record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+                schedule.after_epoch(val.loss)
+            else:
+                record.update(val_loss=None, val_accuracy=None)
+                schedule.after_epoch(record["train_loss"])
+            seconds = time.perf_counter() - start
+            elapsed = (history[-1]["elapsed_seconds"] if history else 0.0) + seconds
+            record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
+            history.append(record)
+            save_checkpoint(epoch)
+            append_jsonl(run.file(METRICS), record)
+            log(_epoch_line(record, config.epochs))
+    except TrainingDiverged as e:
+        run.write_status("failed", reason=str(e), epoch=len(history))
+        raise
+    except KeyboardInterrupt:
+        run.write_status("stopped", reason="interrupted", epoch=len(history))
+        raise
+    except Exception as e:
+        run.write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
+        raise
+
+    test = evaluate(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
+    results = _results(history, test, splits, config, params, dev)
+    atomic_write_json(run.file(RESULTS), results)
+    run.write_status("finished", epoch=len(history))
+    log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
+    return results
+
+
+def _jsonl(record: dict) -> str:
+    import json
+
+    return json.dumps(record) + "\n"
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    val = f" val loss {r['val_loss']:.4f} acc {r['val_accuracy']:.2%}" if r["val_accuracy"] is not None else ""
+    return (
+        f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} train loss {r['train_loss']:.4f} "
+        f"acc {r['train_accuracy']:.2%}{val} ({r['epoch_seconds']:.1f}s)"
+    )
+
+
+def _results(history: list[dict], test, splits: Splits, config: TrainConfig, params: int, dev: torch.device) -> dict:
+    stable_epoch, stable_seconds = seconds_to_stabilise(history)
+    train_time = sum(h["train_seconds"] for h in history)
+    steps = sum(h["steps"] for h in history)
+    vals = [h["val_accuracy"] for h in history if h["val_accuracy"] is not None]
+    return {
+        "preset": config.preset,
+        "model": config.model,
+        "test_accuracy": test.accuracy,
+        "test_error": test.error,
+        "test_loss": test.loss,
+        "tta": config.tta,
+        "per_class_accuracy": dict(zip(splits.classes, test.per_class_accuracy())),
+        "params": params,
+        "epochs": len(history),
+        "final_val_accuracy": vals[-1] if vals else None,
+        "best_val_accuracy": max(vals) if vals else None,
+        "seconds_per_step": train_time / max(1, steps),
+        "seconds_per_epoch": history[-1]["elapsed_seconds"] / len(history),
+        "stabilised_epoch": stable_epoch,
+        "seconds_to_stabilise": stable_seconds,
+        "train_seconds": history[-1]["elapsed_seconds"],
+        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
