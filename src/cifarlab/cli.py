@@ -44,7 +44,7 @@ def add_train(sub) -> None:
     p.add_argument("--val-size", type=int, help="training images held out for validation (0 allowed)")
     p.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0 = off)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="bfloat16 autocast; auto = only where the device has native bf16")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory format")
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation for the final evaluation")
     p.add_argument("--train-subset", type=int, help="train on only the first N training images (quick trials)")

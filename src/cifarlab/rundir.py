@@ -173,7 +173,7 @@ def model_metadata(config: dict, classes, mean, std) -> dict:
         "std": list(std),
         "input_size": [3, 32, 32],
         "channels_last": config.get("channels_last", False),
-        "amp": config.get("amp", False),
+        "amp": config.get("amp", "off"),  # a setting (auto/bf16/off), resolved per device
     }
 
 

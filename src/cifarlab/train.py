@@ -25,7 +25,7 @@ from cifarlab.config import TrainConfig
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.evaluate import evaluate
 from cifarlab.models import build_model, count_parameters
-from cifarlab.optim import Schedule, build_optimizer
+from cifarlab.optim import Lookahead, Schedule, build_optimizer
 from cifarlab.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -39,8 +39,9 @@ from cifarlab.rundir import (
     load_checkpoint,
     model_metadata,
 )
-from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads
+from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads, use_amp
 
+INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
 STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
 
 
@@ -103,18 +104,39 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    splits: Splits,
-    config: TrainConfig,
-    generator: torch.Generator,
-    desc: str = "",
-    progress: bool = True,
-) -> dict:
+@dataclass
+class Learner:
+    """What training updates, and what a checkpoint must hold to resume it exactly."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    lookahead: Lookahead | None
+    generator: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "rng": _rng_state(self.generator),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.lookahead:
+            self.lookahead.load_state_dict(state["lookahead"])
+        _set_rng_state(state["rng"], self.generator)
+
+
+def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps."""
+    model, optimizer, schedule, generator = learner.model, learner.optimizer, learner.schedule, learner.generator
     device = splits.train_x.device
+    amp = use_amp(config.amp, device)
     n = len(splits.train_x)
     order = torch.randperm(n, device=device, generator=generator)
     if n % config.batch_size == 1:
@@ -131,12 +153,14 @@ def train_epoch(
             x = augment(x, config.crop_pad, config.flip, generator).contiguous(memory_format=fmt)
             y = splits.train_y[idx]
             schedule.before_step()
-            with autocast(device, config.amp):
+            with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if learner.lookahead is not None:
+                learner.lookahead.step(schedule.step_count)
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 49 and not torch.isfinite(loss_sum):
@@ -193,21 +217,24 @@ def train(
 
     model = build_model(config.model, **config.model_options)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
-        model.init_from_data(normalize(splits.train_x, MEAN, STD))
+        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
     model = model.to(dev, memory_format=memory_format(config.channels_last))
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
-    schedule = Schedule(optimizer, config, steps_per_epoch)
+    learner = Learner(
+        model,
+        optimizer,
+        Schedule(optimizer, config, steps_per_epoch),
+        Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
+        generator,
+    )
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD)
     params = count_parameters(model)
 
     history: list[dict] = []
     if resume:
         state = load_checkpoint(run.file(CHECKPOINT), map_location=dev)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        _set_rng_state(state["rng"], generator)
+        learner.load_state_dict(state)
         history = state["history"]
         # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
         run.file(METRICS).write_text("".join(_jsonl(h) for h in history))
@@ -235,10 +262,7 @@ def train(
         atomic_torch_save(
             run.file(CHECKPOINT),
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": _rng_state(generator),
+                **learner.state_dict(),
                 "history": history,
                 "epoch": epoch,
                 "config": config.to_dict(),
@@ -250,18 +274,18 @@ def train(
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
-            record = train_epoch(
-                model, optimizer, schedule, splits, config, generator, f"epoch {epoch}/{config.epochs}", progress
-            )
+            record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress)
+            if epoch == config.epochs and learner.lookahead is not None:
+                learner.lookahead.finish()  # evaluate and keep the slow weights
             train_seconds = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]
             if len(splits.val_x):
                 val = evaluate(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
                 record.update(val_loss=val.loss, val_accuracy=val.accuracy)
-                schedule.after_epoch(val.loss)
+                learner.schedule.after_epoch(val.loss)
             else:
                 record.update(val_loss=None, val_accuracy=None)
-                schedule.after_epoch(record["train_loss"])
+                learner.schedule.after_epoch(record["train_loss"])
             seconds = time.perf_counter() - start
             elapsed = (history[-1]["elapsed_seconds"] if history else 0.0) + seconds
             record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
@@ -279,8 +303,10 @@ def train(
         run.write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
         raise
 
+    eval_start = time.perf_counter()
     test = evaluate(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
     results = _results(history, test, splits, config, params, dev)
+    results["eval_seconds"] = time.perf_counter() - eval_start
     atomic_write_json(run.file(RESULTS), results)
     run.write_status("finished", epoch=len(history))
     log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
