@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from cifarlab.cli import build_parser
+from cifarlab.cli import build_parser, main
 from cifarlab.data import load_cifar10
 from cifarlab.predict import Predictor, load_image
 
@@ -161,6 +161,15 @@ def test_fifty_concurrent_requests_are_batched_and_all_correct(server, images, e
 def test_binds_to_loopback_unless_told_otherwise(tiny_run):
     args = build_parser().parse_args(["serve", str(tiny_run)])
     assert args.host == "127.0.0.1"
+
+
+def test_port_in_use_is_a_one_line_error(tiny_run, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(tiny_run), "--port", str(taken.getsockname()[1])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot listen on 127.0.0.1:" in err
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")

@@ -15,6 +15,7 @@ Every bad request gets a 4xx JSON `{"detail": "..."}`; the server keeps serving.
 # classes imported inside create_app.
 import asyncio
 import contextlib
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -217,6 +218,21 @@ def is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
+def check_port(host: str, port: int) -> None:
+    """A one-line error now rather than uvicorn's log lines when the address cannot be used."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host}: {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
     """Run the service with uvicorn until interrupted."""
     try:
@@ -225,6 +241,7 @@ def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log
         raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
     app = create_app(checkpoint, **options)
     predictor = app.state.predictor
+    check_port(host, port)
     if not is_loopback(host):
         log(f"warning: listening on {host}, reachable from other machines; there is no authentication")
     log(f"serving {predictor.meta['model']} from {predictor.checkpoint} at http://{host}:{port}/ (Ctrl-C to stop)")
