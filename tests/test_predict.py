@@ -4,6 +4,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -147,6 +148,8 @@ def test_load_image_conversions_and_refusals(tmp_path, monkeypatch):
     grey = load_image(_png_bytes(Image.new("L", (64, 32), 7)))
     assert grey.pixels.shape == (3, 32, 32) and grey.pixels.dtype == torch.uint8 and grey.pixels.unique().tolist() == [7]
     assert grey.original_size == (64, 32) and grey.original_mode == "L"
+    deep = Image.fromarray(np.full((32, 32), 257 * 200, dtype=np.uint16))  # 16-bit greyscale
+    assert load_image(_png_bytes(deep)).pixels.unique().tolist() == [200]
     with pytest.raises(ImageError, match="not an image"):
         load_image(b"\x00garbage bytes")
     with pytest.raises(ImageError, match="no such file"):

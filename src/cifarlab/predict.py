@@ -103,7 +103,8 @@ def to_model_input(im: "Image.Image") -> tuple[torch.Tensor, tuple[str, ...]]:
     """A decoded Pillow image as uint8 (3, 32, 32) RGB, and a note for each change made.
 
     - EXIF orientation is applied (photos from phones are stored rotated).
-    - Transparency is composited over white; greyscale, palette, CMYK etc. become RGB.
+    - Transparency is composited over white; greyscale, palette, CMYK etc. become RGB
+      (16-bit greyscale is scaled to 8 bits first).
     - Any other size is centre-cropped to the image's aspect ratio 1:1 (the largest central
       square) and resized to 32x32 with Pillow's antialiased bicubic filter (ImageOps.fit).
     """
@@ -113,6 +114,8 @@ def to_model_input(im: "Image.Image") -> tuple[torch.Tensor, tuple[str, ...]]:
         converted.append("turned upright by its EXIF orientation")
     if im.mode != "RGB":
         source_mode = im.mode
+        if source_mode.startswith("I;16"):  # 16-bit greyscale: scale to 8 bits (Pillow would clip at 255)
+            im = Image.fromarray(np.round(np.asarray(im, dtype=np.float64) / 257).astype(np.uint8), "L")
         if "A" in im.getbands() or "transparency" in im.info:
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
