@@ -201,6 +201,14 @@ def test_unusable_checkpoints_give_one_line_errors(tiny_run, tmp_path, png, caps
         assert err.count("\n") == 0 and message in err and err.startswith(f"cifarlab {argv[0]}: error:")
 
 
+def test_checkpoint_without_metadata_is_refused(tiny_run, tmp_path, png, capsys):
+    state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
+    del state["meta"]["mean"]
+    atomic_torch_save(tmp_path / "nomean.pt", state)
+    assert main(["export", str(tmp_path / "nomean.pt")]) == 1
+    assert "checkpoint metadata lacks mean" in capsys.readouterr().err
+
+
 def test_checkpoint_with_arbitrary_objects_is_refused(tiny_run, tmp_path, png, capsys):
     state = torch.load(tiny_run / "checkpoint.pt", weights_only=True)
     state["meta"]["extra"] = Path("/")  # any non-tensor object: weights_only loading refuses it

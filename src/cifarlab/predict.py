@@ -36,7 +36,6 @@ except ImportError:  # pillow is the `predict` extra; the core install works wit
 MAX_PIXELS = 4096 * 4096
 SIZE = 32
 ORIENTATION = 0x0112  # the EXIF tag
-META_KEYS = ("model", "model_options", "classes", "mean", "std")
 
 
 class PredictError(Exception):
@@ -174,12 +173,7 @@ class Predictor:
 
     def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256):
         self.checkpoint = checkpoint_path(checkpoint)
-        state = load_checkpoint(self.checkpoint)
-        meta = state["meta"]
-        missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
-        if missing:
-            raise PredictError(f"{self.checkpoint}: checkpoint metadata lacks {', '.join(missing)}")
-        model, self.meta = model_from_checkpoint(state, str(self.checkpoint))
+        model, self.meta = model_from_checkpoint(load_checkpoint(self.checkpoint), str(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))
         self.amp = bool(self.meta.get("amp", False))

@@ -177,9 +177,15 @@ def model_metadata(config: dict, classes, mean, std) -> dict:
     }
 
 
+META_KEYS = ("model", "model_options", "classes", "mean", "std")  # what predict/export/serve rely on
+
+
 def model_from_checkpoint(state: dict, source: str = "checkpoint") -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint describes and load its weights; one-line errors."""
     meta = state["meta"]
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise RunError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
     try:
         model = build_model(meta["model"], **meta["model_options"])
         model.load_state_dict(state["model"])
