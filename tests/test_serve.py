@@ -3,7 +3,6 @@
 import asyncio
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -189,8 +188,6 @@ def test_upload_page_in_headless_chromium(server, images, expected, tmp_path):
             assert page.inner_text("#predicted") == expected[5][0][0]
             assert page.locator("#classes tr").count() == 10
             assert page.evaluate("document.getElementById('preview').naturalWidth") == 32  # the image is shown
-            page.screenshot(path=str(tmp_path / "serve.png"))
-            if os.environ.get("CIFARLAB_SCREENSHOT"):  # to refresh docs/screenshots/serve.png
-                shutil.copy(tmp_path / "serve.png", os.environ["CIFARLAB_SCREENSHOT"])
+            page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
         finally:
             browser.close()
