@@ -1,12 +1,13 @@
 """Inference speed on CPU: PyTorch eager, TorchScript, ONNX Runtime, and the HTTP service.
 
-    python benchmarks/inference.py [--seconds 3] [--concurrency 32] [--out benchmarks/results/inference-cpu.json]
+    python benchmarks/inference.py [--seconds 3] [--threads 1 2] [--concurrency 32] [--out FILE.json]
 
 Benchmarks the paper network (1.78 M parameters) with random weights: speed does not depend on
 the weights, so no training is needed. The checkpoint is written in cifarlab's own format into
 a temporary folder and exported with `cifarlab.export` like any run.
 
-- latency: one image per call (batch 1), median and 90th percentile over `--seconds`;
+- latency: one image per call (batch 1), median and 90th percentile over `--seconds`,
+  for each CPU thread count in `--threads` (default 1 and all cores);
 - throughput: images per second in batches of `--batch` (default 256);
 - service: `cifarlab serve` in its own process on a loopback port, `--concurrency` clients
   posting a 32x32 PNG as fast as answers come back for `--seconds`; requests per second,
@@ -77,20 +78,29 @@ def speed(run: Callable[[np.ndarray], object], single: np.ndarray, batch: np.nda
     }
 
 
-def engines(ckpt: Path, folder: Path) -> dict[str, Callable[[np.ndarray], object]]:
-    from cifarlab.predict import Predictor
-
-    model = Predictor(ckpt).model
+def export_all(ckpt: Path, folder: Path) -> tuple[Path, Path]:
     quiet = lambda message: None  # noqa: E731
     ts_path, _ = export_model(ckpt, "torchscript", folder / "model.torchscript.pt", images=16, log=quiet)
     onnx_path, _ = export_model(ckpt, "onnx", folder / "model.onnx", images=16, log=quiet)
-    import onnxruntime as ort
+    return ts_path, onnx_path
+
+
+def engines(ckpt: Path, ts_path: Path, onnx_path: Path, threads: int) -> dict[str, Callable[[np.ndarray], object]]:
+    """The three ways to run the model, each on `threads` CPU threads."""
     import warnings
 
+    import onnxruntime as ort
+
+    from cifarlab.predict import Predictor
+
+    torch.set_num_threads(threads)
+    model = Predictor(ckpt).model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scripted = torch.jit.load(str(ts_path)).eval()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
     def eager(x):
         with torch.inference_mode():
@@ -203,6 +213,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=256, help="batch size for throughput (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=32, help="simultaneous HTTP clients (default: %(default)s)")
+    cores = len(os.sched_getaffinity(0))
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, cores}),
+                        help="CPU thread counts to measure the engines with (default: 1 and all cores)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference-cpu.json"))
     args = parser.parse_args()
 
@@ -211,11 +224,15 @@ def main() -> None:
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (args.batch, 3, 32, 32), dtype=torch.uint8, generator=generator)
         batch = normalize(images, MEAN, STD).numpy()
+        ts_path, onnx_path = export_all(ckpt, Path(tmp))
         results = {}
-        for name, run in engines(ckpt, Path(tmp)).items():
-            results[name] = speed(run, batch[:1].copy(), batch, args.seconds)
-            print(f"{name:<14} batch 1: {results[name]['latency_ms_median']:.2f} ms median   "
-                  f"batch {args.batch}: {results[name]['throughput_images_per_s']:,.0f} images/s", flush=True)
+        for threads in args.threads:
+            key = f"{threads}_threads"
+            results[key] = {}
+            for name, run in engines(ckpt, ts_path, onnx_path, threads).items():
+                r = results[key][name] = speed(run, batch[:1].copy(), batch, args.seconds)
+                print(f"{threads} thread(s) {name:<14} batch 1: {r['latency_ms_median']:.2f} ms median   "
+                      f"batch {args.batch}: {r['throughput_images_per_s']:,.0f} images/s", flush=True)
         results["service"] = service(ckpt, args.concurrency, args.seconds)
         s = results["service"]
         print(f"service        {s['concurrency']} clients: {s['requests_per_s']:.0f} requests/s, "
@@ -230,7 +247,7 @@ def main() -> None:
         "weights": "random (speed does not depend on them)",
         "cpu": cpu_name(),
         "cpu_cores_available": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
+        "service_threads": "torch's default (all cores), as `cifarlab serve` runs",
         "torch_version": torch.__version__,
         "onnxruntime_version": __import__("onnxruntime").__version__,
         "note": "shared machine: other jobs ran at the same time; the HTTP client shares the CPU with the server",
