@@ -186,15 +186,12 @@ def cmd_export(args) -> int:
 
     path, info = export_model(args.run, args.format, args.output, args.data_dir, args.tolerance, args.check_images)
     check = info["check"]
-    print(f"exported {info['model']} to {path} ({args.format}, input {INPUT_SHAPE}, float32)")
+    print(f"exported {info['model']} to {path} ({args.format}, float32 input N x 3 x 32 x 32)")
     print(f"checked on {check['count']} images ({check['images']}), batch sizes {check['batch_sizes']}: "
           f"max |logit difference| {check['max_abs_diff']:.2e} <= {check['tolerance']:g}, "
           f"top-1 agreement {check['top1_agreement']:.1%}")
     print(f"preprocessing written to {sidecar(path)}")
     return 0
-
-
-INPUT_SHAPE = "N x 3 x 32 x 32"
 
 
 def add_serve(sub) -> None:
