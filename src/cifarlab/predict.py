@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cifarlab.evaluate import predict_logits
 from cifarlab.rundir import atomic_write_bytes, checkpoint_path, load_checkpoint, model_from_checkpoint
-from cifarlab.runtime import memory_format, resolve_device
+from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 try:
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -176,7 +176,7 @@ class Predictor:
         model, self.meta = model_from_checkpoint(load_checkpoint(self.checkpoint), str(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))
-        self.amp = bool(self.meta.get("amp", False))
+        self.amp = use_amp(self.meta.get("amp", "off"), self.device)  # a setting such as "auto", resolved here
         self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
         self.classes: list[str] = list(self.meta["classes"])
         self.batch_size = batch_size
