@@ -19,7 +19,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from cifarlab.train import TrainingDiverged
 
     # Errors a user can cause and fix: printed as one line. Anything else is a bug: full traceback.
-    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged)
+    from cifarlab.sweep import SweepError
+
+    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged, SweepError)
 
 
 # ---------------------------------------------------------------- train
@@ -128,6 +130,83 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- report, runs, compare, sweep
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write an HTML report (and PNG figures) into a run directory")
+    p.add_argument("run", type=Path, metavar="RUNDIR")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location, for the error analysis (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="device for the test-set predictions: auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from cifarlab.report import build_report
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    print(build_report(args.run, args.data_dir, args.device, log=log, progress=not args.quiet))
+    return 0
+
+
+def add_runs(sub) -> None:
+    from cifarlab.runs import COLUMNS
+
+    p = sub.add_parser("runs", help="list the runs under a folder as a table")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder to search (default: %(default)s)")
+    p.add_argument("--sort", default="name", choices=COLUMNS, help="column to sort by (default: %(default)s)")
+    p.add_argument("--reverse", action="store_true", help="sort descending")
+    p.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args) -> int:
+    from cifarlab.runs import format_runs, list_runs, runs_json
+
+    rows = list_runs(args.folder, args.sort, args.reverse, warn=lambda s: print(f"cifarlab runs: {s}", file=sys.stderr))
+    print(runs_json(rows) if args.json else format_runs(rows))
+    return 0
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="one HTML page overlaying runs' curves and tabulating their configs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR")
+    p.add_argument("--out", type=Path, default=Path("comparison"), help="folder for compare.html and its PNGs (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from cifarlab.compare import compare_runs
+
+    print(compare_runs(args.runs, args.out))
+    return 0
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="train the variants of a sweep spec (TOML) and rank them")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml")
+    p.add_argument("--out", type=Path, help="sweep folder (default: next to the spec, named after it)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="auto (variant i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes")
+    p.add_argument("--list", action="store_true", help="only list the variants and their state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from cifarlab.sweep import format_leaderboard, list_variants, load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    if args.list:
+        print(list_variants(spec, args.out))
+        return 0
+    board = run_sweep(spec, args.out, args.data_dir, args.device, args.parallel, progress=not args.quiet)
+    print(format_leaderboard(board))
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -135,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_evaluate, add_info):
+    for add in (add_train, add_evaluate, add_info, add_report, add_runs, add_compare, add_sweep):
         add(sub)
     return parser
 
