@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -20,8 +21,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
     # Errors a user can cause and fix: printed as one line. Anything else is a bug: full traceback.
     from cifarlab.sweep import SweepError
+    from cifarlab.tblog import TensorBoardError
 
-    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged, SweepError)
+    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged, SweepError, TensorBoardError)
 
 
 # ---------------------------------------------------------------- train
@@ -51,6 +53,7 @@ def add_train(sub) -> None:
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation for the final evaluation")
     p.add_argument("--train-subset", type=int, help="train on only the first N training images (quick trials)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", help="also log the metrics for TensorBoard into RUNDIR/tensorboard")
     p.set_defaults(func=cmd_train)
 
 
@@ -59,7 +62,8 @@ def cmd_train(args) -> int:
     from cifarlab.train import train
 
     if args.resume:
-        train(None, args.resume, data_dir=args.data_dir, device=args.device, resume=True, progress=not args.quiet)
+        with _train_log(args, args.resume) as log:
+            train(None, args.resume, data_dir=args.data_dir, device=args.device, resume=True, progress=not args.quiet, log=log)
         return 0
     config = get_preset(args.preset).replace(
         epochs=args.epochs,
@@ -77,8 +81,24 @@ def cmd_train(args) -> int:
         tta=args.tta,
     )
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    train(config, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet, train_subset=args.train_subset)
+    with _train_log(args, out) as log:
+        train(config, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet, train_subset=args.train_subset, log=log)
     return 0
+
+
+@contextlib.contextmanager
+def _train_log(args, run: Path):
+    """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
+    if not getattr(args, "tensorboard", False):
+        yield print
+        return
+    from cifarlab.tblog import TensorBoardMirror
+
+    mirror = TensorBoardMirror(run)
+    try:
+        yield mirror.logger(print)
+    finally:
+        mirror.close()
 
 
 # ---------------------------------------------------------------- evaluate
