@@ -88,6 +88,8 @@ def test_report_of_a_killed_run_is_partial(tiny_run, tmp_path, capsys):
     assert "the run is stopped" in html and "is gone" in html  # 'running' with a dead pid
     assert "Missing: test data not available" in html and "nodata" in html
     assert (run / FIGURES["curves"]).exists() and not (run / FIGURES["errors"]).exists()
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    assert [(r["name"], r["status"], r["epochs"]) for r in json.loads(capsys.readouterr().out)] == [("run", "stopped", 1)]
 
     (run / "checkpoint.pt").unlink()
     build_report(run, tiny_run.parent / "data", **QUIET)

@@ -81,7 +81,7 @@ def results_rows(views: list[RunView]) -> list[list[str]]:
         row("best validation accuracy", lambda v: v.best_val_accuracy(), "pct"),
         row("final validation accuracy", lambda v: v.final_val_accuracy(), "pct"),
         row("parameters", lambda v: res(v, "params") or v.config.get("params"), "int"),
-        row("time per epoch", lambda v: res(v, "seconds_per_epoch"), "s"),
+        row("time per epoch", lambda v: res(v, "seconds_per_epoch") or (v.train_seconds() / len(v.metrics) if v.metrics else None), "s"),
         row("training time", lambda v: v.train_seconds(), "s"),
         row("device", lambda v: res(v, "device") or v.config.get("device")),
     ]

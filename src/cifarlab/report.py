@@ -336,7 +336,10 @@ def build_report(
     sections.append("<h2>Results</h2>" + pages.table(["", "value"], headline(view, pred, cal and cal["ece"])))
     sections.append("<h2>Config</h2>" + pages.table(["setting", "value"], [(k, pages.fmt(v)) for k, v in flatten_config(view).items()], num_from=2))
 
+    drawn: set[str] = set()
+
     def figure(key: str, fig, alt: str) -> str:
+        drawn.add(FIGURES[key])
         return pages.image(pages.save_png(fig, view.path / FIGURES[key]), alt)
 
     if view.metrics:
@@ -384,6 +387,8 @@ def build_report(
     subtitle = f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     out = view.path / REPORT
     pages.write_page(out, pages.page(title, subtitle, notes + sections))
+    for name in set(FIGURES.values()) - drawn:  # an earlier report's figure this one could not draw
+        (view.path / name).unlink(missing_ok=True)
     return out
 
 

@@ -467,6 +467,7 @@ def format_leaderboard(rows: list[dict]) -> str:
 def list_variants(spec: SweepSpec, out: Path | str | None) -> str:
     folder = sweep_folder(spec, out)
     lines = [f"{len(spec.variants)} variants of {spec.base} in {folder}:"]
+    width = max(len(v.name) for v in spec.variants)
     for v in spec.variants:
-        lines.append(f"  {v.name:<40} {variant_state(spec, v, folder)}")
+        lines.append(f"  {v.name:<{width}}  {variant_state(spec, v, folder)}")
     return "\n".join(lines)
