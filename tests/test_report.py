@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -118,13 +119,18 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     failed = copy_run(tiny_run, root / "c-failed")
     (failed / "results.json").unlink()
     (failed / "status.json").write_text(json.dumps({"status": "failed", "reason": "TrainingDiverged: nan", "epoch": 1}))
+    alive = copy_run(tiny_run, root / "d-running")
+    (alive / "results.json").unlink()
+    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
     assert main(["runs", str(root), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["name"], r["status"]) for r in rows] == [("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed")]
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running")
+    ]
     results = json.loads((tiny_run / "results.json").read_text())
     assert rows[0]["test_accuracy"] == results["test_accuracy"] and rows[0]["params"] == results["params"]
     assert rows[1]["test_accuracy"] is None and rows[1]["epochs"] == 2
-    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "a-finished", "c-failed"]
+    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "c-failed", "a-finished"]
     assert main(["runs", str(root), "--sort", "test_accuracy"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["name", "preset", "model"] and table[1].startswith("a-finished")

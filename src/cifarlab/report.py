@@ -333,8 +333,9 @@ def build_report(
     log("drawing figures")
     sections: list[str] = []
     cal = calibration(pred.probs, pred.labels) if pred is not None else None
-    sections.append("<h2>Results</h2>" + pages.table(["", "value"], headline(view, pred, cal and cal["ece"])))
-    sections.append("<h2>Config</h2>" + pages.table(["setting", "value"], [(k, pages.fmt(v)) for k, v in flatten_config(view).items()], num_from=2))
+    results = pages.table(["", "value"], headline(view, pred, cal and cal["ece"]))
+    config = pages.table(["setting", "value"], [(k, pages.fmt(v)) for k, v in flatten_config(view).items()], num_from=2)
+    sections.append(f'<div class="cols"><div><h2>Results</h2>{results}</div><div><h2>Config</h2>{config}</div></div>')
 
     drawn: set[str] = set()
 

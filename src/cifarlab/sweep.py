@@ -319,6 +319,8 @@ def run_sweep(
     skipped = len(spec.variants) - len(tasks)
     log(f"sweep {spec.path.name}: {len(spec.variants)} variants in {folder}; {skipped} finished already, {len(tasks)} to run")
     _save_state(folder, state)
+    if tasks:
+        _data(data_dir)  # missing data is one error for the sweep (and a download happens once, here)
 
     def record(outcome: dict) -> None:
         records[outcome["name"]].update(status=outcome["status"], reason=outcome["reason"])
