@@ -130,7 +130,7 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     results = json.loads((tiny_run / "results.json").read_text())
     assert rows[0]["test_accuracy"] == results["test_accuracy"] and rows[0]["params"] == results["params"]
     assert rows[1]["test_accuracy"] is None and rows[1]["epochs"] == 2
-    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "c-failed", "a-finished"]
+    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "a-finished", "c-failed"]
     assert main(["runs", str(root), "--sort", "test_accuracy"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["name", "preset", "model"] and table[1].startswith("a-finished")

@@ -14,10 +14,10 @@ from cifarlab.sweep import LEADERBOARD, STATE, load_spec, run_sweep
 
 TINY = """
 base = "paper"
-train_subset = 60
+train_subset = 40
 [fixed]
 epochs = 2
-batch_size = 32
+batch_size = 40
 val_size = 20
 "model_options.widths" = [8, 8, 8, 8, 16, 16, 16]
 "model_options.fc_widths" = [16, 16]
@@ -70,7 +70,7 @@ def test_spec_variants_and_names(tmp_path):
     assert [v.name for v in spec.variants] == [*NAMES, "val-too-big"]
     config = spec.variants[1].config
     assert (config.lr, config.epochs, config.model_options["fc_dropout"], config.model_options["widths"]) == (0.01, 2, 0.5, [8, 8, 8, 8, 16, 16, 16])
-    assert spec.variants[4].config.val_size == 5000 and spec.train_subset == 60
+    assert spec.variants[4].config.val_size == 5000 and spec.train_subset == 40
 
 
 def test_sweep_interrupted_then_restarted_finishes_with_leaderboard(tiny_binary, tmp_path, browser, capsys):

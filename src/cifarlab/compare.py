@@ -61,6 +61,7 @@ def lr_time_figure(views: list[RunView], labels: list[str]):
     ax_lr.set_title("Learning rate")
     ax_lr.set_xlabel("epoch")
     ax_lr.ticklabel_format(axis="y", useOffset=False)
+    ax_lr.xaxis.get_major_locator().set_params(integer=True)
     ax_time.set_title("Validation accuracy (%) against training time")
     ax_time.set_xlabel("seconds")
     for ax in (ax_lr, ax_time):

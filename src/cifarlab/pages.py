@@ -29,7 +29,7 @@ h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bo
 .sub { color: #666; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.differs td { background: #fff4cc; } tr.differs th { background: #ffe58a; }
 tr.failed td { color: #a00; }
 .note { border-left: 4px solid #e0a800; background: #fff8e1; padding: 0.5em 0.8em; margin: 0.8em 0; }

@@ -450,7 +450,7 @@ def _ranking_figure(rows: list[dict]):
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
     ax.set_xlabel("accuracy (%)")
     ax.set_title("Variants ranked by final validation accuracy")
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
     ax.grid(axis="x", alpha=0.3)
     return fig
 
