@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import cifarlab
 from conftest import open_page
 from cifarlab.cli import main
 from cifarlab.report import FIGURES, REPORT, build_report, calibration, confused_pairs
@@ -161,3 +163,15 @@ def test_compare_page_in_a_browser(tiny_run, tmp_path, browser):
     html = (out / "compare.html").read_text()
     assert html.count('<tr class="differs">') == 1
     assert main(["compare", str(first), "--out", str(first)]) == 1  # never into a run directory
+
+
+def test_without_matplotlib_report_is_a_one_line_error_and_train_still_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the core install: no plotting
+    for name in ("pages", "report", "compare"):  # forget them, as in a fresh process
+        monkeypatch.delitem(sys.modules, f"cifarlab.{name}", raising=False)
+        monkeypatch.delattr(cifarlab, name, raising=False)
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'cifarlab[report]'" in err
+    assert main(["train", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 1  # user errors still one line
+    assert "bad value for lr" in capsys.readouterr().err

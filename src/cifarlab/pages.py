@@ -14,13 +14,16 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-import matplotlib
+from cifarlab.rundir import RunError, atomic_write_bytes
+
+try:
+    import matplotlib
+except ModuleNotFoundError as e:  # the core install has no plotting
+    raise RunError(f"reports need matplotlib ({e}); install it with: pip install 'cifarlab[report]'") from None
 
 matplotlib.use("Agg")  # headless; must precede any pyplot import anywhere in the process
 
 from matplotlib.figure import Figure  # noqa: E402
-
-from cifarlab.rundir import atomic_write_bytes  # noqa: E402
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;

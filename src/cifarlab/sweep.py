@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cifarlab import pages
 from cifarlab.config import ConfigError, TrainConfig, get_preset
 from cifarlab.models import ModelError, build_model
 from cifarlab.rundir import CHECKPOINT, CONFIG, METRICS, RESULTS, STATUS, RunDir, RunError, atomic_write_json
@@ -298,6 +297,8 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Run every variant not yet finished, then write the leaderboard; returns its rows."""
+    from cifarlab import pages  # noqa: F401  (without matplotlib: fail now, not after training)
+
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
     folder = sweep_folder(spec, out)
@@ -409,6 +410,7 @@ def leaderboard_rows(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
 
 def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
     """Write leaderboard.json, leaderboard.html and its PNGs into the sweep folder."""
+    from cifarlab import pages  # matplotlib only here: SweepError stays importable without it
     from cifarlab.compare import curves_figure
 
     rows = leaderboard_rows(spec, folder, state)
@@ -440,6 +442,8 @@ def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
 
 
 def _ranking_figure(rows: list[dict]):
+    from cifarlab import pages
+
     fig = pages.new_figure(8, 0.8 + 0.32 * len(rows))
     ax = fig.subplots()
     y = list(range(len(rows)))[::-1]
