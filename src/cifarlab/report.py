@@ -325,7 +325,8 @@ def build_report(
                                 f"showing the {len(view.metrics)} complete epochs.", bad=True))
     if view.status != "finished":
         why = f": {view.reason}" if view.reason else ""
-        notes.append(pages.note(f"Partial: the run is {view.status}{why}. This report shows what exists so far "
+        state = view.status if view.status != "unknown" else "of unknown state (no status.json)"
+        notes.append(pages.note(f"Partial: the run is {state}{why}. This report shows what exists so far "
                                 f"({len(view.metrics)} of {view.train.get('epochs')} epochs).", bad=view.status == "failed"))
     pred, missing = test_predictions(view, data_dir, device, log, progress)
     notes += [pages.note(f"Missing: {m}") for m in missing]
