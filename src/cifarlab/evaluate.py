@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from cifarlab.augment import normalize
 from cifarlab.data import load_cifar10
-from cifarlab.rundir import EVALUATION, atomic_write_json, checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.rundir import (
+    EVALUATION,
+    atomic_write_json,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from cifarlab.runtime import autocast, memory_format, resolve_device, use_amp
 
 
