@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
 @contextlib.contextmanager
 def _train_log(args, run: Path):
     """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
-    if not getattr(args, "tensorboard", False):
+    if not args.tensorboard:
         yield print
         return
     from cifarlab.tblog import TensorBoardMirror
@@ -95,7 +95,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--tta", type=int, choices=[0, 1, 2], default=0, help="test-time augmentation: 0 none, 1 flip, 2 flip + translations")
+    p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
     p.add_argument("--output", type=Path, help="JSON file to write (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     p.set_defaults(func=cmd_evaluate)
