@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -163,6 +163,22 @@ def main_first() -> Iterator[None]:
             if first == rank():
                 raise mine
             raise errors[first] from None
+
+
+def from_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` run by rank 0 alone; its result, or the same exception, on every process."""
+    if not is_distributed():
+        return fn(*args, **kwargs)
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:
+            error = e
+    result, shared = broadcast_object((result, _portable(error)))
+    if shared is not None:
+        raise error if is_main() else shared
+    return result
 
 
 def _portable(error: Exception | None) -> Exception | None:

@@ -199,12 +199,12 @@ def train(
     write_status = run.write_status if main else (lambda *a, **k: None)
     if dev.type == "cpu":
         set_cpu_threads()
+    # DDP: rank 0 alone reads the run directory and tells the others (their machines need not have it)
     if resume:
-        run.require()
-        saved = run.config()
+        saved = distributed.from_main(lambda: run.require().config())
         config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
         train_subset = saved.get("train_subset")
-    elif run.exists():  # DDP: every process checks before rank 0 writes (after the first collective below)
+    elif distributed.from_main(run.exists):
         raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or choose another --out")
 
     torch.manual_seed(config.seed)
@@ -228,8 +228,8 @@ def train(
 
     history: list[dict] = []
     distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
-    if resume:  # DDP: every process loads the checkpoint
-        state = load_checkpoint(run.file(CHECKPOINT), map_location=dev)
+    if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
+        state = distributed.from_main(load_checkpoint, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
