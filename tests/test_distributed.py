@@ -29,7 +29,7 @@ from cifarlab.evaluate import evaluate, evaluate_checkpoint, evaluate_sharded
 from cifarlab.models import build_model
 from cifarlab.optim import Schedule, build_optimizer
 from cifarlab.rundir import load_checkpoint, read_metrics
-from cifarlab.train import Splits, train_epoch
+from cifarlab.train import Learner, Splits, train_epoch
 from conftest import write_binary
 
 WORLD = 2
@@ -65,9 +65,11 @@ def one_step(model: nn.Module) -> dict[str, torch.Tensor]:
     x, y = batch()
     empty = x[:0], y[:0]
     splits = Splits(x, y, *empty, *empty, classes=(), source="test")
-    trainee = distributed.wrap_model(model, torch.device("cpu"))
     optimizer = build_optimizer(model, STEP_CONFIG)
-    record = train_epoch(trainee, optimizer, Schedule(optimizer, STEP_CONFIG, 1), splits, STEP_CONFIG, torch.Generator().manual_seed(3), progress=False)
+    learner = Learner(model, optimizer, Schedule(optimizer, STEP_CONFIG, 1), None, torch.Generator().manual_seed(3))
+    if distributed.is_distributed():
+        learner.trainee = distributed.wrap_model(model, torch.device("cpu"))
+    record = train_epoch(learner, splits, STEP_CONFIG, progress=False)
     assert record["steps"] == 1
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -186,7 +188,7 @@ def child_env(**extra: str) -> dict:
 
 def test_killed_run_resumes_to_the_same_schedule_and_weights(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=20, test=21).parent  # 80 training, 20 val, 21 test images
-    flags = ["--data-dir", str(data), "--device", "cpu", "--epochs", "3", "--batch-size", "16", "--val-size", "20",
+    flags = ["--preset", "paper", "--data-dir", str(data), "--device", "cpu", "--epochs", "3", "--batch-size", "16", "--val-size", "20",
              "--crop-pad", "2", "--flip", "--momentum", "0.9", "--quiet"]
     straight = subprocess.Popen(torchrun(*flags, "--out", str(tmp_path / "straight")), env=child_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

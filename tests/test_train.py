@@ -38,12 +38,16 @@ def test_run_directory_contents(tiny_run):
     assert state["meta"]["model"] == "paper" and len(state["meta"]["classes"]) == 10
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+FAST_SMALL = dict(epochs=3, batch_size=32, val_size=20, model_options={"widths": [8, 16, 16]})
+
+
+@pytest.mark.parametrize("preset", ["paper", "fast"])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, preset):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    quiet_train(small_config(), tmp_path / "straight", data)
-    # simulate a run stopped after epoch 1: train 1 epoch of a 3-epoch schedule, then resume
+    config = small_config() if preset == "paper" else get_preset("fast").replace(**FAST_SMALL)
+    quiet_train(config, tmp_path / "straight", data)
+    # a run stopped after epoch 1 of its 3-epoch schedule, then resumed
     stopped = tmp_path / "stopped2"
-    config = small_config()
     with pytest.raises(KeyboardInterrupt):
         train(config, stopped, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
     assert RunDir(stopped).status()["status"] == "stopped"

@@ -17,9 +17,12 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from cifarlab.rundir import RunError
     from cifarlab.runtime import DeviceError
     from cifarlab.train import TrainingDiverged
+    from cifarlab.predict import PredictError
+    from cifarlab.export import ExportError
+    from cifarlab.serve import ServeError
 
     # Errors a user can cause and fix: printed as one line. Anything else is a bug: full traceback.
-    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged)
+    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged, PredictError, ExportError, ServeError)
 
 
 # ---------------------------------------------------------------- train
@@ -29,7 +32,7 @@ def add_train(sub) -> None:
     from cifarlab.config import PRESETS
 
     p = sub.add_parser("train", help="train a model into a run directory", description="Train a preset, overriding any of its settings.")
-    p.add_argument("--preset", default="paper", choices=list(PRESETS), help="named recipe (default: %(default)s)")
+    p.add_argument("--preset", default="fast", choices=list(PRESETS), help="named recipe (default: %(default)s; the report's own is paper)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIMESTAMP)")
     p.add_argument("--resume", type=Path, metavar="RUNDIR", help="continue a stopped run to its saved schedule")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
@@ -44,7 +47,7 @@ def add_train(sub) -> None:
     p.add_argument("--val-size", type=int, help="training images held out for validation (0 allowed)")
     p.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0 = off)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bfloat16 autocast")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="bfloat16 autocast; auto = only where the device has native bf16")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory format")
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation for the final evaluation")
     p.add_argument("--train-subset", type=int, help="train on only the first N training images (quick trials)")
@@ -148,6 +151,94 @@ def cmd_info(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- predict, export, serve
+
+
+def add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="classify image files with a trained model",
+                       description="Classify image files (any format Pillow reads) or folders of them, searched "
+                       "recursively. Images that are not 32x32 RGB are converted (centre square, bicubic resize) "
+                       "and flagged. A folder laid out as FOLDER/CLASS_NAME/... also gets accuracy. Exit status "
+                       "1 if any file could not be read (each is reported on its own line; the rest still run).")
+    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: %(default)s)")
+    p.add_argument("--output", type=Path, metavar="FILE.csv|FILE.json", help="also write one row (CSV) or object (JSON) per file")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args) -> int:
+    from cifarlab.predict import PredictError, Predictor, check_output_name, format_report, predict_paths, write_report
+
+    check_output_name(args.output)
+    if args.top_k < 1 or args.batch_size < 1:
+        raise PredictError("--top-k and --batch-size must be at least 1")
+    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size)
+    report = predict_paths(predictor, args.paths, top_k=args.top_k, progress=not args.quiet)
+    print(format_report(report))
+    if args.output:
+        write_report(report, args.output)
+        print(f"written to {args.output}")
+    return 1 if report.errors else 0
+
+
+def add_export(sub) -> None:
+    from cifarlab.export import CHECK_IMAGES, FORMATS, TOLERANCE
+
+    p = sub.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch",
+                       description="Export a run's model (float32, dynamic batch size) and write its preprocessing "
+                       "to MODEL.json beside it. The export is loaded back and compared with PyTorch on real test "
+                       "images; if the logits differ by more than --tolerance, nothing is written.")
+    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
+    p.add_argument("--output", type=Path, help="model file (default: RUNDIR/model.onnx or RUNDIR/model.torchscript.pt)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 for the check (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max absolute logit difference (default: %(default)g)")
+    p.add_argument("--check-images", type=int, default=CHECK_IMAGES, help="test images to check on (default: %(default)s)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args) -> int:
+    from cifarlab.export import export_model, sidecar
+
+    path, info = export_model(args.run, args.format, args.output, args.data_dir, args.tolerance, args.check_images)
+    check = info["check"]
+    print(f"exported {info['model']} to {path} ({args.format}, float32 input N x 3 x 32 x 32)")
+    print(f"checked on {check['count']} images ({check['images']}), batch sizes {check['batch_sizes']}: "
+          f"max |logit difference| {check['max_abs_diff']:.2e} <= {check['tolerance']:g}, "
+          f"top-1 agreement {check['top1_agreement']:.1%}")
+    print(f"preprocessing written to {sidecar(path)}")
+    return 0
+
+
+def add_serve(sub) -> None:
+    from cifarlab.serve import MAX_BATCH, MAX_UPLOAD_BYTES, MAX_WAIT_MS
+
+    p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, upload page at /",
+                       description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
+                       "(curl -F file=@img.png URL/predict) returns JSON top-k; GET / is an upload page.")
+    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    p.add_argument("--top-k", type=int, default=5, help="classes per answer unless ?top_k= says (default: %(default)s)")
+    p.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help="largest image file accepted (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most requests answered by one forward pass (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a request waits for others to batch with (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from cifarlab.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
+          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -155,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_evaluate, add_info):
+    for add in (add_train, add_evaluate, add_info, add_predict, add_export, add_serve):
         add(sub)
     return parser
 

@@ -13,7 +13,7 @@ from cifarlab import distributed
 from cifarlab.augment import normalize
 from cifarlab.data import load_cifar10
 from cifarlab.rundir import EVALUATION, atomic_write_json, checkpoint_path, load_checkpoint, model_from_checkpoint
-from cifarlab.runtime import autocast, memory_format, resolve_device
+from cifarlab.runtime import autocast, memory_format, resolve_device, use_amp
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
@@ -42,13 +42,17 @@ def predict_logits(
     std,
     batch_size: int = 1000,
     tta: int = 0,
-    amp: bool = False,
+    amp: bool | str = False,
     channels_last: bool = False,
 ) -> torch.Tensor:
-    """float32 logits (N, classes) on the images' device for uint8 images (N, 3, H, W), in eval mode."""
+    """float32 logits (N, classes) on the images' device for uint8 images (N, 3, H, W), in eval mode.
+
+    `amp` is a bool or a config setting ("auto", "bf16", "off") resolved for the images' device.
+    """
     was_training = model.training
     model.eval()
     device = images.device
+    amp = use_amp(amp, device)
     out = []
     try:
         for start in range(0, len(images), batch_size):

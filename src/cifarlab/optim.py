@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule for a config."""
+"""Optimizer, learning-rate schedule and lookahead for a config."""
 
 from __future__ import annotations
 
@@ -9,71 +9,103 @@ from cifarlab.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    # Weight decay on weights only: decaying BatchNorm scales and biases only hurts.
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    """SGD with two parameter groups: weights, and 1-d parameters (BatchNorm shifts, biases).
+
+    1-d parameters get `bias_lr_scale` times the learning rate and weight decay divided by the
+    same factor, so both groups shrink by the same fraction per step (airbench's scheme: shifts
+    of frozen-scale BatchNorm need a much larger step than conv weights).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    scale = config.bias_lr_scale
     groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in trainable if p.ndim > 1], "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "lr": config.lr * scale, "weight_decay": config.weight_decay / scale},
     ]
+    for group in groups:
+        group["base_lr"] = group["lr"]
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-class StepSchedule:
-    """Learning rate as a function of the global step: linear warm-up, then linear decay to zero."""
+class LinearSchedule:
+    """Per-step learning-rate factor: linear warm-up from lr_start_factor to 1, then linear decay to lr_end_factor."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-        self.optimizer = optimizer
-        self.base_lrs = [config.lr for _ in optimizer.param_groups]
-        self.total = max(1, config.epochs * steps_per_epoch)
-        self.warmup = int(config.warmup_epochs * steps_per_epoch)
-        self.step_count = 0
+    def __init__(self, config: TrainConfig, total_steps: int):
+        self.total = max(1, total_steps)
+        self.warmup = int(config.warmup_fraction * self.total)
+        self.start, self.end = config.lr_start_factor, config.lr_end_factor
 
-    def factor(self, step: int) -> float:
+    def __call__(self, step: int) -> float:
         if step < self.warmup:
-            return (step + 1) / self.warmup
-        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
-
-    def step(self) -> None:
-        f = self.factor(self.step_count)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * f
-        self.step_count += 1
-
-    def state_dict(self) -> dict:
-        return {"step_count": self.step_count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step_count"]
+            frac = step / self.warmup
+            return self.start + (1 - self.start) * frac
+        frac = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 1 + (self.end - 1) * min(1.0, frac)
 
 
 class Schedule:
-    """One object for every schedule kind: `before_step()` each batch, `after_epoch(val_loss)` each epoch."""
+    """Every schedule kind behind one interface: `before_step()` each batch, `after_epoch(loss)` each epoch."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
+        self.optimizer = optimizer
         self.kind = config.schedule
-        self.per_step = StepSchedule(optimizer, config, steps_per_epoch) if self.kind == "linear" else None
-        self.plateau = (
-            torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.step_count = 0
+        self.linear = LinearSchedule(config, config.epochs * steps_per_epoch) if self.kind == "linear" else None
+        self.plateau = None
+        if self.kind == "plateau":
+            self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
             )
-            if self.kind == "plateau"
-            else None
-        )
 
     def before_step(self) -> None:
-        if self.per_step is not None:
-            self.per_step.step()
+        if self.linear is not None:
+            factor = self.linear(self.step_count)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
+        self.step_count += 1
 
     def after_epoch(self, monitored_loss: float) -> None:
         if self.plateau is not None:
             self.plateau.step(monitored_loss)
 
     def state_dict(self) -> dict:
-        inner = self.per_step or self.plateau
-        return {"kind": self.kind, "state": inner.state_dict() if inner is not None else {}}
+        return {"step_count": self.step_count, "plateau": self.plateau.state_dict() if self.plateau else None}
 
     def load_state_dict(self, state: dict) -> None:
-        inner = self.per_step or self.plateau
-        if inner is not None:
-            inner.load_state_dict(state["state"])
+        self.step_count = state["step_count"]
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state["plateau"])
+
+
+class Lookahead:
+    """airbench's lookahead: every `every` steps, a slow copy of the weights takes an EMA step
+    towards the fast weights and the fast weights jump back onto it.
+
+    The EMA's decay grows as (step / total)^3, so early training is untouched and the end of
+    training averages over many steps; `finish()` copies the slow weights in for evaluation.
+    """
+
+    def __init__(self, model: nn.Module, total_steps: int, every: int = 5, decay: float = 0.95**5):
+        self.model, self.total, self.every, self.decay = model, max(1, total_steps), every, decay
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, step: int) -> None:
+        if step % self.every == 0:
+            self._pull(self.decay * (step / self.total) ** 3)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    def _pull(self, decay: float) -> None:
+        for name, value in self.model.state_dict().items():
+            if name in self.slow:
+                self.slow[name].lerp_(value, 1 - decay)
+                value.copy_(self.slow[name])
+
+    def state_dict(self) -> dict:
+        return {"slow": self.slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, value in state["slow"].items():
+            self.slow[name].copy_(value)

@@ -173,18 +173,32 @@ def model_metadata(config: dict, classes, mean, std) -> dict:
         "std": list(std),
         "input_size": [3, 32, 32],
         "channels_last": config.get("channels_last", False),
-        "amp": config.get("amp", False),
+        "amp": config.get("amp", "off"),  # a setting (auto/bf16/off), resolved per device
     }
+
+
+META_KEYS = ("model", "model_options", "classes", "mean", "std")  # what predict/export/serve rely on
 
 
 def model_from_checkpoint(state: dict, source: str = "checkpoint") -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint describes and load its weights; one-line errors."""
     meta = state["meta"]
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise RunError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
     try:
         model = build_model(meta["model"], **meta["model_options"])
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
-        first_line = str(e).strip().splitlines()[0]
-        raise RunError(f"{source}: cannot rebuild model {meta.get('model')!r}: {first_line}") from None
+        raise RunError(f"{source}: cannot rebuild model {meta.get('model')!r}: {_first_problem(e)}") from None
     model.eval()
     return model, meta
+
+
+def _first_problem(error: Exception) -> str:
+    """One line for a model-building error; load_state_dict's first line is only a heading."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        more = f" (and {len(lines) - 2} more)" if len(lines) > 2 else ""
+        return lines[1] + more
+    return lines[0]

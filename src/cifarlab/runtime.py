@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -20,6 +21,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"--device {name} was asked for but no CUDA GPU is available")
     return device
+
+
+@functools.lru_cache(maxsize=None)
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device computes bfloat16 natively (emulated bf16 on CPU is slower than fp32).
+
+    Measured on a 2-core AVX-512 CPU without the bf16 instructions: autocast made the paper
+    network 3x slower and the fast network 4x slower than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_amp(setting: str | bool, device: torch.device) -> bool:
+    """Resolve a config's amp setting (auto, bf16, off; or an already resolved bool) for a device."""
+    if isinstance(setting, bool):
+        return setting
+    return setting == "bf16" or (setting == "auto" and native_bf16(device))
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -30,7 +30,7 @@ from cifarlab.config import ConfigError, TrainConfig
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.evaluate import evaluate_sharded
 from cifarlab.models import build_model, count_parameters
-from cifarlab.optim import Schedule, build_optimizer
+from cifarlab.optim import Lookahead, Schedule, build_optimizer
 from cifarlab.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -44,8 +44,9 @@ from cifarlab.rundir import (
     load_checkpoint,
     model_metadata,
 )
-from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads
+from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads, use_amp
 
+INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
 STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
 
 
@@ -108,23 +109,47 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
 
 
-def train_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    splits: Splits,
-    config: TrainConfig,
-    generator: torch.Generator,
-    desc: str = "",
-    progress: bool = True,
-) -> dict:
+@dataclass
+class Learner:
+    """What training updates, and what a checkpoint must hold to resume it exactly."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    lookahead: Lookahead | None
+    generator: torch.Generator
+    trainee: nn.Module | None = None  # DDP: the DistributedDataParallel wrapper that trains `model`
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
+            "rng": _rng_state(self.generator),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.lookahead:
+            self.lookahead.load_state_dict(state["lookahead"])
+        _set_rng_state(state["rng"], self.generator)
+
+
+def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps.
 
     DDP: every process draws the same order and augmentation (same generator state) for the
     global batch, keeps its contiguous shard, and weights its loss by its share of the batch,
     so the averaged gradient is the global batch's whatever the shard sizes.
     """
+    model, optimizer, schedule, generator = learner.model, learner.optimizer, learner.schedule, learner.generator
+    if learner.trainee is not None:
+        model = learner.trainee  # DDP
     device = splits.train_x.device
+    amp = use_amp(config.amp, device)
     n = len(splits.train_x)
     world = distributed.world_size()
     order = torch.randperm(n, device=device, generator=generator)
@@ -144,12 +169,14 @@ def train_epoch(
             x, y = x[part].contiguous(memory_format=fmt), splits.train_y[idx][part]
             share = len(y) * world / len(idx)  # 1 alone or with equal shards
             schedule.before_step()
-            with autocast(device, config.amp):
+            with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             (loss if share == 1 else loss * share).backward()
             optimizer.step()
+            if learner.lookahead is not None:
+                learner.lookahead.step(schedule.step_count)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 49 and not distributed.all_finite(loss_sum):
@@ -218,11 +245,17 @@ def train(
 
     model = build_model(config.model, **config.model_options)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
-        model.init_from_data(normalize(splits.train_x, MEAN, STD))
+        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
     model = model.to(dev, memory_format=memory_format(config.channels_last))
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
-    schedule = Schedule(optimizer, config, steps_per_epoch)
+    learner = Learner(
+        model,
+        optimizer,
+        Schedule(optimizer, config, steps_per_epoch),
+        Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
+        generator,
+    )
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD)
     params = count_parameters(model)
 
@@ -230,10 +263,7 @@ def train(
     distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
     if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
         state = distributed.from_main(load_checkpoint, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        _set_rng_state(state["rng"], generator)
+        learner.load_state_dict(state)
         history = state["history"]
         distributed.restore_process_rng_state(state["rng"].get("processes"), config.seed, len(history))
         # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
@@ -257,25 +287,24 @@ def train(
             },
         )
         run.file(METRICS).write_text("")
-    trainee = distributed.wrap_model(model, dev, config.sync_bn)  # DDP wrapper; alone, the model itself
-    model = distributed.unwrap(trainee)  # evaluated and saved: the same weights on every process
+    if distributed.is_distributed():  # DDP: train through the wrapper; evaluate and save the model inside
+        learner.trainee = distributed.wrap_model(model, dev, config.sync_bn)
+        model = learner.model = distributed.unwrap(learner.trainee)
     write_status("running", epoch=len(history))
-    processes = f" x {world} processes" if world > 1 else ""
-    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{processes}, {len(splits.train_x):,} training images")
+    across = f" x {world} processes" if world > 1 else ""
+    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
 
     def save_checkpoint(epoch: int) -> None:
-        rng, processes = _rng_state(generator), distributed.process_rng_states()  # DDP: a collective
-        if processes is not None:
-            rng["processes"] = processes  # DDP: every process's dropout RNG, for an exact resume
+        processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
         if not main:
             return
+        state = learner.state_dict()
+        if processes is not None:
+            state["rng"]["processes"] = processes  # DDP: every process's dropout RNG, for an exact resume
         atomic_torch_save(
             run.file(CHECKPOINT),
             {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(),
-                "rng": rng,
+                **state,
                 "history": history,
                 "epoch": epoch,
                 "config": config.to_dict(),
@@ -287,19 +316,19 @@ def train(
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
-            record = train_epoch(
-                trainee, optimizer, schedule, splits, config, generator, f"epoch {epoch}/{config.epochs}", progress
-            )
+            record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress)
+            if epoch == config.epochs and learner.lookahead is not None:
+                learner.lookahead.finish()  # evaluate and keep the slow weights
             distributed.broadcast_buffers(model)  # DDP: rank 0's BatchNorm statistics everywhere
             train_seconds = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]
             if len(splits.val_x):  # DDP: split exactly over the processes; the same loss on all drives the schedule
                 val = evaluate_sharded(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
                 record.update(val_loss=val.loss, val_accuracy=val.accuracy)
-                schedule.after_epoch(val.loss)
+                learner.schedule.after_epoch(val.loss)
             else:
                 record.update(val_loss=None, val_accuracy=None)
-                schedule.after_epoch(record["train_loss"])
+                learner.schedule.after_epoch(record["train_loss"])
             seconds = time.perf_counter() - start
             elapsed = (history[-1]["elapsed_seconds"] if history else 0.0) + seconds
             record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
@@ -318,8 +347,10 @@ def train(
         write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
         raise
 
+    eval_start = time.perf_counter()
     test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
     results = _results(history, test, splits, config, params, dev)
+    results["eval_seconds"] = time.perf_counter() - eval_start
     if main:
         atomic_write_json(run.file(RESULTS), results)
     write_status("finished", epoch=len(history))

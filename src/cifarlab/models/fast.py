@@ -1,1 +1,119 @@
-"""Fast networks (filled in by the fast-training work)."""
+"""A fast CIFAR-10 network in the airbench / hlb-CIFAR10 line of work.
+
+    whiten   conv2x2 3 -> 24, frozen weights from the training images' patch covariance, GELU
+    block 1  conv3x3 -> w1, MaxPool 2, BN, GELU, conv3x3 w1 -> w1, BN, GELU
+    block 2  conv3x3 -> w2, MaxPool 2, BN, GELU, conv3x3 w2 -> w2, BN, GELU
+    block 3  conv3x3 -> w3, MaxPool 2, BN, GELU, conv3x3 w3 -> w3, BN, GELU
+    head     global max pool, linear w3 -> 10 (no bias), times `scale`
+
+What each piece is for (the ablation in benchmarks/ measures them on the validation split):
+- The whitening layer decorrelates 2x2 patches before any learning, so the first trained
+  layer sees well-conditioned inputs; it is 24 filters (12 eigenvectors and their negatives,
+  so a following GELU keeps both signs), never trained.
+- BatchNorm scales are frozen at 1 (only shifts learn) and its momentum is high (0.6 in
+  airbench's convention, 1 - 0.6 in PyTorch's): at few, large steps the running statistics
+  must follow the weights quickly.
+- Convs start as identity (Dirac) on their first input channels: signal passes on step 0.
+- The output is scaled down (1/9) so initial logits are small, as label smoothing wants.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from cifarlab.models.registry import register
+
+
+class FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """BatchNorm whose scale stays 1; `momentum` is the weight of the old running statistics."""
+
+    def __init__(self, channels: int, momentum: float = 0.6, eps: float = 1e-12):
+        super().__init__(channels, eps=eps, momentum=1 - momentum)
+        self.weight.requires_grad_(False)
+
+
+class DiracConv(nn.Conv2d):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, kernel_size=3, padding="same", bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        w = self.weight.data
+        torch.nn.init.dirac_(w[: min(w.size(0), w.size(1))])
+
+
+class ConvGroup(nn.Module):
+    def __init__(self, cin: int, cout: int, bn_momentum: float):
+        super().__init__()
+        self.conv1 = DiracConv(cin, cout)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = FrozenScaleBatchNorm(cout, bn_momentum)
+        self.conv2 = DiracConv(cout, cout)
+        self.norm2 = FrozenScaleBatchNorm(cout, bn_momentum)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        x = self.act(self.norm1(self.pool(self.conv1(x))))
+        return self.act(self.norm2(self.conv2(x)))
+
+
+def patch_whitening(images: torch.Tensor, kernel: int = 2, eps: float = 5e-4) -> torch.Tensor:
+    """Whitening filters (2*C*k*k, C, k, k) from the covariance of all k x k patches of `images`.
+
+    Each eigenvector of the patch covariance, scaled by 1/sqrt(eigenvalue + eps), becomes one
+    filter, followed by its negative; largest eigenvalues first.
+    """
+    c = images.shape[1]
+    patches = images.float().unfold(2, kernel, 1).unfold(3, kernel, 1)  # N, C, H', W', k, k
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kernel * kernel)
+    covariance = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)
+    filters = (eigenvectors / torch.sqrt(eigenvalues.clamp(min=0) + eps).view(-1, 1)).view(-1, c, kernel, kernel)
+    return torch.cat([filters, -filters])
+
+
+class FastNet(nn.Module):
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (64, 256, 256),
+        bn_momentum: float = 0.6,
+        scale: float = 1 / 9,
+        whiten: bool = True,
+        stem_stride: int = 1,
+        num_classes: int = 10,
+    ):
+        super().__init__()
+        # stem_stride=2 whitens non-overlapping 2x2 patches: every later layer then works on a
+        # quarter of the pixels, the main lever for speed on a CPU.
+        self.whiten = nn.Conv2d(3, 24, kernel_size=2, stride=stem_stride, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(not whiten)  # a plain trained conv when whitening is off
+        self.use_whitening = whiten
+        w = list(widths)
+        self.layers = nn.Sequential(
+            nn.GELU(),
+            ConvGroup(24, w[0], bn_momentum),
+            ConvGroup(w[0], w[1], bn_momentum),
+            ConvGroup(w[1], w[2], bn_momentum),
+            nn.AdaptiveMaxPool2d(1),  # a 3x3 max pool at 32x32 input, as in airbench
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(w[2], num_classes, bias=False)
+        self.scale = scale
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Set the whitening filters from a sample of normalised training images."""
+        if self.use_whitening:
+            self.whiten.weight.copy_(patch_whitening(images, self.whiten.kernel_size[0]))
+
+    def forward(self, x):
+        return self.head(self.layers(self.whiten(x))) * self.scale
+
+
+@register("fast")
+def fast(**options) -> FastNet:
+    if "widths" in options:
+        options["widths"] = tuple(options["widths"])
+    return FastNet(**options)

@@ -1,0 +1,92 @@
+"""Training throughput of a preset on this device: images/s and seconds per step.
+
+    python benchmarks/throughput.py --preset paper --device cpu --data-dir ../shared/cifar10 \\
+        --output benchmarks/results/throughput-paper-cpu.json
+
+Runs the real training step (`cifarlab.train.train_epoch`: gather, normalise, augment,
+forward, backward, SGD step) over `--images` real training images, `--repeats` times after
+one warm-up pass, and reports the median. No accuracy is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cifarlab.config import get_preset
+from cifarlab.data import MEAN, STD, load_cifar10
+from cifarlab.augment import normalize
+from cifarlab.models import build_model, count_parameters
+from cifarlab.optim import Lookahead, Schedule, build_optimizer
+from cifarlab.rundir import atomic_write_json
+from cifarlab.runtime import memory_format, resolve_device, set_cpu_threads, use_amp
+from cifarlab.train import INIT_IMAGES, Learner, make_splits, train_epoch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--images", type=int, default=4096, help="training images per timed pass")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="override the preset's amp setting")
+    p.add_argument("--output", type=Path, required=True)
+    args = p.parse_args()
+
+    dev = resolve_device(args.device)
+    if dev.type == "cpu":
+        set_cpu_threads()
+    config = get_preset(args.preset).replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
+    splits = make_splits(load_cifar10(args.data_dir), 0, dev, train_subset=args.images)
+    model = build_model(config.model, **config.model_options)
+    if hasattr(model, "init_from_data"):
+        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
+    model = model.to(dev, memory_format=memory_format(config.channels_last))
+    optimizer = build_optimizer(model, config)
+    steps = math.ceil(len(splits.train_x) / config.batch_size)
+    lookahead = Lookahead(model, steps * (args.repeats + 1)) if config.lookahead else None
+    learner = Learner(model, optimizer, Schedule(optimizer, config, steps), lookahead, torch.Generator(dev).manual_seed(0))
+
+    seconds = []
+    for i in range(args.repeats + 1):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        record = train_epoch(learner, splits, config, progress=False)
+        seconds.append(time.perf_counter() - start)  # train_epoch ends with .item(): synchronised
+        print(f"pass {i}: {seconds[-1]:.2f}s ({'warm-up' if i == 0 else 'timed'})", flush=True)
+    median = statistics.median(seconds[1:])
+    result = {
+        "preset": args.preset,
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "amp": use_amp(config.amp, dev),
+        "channels_last": config.channels_last,
+        "batch_size": config.batch_size,
+        "params": count_parameters(model),
+        "images_per_pass": len(splits.train_x),
+        "steps_per_pass": record["steps"],
+        "pass_seconds": seconds[1:],
+        "images_per_second": len(splits.train_x) / median,
+        "seconds_per_step": median / record["steps"],
+        "seconds_per_epoch_45k": 45000 / (len(splits.train_x) / median),
+        "command": " ".join(sys.argv),
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.output, result)
+    print(f"{result['images_per_second']:.1f} images/s, {result['seconds_per_step'] * 1000:.1f} ms/step "
+          f"(batch {config.batch_size}), {result['seconds_per_epoch_45k']:.0f} s per 45k-image epoch")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

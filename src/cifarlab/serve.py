@@ -1,0 +1,313 @@
+"""A small HTTP service around a checkpoint: FastAPI app, micro-batched inference, uvicorn.
+
+    POST /predict   multipart upload, field `file` (curl -F file=@img.png) -> JSON top-k
+    GET  /health    model, classes and batching counters
+    GET  /          one-page upload form showing the image and its predicted classes
+
+Requests arriving together are answered by one forward pass: `MicroBatcher` collects what
+is queued (waiting `max_wait_ms` after the first request, at most `max_batch` images), runs
+the batch on one worker thread and hands each request its row. Images are decoded by
+`cifarlab.predict.load_image` (the same checks and conversions as `cifarlab predict`).
+Every bad request gets a 4xx JSON `{"detail": "..."}`; the server keeps serving.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name
+# classes imported inside create_app.
+import asyncio
+import contextlib
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from cifarlab.predict import ImageError, Predictor, load_image
+
+MAX_UPLOAD_BYTES = 4 * 1024 * 1024
+MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
+MAX_BATCH, MAX_WAIT_MS = 64, 2.0
+
+
+class ServeError(Exception):
+    """The service cannot start (missing packages, bad options); the message is one line."""
+
+
+class UploadTooLarge(Exception):
+    def __init__(self, limit: int, size: int | None = None):
+        self.limit, self.size = limit, size
+
+
+class MicroBatcher:
+    """Collects single images from concurrent requests into batches for one model function."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS):
+        self.fn, self.max_batch, self.max_wait = fn, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        # One thread: forward passes run one after another, each using torch's own threads.
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cifarlab-model")
+        self.requests = self.batches = self.largest_batch = 0
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, image: torch.Tensor) -> torch.Tensor:
+        """The model's output row for one image, computed in a batch with whatever else is queued."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((image, future))
+        return await future
+
+    def _drain(self, items: list) -> None:
+        while len(items) < self.max_batch:
+            try:
+                items.append(self.queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            self._drain(items)
+            if len(items) < self.max_batch and self.max_wait > 0:
+                await asyncio.sleep(self.max_wait)  # let requests arriving together join in
+                self._drain(items)
+            items = [(image, future) for image, future in items if not future.done()]  # drop cancelled ones
+            if not items:
+                continue
+            try:
+                out = await loop.run_in_executor(self.executor, self.fn, torch.stack([image for image, _ in items]))
+            except Exception as e:  # noqa: BLE001  (a failed batch fails its requests, not the server)
+                for _, future in items:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.requests += len(items)
+            self.batches += 1
+            self.largest_batch = max(self.largest_batch, len(items))
+            for (_, future), row in zip(items, out):
+                if not future.done():
+                    future.set_result(row)
+
+    def stats(self) -> dict:
+        return {
+            "requests": self.requests,
+            "batches": self.batches,
+            "mean_batch": self.requests / self.batches if self.batches else 0.0,
+            "largest_batch": self.largest_batch,
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait * 1000,
+        }
+
+
+class BodyLimit:
+    """ASGI middleware: a request body above `limit` bytes is refused before it is all read."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise UploadTooLarge(self.limit - MULTIPART_OVERHEAD)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def create_app(
+    checkpoint: Path | str,
+    device: str = "cpu",
+    top_k: int = 5,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    max_batch: int = MAX_BATCH,
+    max_wait_ms: float = MAX_WAIT_MS,
+):
+    """The FastAPI application serving one checkpoint (a run directory or checkpoint file)."""
+    try:
+        from fastapi import FastAPI, HTTPException, Query, Request
+        from fastapi.concurrency import run_in_threadpool
+        from fastapi.responses import HTMLResponse, JSONResponse
+        from starlette.datastructures import UploadFile
+    except ImportError as e:
+        raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
+    if max_upload_bytes < 1 or max_batch < 1 or max_wait_ms < 0 or top_k < 1:
+        raise ServeError("--max-upload-bytes, --max-batch and --top-k must be positive and --max-wait-ms not negative")
+
+    predictor = Predictor(checkpoint, device=device, batch_size=max_batch)
+    classes = predictor.classes
+    batcher = MicroBatcher(predictor.logits, max_batch, max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="cifarlab", summary=f"CIFAR-10 classifier {predictor.meta['model']}", lifespan=lifespan)
+    app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.state.predictor, app.state.batcher = predictor, batcher
+
+    @app.exception_handler(UploadTooLarge)
+    async def too_large(request, exc: UploadTooLarge):
+        size = f" ({exc.size:,} bytes)" if exc.size else ""
+        return JSONResponse({"detail": f"upload too large{size}: the limit is {exc.limit:,} bytes"}, status_code=413)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": predictor.meta["model"], "checkpoint": str(predictor.checkpoint),
+                "classes": classes, "device": str(predictor.device), **batcher.stats()}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return UPLOAD_PAGE.replace("{{MODEL}}", predictor.meta["model"]).replace("{{LIMIT}}", f"{max_upload_bytes:,}")
+
+    @app.post("/predict")
+    async def predict(request: Request, k: int = Query(top_k, alias="top_k", ge=1, le=len(classes), description="classes to return")):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
+            raise UploadTooLarge(max_upload_bytes, int(declared))
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send the image as multipart/form-data in a field named 'file' (curl -F file=@img.png)")
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(400, "no file in the form field 'file' (curl -F file=@img.png)")
+            data = await upload.read(max_upload_bytes + 1)
+            filename = upload.filename
+        if len(data) > max_upload_bytes:
+            raise UploadTooLarge(max_upload_bytes)
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty")
+        try:
+            image = await run_in_threadpool(load_image, data)
+        except ImageError as e:
+            raise HTTPException(422, f"{filename or 'upload'}: {e}") from None
+        logits = await batcher.submit(image.pixels)
+        top = predictor.top_k(logits.unsqueeze(0), k)[0]
+        return {
+            "filename": filename,
+            "top1": top[0][0],
+            "top1_prob": top[0][1],
+            "top_k": [{"class": c, "prob": p} for c, p in top],
+            "converted": list(image.converted),
+            "original_size": list(image.original_size),
+            "original_mode": image.original_mode,
+        }
+
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def check_port(host: str, port: int) -> None:
+    """A one-line error now rather than uvicorn's log lines when the address cannot be used."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ServeError(f"--host {host}: {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
+def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
+    """Run the service with uvicorn until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
+    app = create_app(checkpoint, **options)
+    predictor = app.state.predictor
+    check_port(host, port)
+    if not is_loopback(host):
+        log(f"warning: listening on {host}, reachable from other machines; there is no authentication")
+    log(f"serving {predictor.meta['model']} from {predictor.checkpoint} at http://{host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+UPLOAD_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>cifarlab: classify an image</title>
+<style>
+  body { font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
+  form { display: flex; gap: .5rem; align-items: center; margin: 1rem 0; }
+  #preview { width: 128px; height: 128px; image-rendering: pixelated; border: 1px solid #ccc; object-fit: contain; display: none; }
+  table { border-collapse: collapse; margin-top: 1rem; }
+  td { padding: .2rem .6rem; } td.p { text-align: right; font-variant-numeric: tabular-nums; }
+  .bar { background: #4a7bd0; height: .8rem; }
+  #error { color: #b00020; }
+  small { color: #666; }
+</style>
+</head>
+<body>
+<h1>Classify an image</h1>
+<p>Model <code>{{MODEL}}</code>, ten CIFAR-10 classes. Any image Pillow reads, up to {{LIMIT}} bytes;
+it is centre-cropped to a square and resized to 32&times;32.</p>
+<form id="form">
+  <input type="file" id="file" name="file" accept="image/*" required>
+  <button type="submit">Classify</button>
+</form>
+<div id="result">
+  <img id="preview" alt="uploaded image">
+  <p id="top1"></p>
+  <table id="classes"></table>
+  <p id="notes"><small></small></p>
+  <p id="error"></p>
+</div>
+<script>
+const form = document.getElementById("form"), input = document.getElementById("file");
+const preview = document.getElementById("preview"), top1 = document.getElementById("top1");
+const table = document.getElementById("classes"), error = document.getElementById("error");
+const notes = document.querySelector("#notes small");
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const file = input.files[0];
+  if (!file) return;
+  top1.textContent = ""; table.replaceChildren(); error.textContent = ""; notes.textContent = "";
+  preview.src = URL.createObjectURL(file); preview.style.display = "block";
+  const body = new FormData(); body.append("file", file);
+  try {
+    const response = await fetch("predict", { method: "POST", body });
+    const answer = await response.json();
+    if (!response.ok) { error.textContent = "Error: " + answer.detail; return; }
+    top1.innerHTML = "Predicted: <strong id='predicted'></strong>";
+    document.getElementById("predicted").textContent = answer.top1;
+    for (const { class: name, prob } of answer.top_k) {
+      const row = table.insertRow();
+      row.insertCell().textContent = name;
+      const p = row.insertCell(); p.className = "p"; p.textContent = (100 * prob).toFixed(1) + "%";
+      const bar = document.createElement("div"); bar.className = "bar"; bar.style.width = (150 * prob) + "px";
+      row.insertCell().appendChild(bar);
+    }
+    if (answer.converted.length) notes.textContent = "Converted: " + answer.converted.join("; ");
+  } catch (e) { error.textContent = "Error: " + e; }
+});
+</script>
+</body>
+</html>
+"""

@@ -1,0 +1,96 @@
+import json
+
+import torch
+import torch.nn as nn
+
+from cifarlab.config import PRESETS, TrainConfig, get_preset
+from cifarlab.evaluate import tta_logits
+from cifarlab.models import build_model
+from cifarlab.models.fast import FrozenScaleBatchNorm, patch_whitening
+from cifarlab.optim import Lookahead, LinearSchedule
+
+
+def test_fast_net_shapes_and_frozen_parts():
+    m = build_model("fast", widths=[16, 32, 32])
+    m.eval()
+    assert m(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    assert not m.whiten.weight.requires_grad and m.whiten.bias.requires_grad
+    bns = [x for x in m.modules() if isinstance(x, FrozenScaleBatchNorm)]
+    assert len(bns) == 6 and all(not b.weight.requires_grad and b.bias.requires_grad for b in bns)
+    assert sum(isinstance(x, nn.Conv2d) for x in m.modules()) == 7
+
+
+def test_whitening_decorrelates_patches():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(64, 1, 16, 16, generator=g)
+    images = torch.cat([base, 0.8 * base + 0.2 * torch.randn(64, 1, 16, 16, generator=g), torch.randn(64, 1, 16, 16, generator=g)], 1)
+    filters = patch_whitening(images, kernel=2, eps=1e-6)
+    assert filters.shape == (24, 3, 2, 2)
+    assert torch.allclose(filters[:12], -filters[12:])
+    out = torch.nn.functional.conv2d(images, filters[:12])  # the 12 eigen-directions
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(covariance, torch.eye(12), atol=1e-3)
+
+
+def test_init_from_data_sets_whitening_filters():
+    m = build_model("fast", widths=[8, 8, 8])
+    images = torch.randn(20, 3, 32, 32)
+    m.init_from_data(images)
+    assert torch.allclose(m.whiten.weight, patch_whitening(images))
+    off = build_model("fast", widths=[8, 8, 8], whiten=False)
+    before = off.whiten.weight.clone()
+    off.init_from_data(images)
+    assert torch.equal(off.whiten.weight, before) and off.whiten.weight.requires_grad
+
+
+def test_tta_is_exact_for_symmetric_inputs():
+    m = build_model("fast", widths=[8, 16, 16]).eval()
+    x = torch.randn(4, 3, 32, 16)
+    symmetric = torch.cat([x, x.flip(-1)], -1)  # mirror-symmetric images
+    with torch.no_grad():
+        assert torch.allclose(tta_logits(m, symmetric, 1), tta_logits(m, symmetric, 0), atol=1e-5)
+        constant = torch.full((2, 3, 32, 32), 0.3)  # invariant to flips and reflected translations
+        assert torch.allclose(tta_logits(m, constant, 2), tta_logits(m, constant, 0), atol=1e-5)
+        asymmetric = torch.randn(2, 3, 32, 32)
+        assert not torch.allclose(tta_logits(m, asymmetric, 1), tta_logits(m, asymmetric, 0))
+
+
+def test_linear_schedule_shape():
+    c = get_preset("fast").replace(epochs=1, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07)
+    f = LinearSchedule(c, 100)
+    assert f(0) == 0.2 and abs(f(25) - 1.0) < 1e-9 and abs(f(100) - 0.07) < 1e-9
+    assert f(12) < f(24) and f(50) > f(75)
+
+
+def test_lookahead_pulls_towards_slow_weights():
+    m = nn.Linear(2, 2)
+    la = Lookahead(m, total_steps=10, every=1, decay=0.5)
+    start = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    la.step(10)  # decay 0.5 at the last step: halfway back
+    assert torch.allclose(m.weight, start + 0.5)
+    la.finish()
+    assert torch.allclose(m.weight, start + 0.5)
+
+
+def test_every_preset_round_trips_through_a_run_directory(tmp_path):
+    from cifarlab.rundir import atomic_write_json, read_json
+
+    for name, preset in PRESETS.items():
+        atomic_write_json(tmp_path / f"{name}.json", {"train": preset.to_dict()})
+        assert TrainConfig.from_dict(read_json(tmp_path / f"{name}.json")["train"]) == preset
+        json.dumps(preset.to_dict())  # plain JSON, nothing else
+
+
+def test_fast_preset_trains_on_tiny_data(tmp_path):
+    from cifarlab.train import train
+    from conftest import write_binary
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    config = get_preset("fast").replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]})
+    results = train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
+    assert results["tta"] == 2 and 0 <= results["test_accuracy"] <= 1
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert TrainConfig.from_dict(saved) == config

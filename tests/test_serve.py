@@ -1,0 +1,193 @@
+"""`cifarlab serve`: a real server process on a loopback port, a real HTTP client, a headless browser."""
+
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from cifarlab.cli import build_parser, main
+from cifarlab.data import load_cifar10
+from cifarlab.predict import Predictor, load_image
+
+MAX_UPLOAD = 50_000
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(tiny_run) -> list[bytes]:
+    """Ten different test images as PNG files' bytes."""
+    return [png_bytes(image) for image in load_cifar10(tiny_run.parent / "data", download=False).test_images[:10]]
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_run, images) -> list[list[tuple[str, float]]]:
+    """Every class with its probability for each image, straight from the model (no server)."""
+    predictor = Predictor(tiny_run)
+    logits = predictor.logits(__import__("torch").stack([load_image(data).pixels for data in images]))
+    return predictor.top_k(logits, 10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    """`cifarlab serve` in its own process on a free loopback port; yields its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    cmd = [sys.executable, "-m", "cifarlab", "serve", str(tiny_run), "--port", str(port),
+           "--max-upload-bytes", str(MAX_UPLOAD), "--top-k", "10"]
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"server exited with {process.returncode}: {log.read_text()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not start in 90 s: {log.read_text()}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+    assert "Traceback" not in log.read_text()  # no request ever crashed anything
+
+
+def as_pairs(answer: dict) -> list[tuple[str, float]]:
+    return [(entry["class"], entry["prob"]) for entry in answer["top_k"]]
+
+
+def assert_same_prediction(answer: dict, expected: list[tuple[str, float]]) -> None:
+    got = as_pairs(answer)
+    assert [c for c, _ in got] == [c for c, _ in expected]
+    # Batching may change the last float32 bits only.
+    assert [p for _, p in got] == pytest.approx([p for _, p in expected], abs=1e-6)
+
+
+def test_health_and_good_image(server, images, expected):
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["model"] == "paper" and len(health["classes"]) == 10
+    response = httpx.post(f"{server}/predict", files={"file": ("img.png", images[3], "image/png")})
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["top1"] == expected[3][0][0] and answer["filename"] == "img.png" and answer["converted"] == []
+    assert_same_prediction(answer, expected[3])
+    three = httpx.post(f"{server}/predict?top_k=3", files={"file": ("img.png", images[3])}).json()
+    assert len(three["top_k"]) == 3
+
+
+@pytest.mark.parametrize(
+    "request_kwargs, status, message",
+    [
+        ({"files": {"file": ("big.png", os.urandom(3 * MAX_UPLOAD))}}, 413, "upload too large"),
+        ({"files": {"file": ("junk.png", os.urandom(2000))}}, 422, "junk.png: not an image"),
+        ({"files": {"file": ("empty.png", b"")}}, 400, "empty"),
+        ({"files": {"image": ("x.png", b"x")}}, 400, "no file in the form field 'file'"),
+        ({"content": b"\x89PNG raw bytes", "headers": {"content-type": "image/png"}}, 415, "multipart/form-data"),
+        ({"content": b"garbage", "headers": {"content-type": "multipart/form-data; boundary=zz"}}, 400, "multipart"),
+    ],
+    ids=["oversize", "garbage-bytes", "empty", "wrong-field", "not-multipart", "malformed-multipart"],
+)
+def test_bad_requests_get_a_clear_4xx(server, images, request_kwargs, status, message):
+    response = httpx.post(f"{server}/predict", **request_kwargs)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert httpx.get(f"{server}/health").status_code == 200  # still serving
+
+
+def test_truncated_image_and_oversize_without_content_length(server, images):
+    truncated = images[0][: len(images[0]) // 2]
+    response = httpx.post(f"{server}/predict", files={"file": ("cut.png", truncated)})
+    assert response.status_code == 422 and "truncated" in response.json()["detail"]
+
+    def chunks():  # a streamed body has no Content-Length: the limit still holds
+        boundary = b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        yield boundary
+        for _ in range(10):
+            yield os.urandom(MAX_UPLOAD // 4)
+        yield b"\r\n--b0undary--\r\n"
+
+    response = httpx.post(f"{server}/predict", content=chunks(),
+                          headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    assert response.status_code == 413 and "limit is 50,000 bytes" in response.json()["detail"]
+
+
+def test_fifty_concurrent_requests_are_batched_and_all_correct(server, images, expected):
+    before = httpx.get(f"{server}/health").json()
+
+    async def load() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
+            return await asyncio.gather(*(
+                client.post("/predict", files={"file": (f"{i % 10}.png", images[i % 10], "image/png")}) for i in range(50)
+            ))
+
+    responses = asyncio.run(load())
+    assert [r.status_code for r in responses] == [200] * 50
+    for i, response in enumerate(responses):
+        answer = response.json()
+        assert answer["filename"] == f"{i % 10}.png"
+        assert_same_prediction(answer, expected[i % 10])  # each answer is its own image's
+    after = httpx.get(f"{server}/health").json()
+    assert after["requests"] - before["requests"] == 50
+    assert after["batches"] - before["batches"] < 50 and after["largest_batch"] > 1  # requests shared forward passes
+
+
+def test_binds_to_loopback_unless_told_otherwise(tiny_run):
+    args = build_parser().parse_args(["serve", str(tiny_run)])
+    assert args.host == "127.0.0.1"
+
+
+def test_port_in_use_is_a_one_line_error(tiny_run, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(tiny_run), "--port", str(taken.getsockname()[1])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cannot listen on 127.0.0.1:" in err
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_upload_page_in_headless_chromium(server, images, expected, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    png = tmp_path / "upload.png"
+    png.write_bytes(images[5])
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{server}/")
+            page.set_input_files("#file", str(png))
+            page.click("button[type=submit]")
+            page.wait_for_selector("#predicted", timeout=30_000)
+            assert page.inner_text("#predicted") == expected[5][0][0]
+            assert page.locator("#classes tr").count() == 10
+            assert page.evaluate("document.getElementById('preview').naturalWidth") == 32  # the image is shown
+            page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
+        finally:
+            browser.close()
