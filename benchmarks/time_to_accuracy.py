@@ -62,6 +62,7 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--keep-runs", type=Path, help="keep each run directory under this folder (default: discard)")
     args = p.parse_args()
 
     fields, options = parse_overrides(args.set)
@@ -71,10 +72,11 @@ def main() -> int:
     runs = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         with tempfile.TemporaryDirectory() as tmp:
+            out = args.keep_runs / f"{args.output.stem}-seed{seed}" if args.keep_runs else Path(tmp) / "run"
             started = time.perf_counter()
-            results = train(config.replace(seed=seed), Path(tmp) / "run", data=data, device=args.device, progress=False)
+            results = train(config.replace(seed=seed), out, data=data, device=args.device, progress=False)
             total = time.perf_counter() - started
-            history = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         runs.append(
             {
                 "seed": seed,
