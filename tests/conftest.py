@@ -76,3 +76,36 @@ def tiny_run(tmp_path_factory) -> Path:
     )
     train(config, root / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     return root / "run"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A headless system Chromium driven by Playwright (no browser download); skips when either is missing."""
+    import shutil
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).exists():
+        pytest.skip("no chromium browser installed")
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=executable, args=args)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, html: Path, screenshot: Path) -> dict:
+    """Load a page from its file URL; return console errors, failed requests, image widths and text; keep a screenshot."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors, failed = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.goto(Path(html).resolve().as_uri())
+    page.wait_for_load_state("load")
+    widths = page.evaluate("Array.from(document.images).map(i => i.complete ? i.naturalWidth : 0)")
+    requests = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    text = page.inner_text("body")
+    page.screenshot(path=str(screenshot), full_page=True)
+    page.close()
+    return {"errors": errors, "failed": failed, "widths": widths, "text": text, "requests": requests}

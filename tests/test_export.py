@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from cifarlab import export as export_module
-from cifarlab.augment import normalize
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10
 from cifarlab.predict import Predictor

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 
 from cifarlab import __version__
-
-def _expected_errors() -> tuple[type[Exception], ...]:
-    from cifarlab.config import ConfigError
-    from cifarlab.data import DataError
-    from cifarlab.models import ModelError
-    from cifarlab.rundir import RunError
-    from cifarlab.runtime import DeviceError
-    from cifarlab.train import TrainingDiverged
-    from cifarlab.predict import PredictError
-    from cifarlab.export import ExportError
-    from cifarlab.serve import ServeError
-
-    # Errors a user can cause and fix: printed as one line. Anything else is a bug: full traceback.
-    return (ConfigError, DataError, RunError, ModelError, DeviceError, TrainingDiverged, PredictError, ExportError, ServeError)
-
+from cifarlab.errors import CifarlabError
 
 # ---------------------------------------------------------------- train
 
@@ -58,6 +45,7 @@ def add_train(sub) -> None:
         help="under torchrun: BatchNorm statistics over the global batch (GPUs only; default: per process)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true", help="also log the metrics for TensorBoard into RUNDIR/tensorboard")
     p.set_defaults(func=cmd_train)
 
 
@@ -79,7 +67,8 @@ def _train(args, device: str) -> None:
     from cifarlab.train import train
 
     if args.resume:
-        train(None, args.resume, data_dir=args.data_dir, device=device, resume=True, progress=not args.quiet)
+        with _train_log(args, args.resume) as log:
+            train(None, args.resume, data_dir=args.data_dir, device=device, resume=True, progress=not args.quiet, log=log)
         return
     config = get_preset(args.preset).replace(
         epochs=args.epochs,
@@ -99,7 +88,25 @@ def _train(args, device: str) -> None:
     )
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = distributed.broadcast_object(out)  # one run directory, named by rank 0's clock
-    train(config, out, data_dir=args.data_dir, device=device, progress=not args.quiet, train_subset=args.train_subset)
+    with _train_log(args, out) as log:
+        train(config, out, data_dir=args.data_dir, device=device, progress=not args.quiet, train_subset=args.train_subset, log=log)
+
+
+@contextlib.contextmanager
+def _train_log(args, run: Path):
+    """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
+    from cifarlab import distributed
+
+    if not args.tensorboard or not distributed.is_main():  # DDP: rank 0 alone writes the run directory
+        yield print
+        return
+    from cifarlab.tblog import TensorBoardMirror
+
+    mirror = TensorBoardMirror(run)
+    try:
+        yield mirror.logger(print)
+    finally:
+        mirror.close()
 
 
 # ---------------------------------------------------------------- evaluate
@@ -110,7 +117,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--tta", type=int, choices=[0, 1, 2], default=0, help="test-time augmentation: 0 none, 1 flip, 2 flip + translations")
+    p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
     p.add_argument("--output", type=Path, help="JSON file to write (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     p.set_defaults(func=cmd_evaluate)
@@ -171,7 +178,14 @@ def add_predict(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from cifarlab.predict import PredictError, Predictor, check_output_name, format_report, predict_paths, write_report
+    from cifarlab.predict import (
+        PredictError,
+        Predictor,
+        check_output_name,
+        format_report,
+        predict_paths,
+        write_report,
+    )
 
     check_output_name(args.output)
     if args.top_k < 1 or args.batch_size < 1:
@@ -236,6 +250,80 @@ def cmd_serve(args) -> int:
 
     serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
           max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+# ---------------------------------------------------------------- report, runs, compare, sweep
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write an HTML report (and PNG figures) into a run directory")
+    p.add_argument("run", type=Path, metavar="RUNDIR")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location, for the error analysis (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="device for the test-set predictions: auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from cifarlab.report import build_report
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    print(build_report(args.run, args.data_dir, args.device, log=log, progress=not args.quiet))
+    return 0
+
+
+def add_runs(sub) -> None:
+    from cifarlab.runs import COLUMNS
+
+    p = sub.add_parser("runs", help="list the runs under a folder as a table")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder to search (default: %(default)s)")
+    p.add_argument("--sort", default="name", choices=COLUMNS, help="column to sort by (default: %(default)s)")
+    p.add_argument("--reverse", action="store_true", help="sort descending")
+    p.add_argument("--json", action="store_true", help="print JSON rows for scripts")
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args) -> int:
+    from cifarlab.runs import format_runs, list_runs, runs_json
+
+    rows = list_runs(args.folder, args.sort, args.reverse, warn=lambda s: print(f"cifarlab runs: {s}", file=sys.stderr))
+    print(runs_json(rows) if args.json else format_runs(rows))
+    return 0
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="one HTML page overlaying runs' curves and tabulating their configs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR")
+    p.add_argument("--out", type=Path, default=Path("comparison"), help="folder for compare.html and its PNGs (default: %(default)s)")
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from cifarlab.compare import compare_runs
+
+    print(compare_runs(args.runs, args.out))
+    return 0
+
+
+def add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="train the variants of a sweep spec (TOML) and rank them")
+    p.add_argument("spec", type=Path, metavar="SPEC.toml")
+    p.add_argument("--out", type=Path, help="sweep folder (default: next to the spec, named after it)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="auto (variant i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes")
+    p.add_argument("--list", action="store_true", help="only list the variants and their state")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    from cifarlab.sweep import format_leaderboard, list_variants, load_spec, run_sweep
+
+    spec = load_spec(args.spec)
+    if args.list:
+        print(list_variants(spec, args.out))
+        return 0
+    board = run_sweep(spec, args.out, args.data_dir, args.device, args.parallel, progress=not args.quiet)
+    print(format_leaderboard(board))
     return 0
 
 
@@ -246,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_evaluate, add_info, add_predict, add_export, add_serve):
+    commands = (add_train, add_evaluate, add_info, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    for add in commands:
         add(sub)
     return parser
 
@@ -255,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _expected_errors() as e:
+    except CifarlabError as e:  # a user mistake: one line; anything else is a bug: traceback
         print(f"cifarlab {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,11 +11,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cifarlab.errors import CifarlabError
+
 Schedule = Literal["plateau", "linear", "constant"]
 Amp = Literal["auto", "bf16", "off"]
 
 
-class ConfigError(ValueError):
+class ConfigError(CifarlabError, ValueError):
     """An unknown field or a bad value; the message names it."""
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cifarlab.errors import CifarlabError
+
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
@@ -62,7 +64,7 @@ PYTHON_ARCHIVE = Archive(
 )
 
 
-class DataError(Exception):
+class DataError(CifarlabError):
     """A data set that is missing, malformed or cannot be fetched; the message is one line."""
 
 

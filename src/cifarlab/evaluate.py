@@ -12,7 +12,13 @@ import torch.nn.functional as F
 from cifarlab import distributed
 from cifarlab.augment import normalize
 from cifarlab.data import load_cifar10
-from cifarlab.rundir import EVALUATION, atomic_write_json, checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.rundir import (
+    EVALUATION,
+    atomic_write_json,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from cifarlab.runtime import autocast, memory_format, resolve_device, use_amp
 
 
@@ -142,13 +148,19 @@ def evaluate_checkpoint(
     path: Path | str,
     data_dir: Path | str | None = None,
     device: str = "auto",
-    tta: int = 0,
+    tta: int | None = None,
     output: Path | str | None = None,
     batch_size: int = 1000,
 ) -> tuple[dict, Path]:
-    """Evaluate a run directory's (or a checkpoint file's) model on the test set; write JSON."""
+    """Evaluate a run directory's (or a checkpoint file's) model on the test set; write JSON.
+
+    `tta=None` uses the test-time augmentation the run was configured with, so the figure
+    matches its results.json.
+    """
     ckpt = checkpoint_path(path)
     state = load_checkpoint(ckpt)
+    if tta is None:
+        tta = state.get("config", {}).get("tta", 0)
     model, meta = model_from_checkpoint(state, str(ckpt))
     dev = resolve_device(device)
     data = load_cifar10(data_dir)

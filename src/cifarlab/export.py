@@ -29,7 +29,13 @@ import torch.nn as nn
 
 from cifarlab.augment import normalize
 from cifarlab.data import DataError, load_cifar10
-from cifarlab.rundir import atomic_write_json, checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.errors import CifarlabError
+from cifarlab.rundir import (
+    atomic_write_json,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4  # max absolute difference in logits
@@ -37,7 +43,7 @@ CHECK_IMAGES = 256
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-class ExportError(Exception):
+class ExportError(CifarlabError):
     """An export that could not be made or did not match PyTorch; the message is one line."""
 
 

@@ -21,8 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import predict_logits
-from cifarlab.rundir import atomic_write_bytes, checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.rundir import (
+    atomic_write_bytes,
+    checkpoint_path,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 try:
@@ -38,7 +44,7 @@ SIZE = 32
 ORIENTATION = 0x0112  # the EXIF tag
 
 
-class PredictError(Exception):
+class PredictError(CifarlabError):
     """Bad input to predict as a whole (no images, bad output name); the message is one line."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model
 
 CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
@@ -36,7 +37,7 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
 )
 
 
-class RunError(Exception):
+class RunError(CifarlabError):
     """A path that is not a run or a checkpoint that cannot be used; the message is one line."""
 
 

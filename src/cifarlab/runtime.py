@@ -8,8 +8,10 @@ import os
 
 import torch
 
+from cifarlab.errors import CifarlabError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(CifarlabError, RuntimeError):
     """A device that was asked for but is not there."""
 
 

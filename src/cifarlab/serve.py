@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from cifarlab.errors import CifarlabError
 from cifarlab.predict import ImageError, Predictor, load_image
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
@@ -29,7 +30,7 @@ MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
 MAX_BATCH, MAX_WAIT_MS = 64, 2.0
 
 
-class ServeError(Exception):
+class ServeError(CifarlabError):
     """The service cannot start (missing packages, bad options); the message is one line."""
 
 

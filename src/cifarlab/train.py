@@ -28,6 +28,7 @@ from cifarlab import distributed
 from cifarlab.augment import augment, normalize
 from cifarlab.config import ConfigError, TrainConfig
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
+from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import evaluate_sharded
 from cifarlab.models import build_model, count_parameters
 from cifarlab.optim import Lookahead, Schedule, build_optimizer
@@ -44,13 +45,19 @@ from cifarlab.rundir import (
     load_checkpoint,
     model_metadata,
 )
-from cifarlab.runtime import autocast, memory_format, resolve_device, set_cpu_threads, use_amp
+from cifarlab.runtime import (
+    autocast,
+    memory_format,
+    resolve_device,
+    set_cpu_threads,
+    use_amp,
+)
 
 INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
 STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(CifarlabError, RuntimeError):
     pass
 
 

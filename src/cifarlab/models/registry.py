@@ -6,10 +6,12 @@ from typing import Callable
 
 import torch.nn as nn
 
+from cifarlab.errors import CifarlabError
+
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class ModelError(ValueError):
+class ModelError(CifarlabError, ValueError):
     """An unknown model name or options the model does not take; the message is one line."""
 
 

@@ -1,0 +1,410 @@
+"""`cifarlab report RUNDIR`: one self-contained HTML page about a run, plus its figures as PNGs.
+
+The page holds the config and headline figures, training curves, per-class accuracy, the
+confusion matrix, the most confidently wrong test images and the most confused class pairs, and
+a reliability diagram with the expected calibration error. The last four need the model's
+predictions on the test set, so the report loads the run's checkpoint and the data; when either
+is missing, the page still shows what the run directory holds and says what is missing. A run
+that is still training (or was killed) gets a report of what exists so far, marked as partial.
+
+Only the report's own files are written into the run directory: report.html and report-*.png.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cifarlab import pages
+from cifarlab.data import DataError, load_cifar10
+from cifarlab.evaluate import predict_logits
+from cifarlab.rundir import (
+    CHECKPOINT,
+    METRICS,
+    RunError,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+from cifarlab.runs import RunView, load_run
+from cifarlab.runtime import memory_format, resolve_device
+from cifarlab.train import seconds_to_stabilise
+
+REPORT = "report.html"
+FIGURES = {
+    "curves": "report-curves.png",
+    "per_class": "report-per-class.png",
+    "confusion": "report-confusion.png",
+    "errors": "report-errors.png",
+    "calibration": "report-calibration.png",
+}
+CALIBRATION_BINS = 15
+WRONG_SHOWN = 24
+PAIRS_SHOWN = 10
+
+
+# ---------------------------------------------------------------- test-set predictions
+
+
+@dataclass
+class Predictions:
+    """The checkpoint's softmax outputs on the test set."""
+
+    probs: np.ndarray  # (N, classes) float
+    labels: np.ndarray  # (N,) int
+    images: np.ndarray  # (N, 3, 32, 32) uint8
+    classes: list[str]
+    epoch: int | None  # the checkpoint's epoch
+    tta: int
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.probs.argmax(1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.preds == self.labels).mean()) if len(self.labels) else 0.0
+
+    def confusion(self) -> np.ndarray:
+        k = len(self.classes)
+        return np.bincount(self.labels * k + self.preds, minlength=k * k).reshape(k, k)
+
+
+def test_predictions(
+    view: RunView, data_dir, device: str, log: Callable[[str], None], progress: bool
+) -> tuple[Predictions | None, list[str]]:
+    """Predictions of the run's checkpoint on the test set, or None and what was missing."""
+    if not view.has_checkpoint:
+        return None, [f"no {CHECKPOINT} in the run directory (error analysis and calibration need it)"]
+    try:
+        state = load_checkpoint(view.path / CHECKPOINT)
+        model, meta = model_from_checkpoint(state, str(view.path / CHECKPOINT))
+    except RunError as e:
+        return None, [f"checkpoint unusable: {e}"]
+    try:
+        data = load_cifar10(data_dir, download=False)
+    except DataError as e:
+        return None, [f"test data not available ({e}); pass --data-dir"]
+    dev = resolve_device(device)
+    tta = int(view.train.get("tta", 0))
+    model = model.to(dev, memory_format=memory_format(meta["channels_last"]))
+    images = data.test_images
+    log(f"predicting {len(images):,} test images with the epoch-{state.get('epoch')} checkpoint on {dev}")
+    chunk = 1000
+    logits = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(images), desc="test set", unit="img", leave=False, disable=not (progress and sys.stderr.isatty()))
+    with bar:
+        for start in range(0, len(images), chunk):
+            batch = images[start : start + chunk].to(dev)
+            logits.append(
+                predict_logits(
+                    model, batch, meta["mean"], meta["std"], batch_size=chunk, tta=tta,
+                    amp=meta["amp"], channels_last=meta["channels_last"],
+                ).cpu()
+            )
+            bar.update(len(batch))
+    probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, len(meta["classes"])))
+    return Predictions(probs, data.test_labels.numpy(), images.numpy(), list(meta["classes"]), state.get("epoch"), tta), []
+
+
+# ---------------------------------------------------------------- analysis
+
+
+def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability per confidence bin and the expected calibration error.
+
+    ECE = sum over equal-width bins of (bin size / N) * |accuracy(bin) - mean confidence(bin)|.
+    """
+    confidence = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # (lo, hi], first bin [0, hi]
+    counts = np.bincount(which, minlength=bins)
+    acc = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
+    conf = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
+    ece = float(np.sum(counts / max(1, len(labels)) * np.abs(acc - conf)))
+    return {"edges": edges, "counts": counts, "accuracy": acc, "confidence": conf, "ece": ece}
+
+
+def confused_pairs(confusion: np.ndarray, classes: list[str], top: int = PAIRS_SHOWN) -> list[tuple[str, str, int, float]]:
+    """The largest off-diagonal entries: (true class, predicted class, count, share of the true class)."""
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1]
+    totals = confusion.sum(1)
+    pairs = []
+    for flat in order[:top]:
+        t, p = divmod(int(flat), len(classes))
+        if off[t, p] == 0:
+            break
+        pairs.append((classes[t], classes[p], int(off[t, p]), off[t, p] / max(1, totals[t])))
+    return pairs
+
+
+def most_confident_errors(pred: Predictions, top: int = WRONG_SHOWN) -> np.ndarray:
+    """Indices of wrong test predictions, most confident first."""
+    wrong = np.flatnonzero(pred.preds != pred.labels)
+    return wrong[np.argsort(-pred.probs[wrong].max(1), kind="stable")][:top]
+
+
+# ---------------------------------------------------------------- figures
+
+
+def curves_figure(metrics: list[dict]):
+    fig = pages.new_figure(12, 3.6)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    epochs = [m["epoch"] for m in metrics]
+    style = dict(marker="o", markersize=3)
+    for key, label, ax in (
+        ("train_loss", "train", ax_loss),
+        ("val_loss", "validation", ax_loss),
+        ("train_accuracy", "train", ax_acc),
+        ("val_accuracy", "validation", ax_acc),
+    ):
+        points = [(e, m.get(key)) for e, m in zip(epochs, metrics) if m.get(key) is not None]
+        if points:
+            x, y = zip(*points)
+            ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, label=label, **style)
+    ax_lr.plot(epochs, [m["lr"] for m in metrics], color="tab:green", **style)
+    lrs = [m["lr"] for m in metrics if m["lr"] > 0]
+    if lrs and max(lrs) / min(lrs) > 10:
+        ax_lr.set_yscale("log")
+    else:
+        ax_lr.ticklabel_format(axis="y", useOffset=False)
+    for ax, title, ylabel in ((ax_loss, "Loss", "cross-entropy"), (ax_acc, "Accuracy", "%"), (ax_lr, "Learning rate", "lr")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_loss.legend()
+    ax_acc.legend()
+    return fig
+
+
+def per_class_figure(classes: list[str], accuracy: list[float]):
+    fig = pages.new_figure(6, 3.8)
+    ax = fig.subplots()
+    y = np.arange(len(classes))[::-1]
+    bars = ax.barh(y, [100 * a for a in accuracy], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{100 * a:.1f}%" for a in accuracy], padding=3, fontsize=8)
+    ax.set_yticks(y, classes)
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("Per-class accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]):
+    fig = pages.new_figure(7.5, 6.5)
+    ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (t, p), count in np.ndenumerate(confusion):
+        ax.text(p, t, str(count), ha="center", va="center", fontsize=8, color="white" if count > threshold else "black")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (test set)")
+    return fig
+
+
+def errors_figure(pred: Predictions, indices: np.ndarray):
+    cols = 6
+    rows = max(1, -(-len(indices) // cols))
+    fig = pages.new_figure(1.8 * cols, 2.1 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, indices):
+        ax.imshow(pred.images[i].transpose(1, 2, 0), interpolation="nearest")
+        p = pred.preds[i]
+        ax.set_title(
+            f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%",
+            fontsize=8, color="darkred",
+        )
+    fig.suptitle("Most confidently wrong test images")
+    return fig
+
+
+def calibration_figure(cal: dict):
+    fig = pages.new_figure(6, 5.5)
+    ax, ax_hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    edges, counts = cal["edges"], cal["counts"]
+    width = edges[1] - edges[0]
+    centers = edges[:-1] + width / 2
+    filled = counts > 0
+    ax.bar(centers[filled], cal["accuracy"][filled], width=width * 0.95, color="tab:blue", label="accuracy in bin")
+    ax.bar(centers[filled], (cal["confidence"] - cal["accuracy"])[filled], bottom=cal["accuracy"][filled],
+           width=width * 0.95, color="tab:red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram ({len(counts)} bins), ECE = {100 * cal['ece']:.2f}%")
+    ax.legend(loc="upper left", fontsize=8)
+    ax_hist.bar(centers, counts, width=width * 0.95, color="gray")
+    ax_hist.set_xlabel("confidence (top softmax probability)")
+    ax_hist.set_ylabel("images")
+    return fig
+
+
+# ---------------------------------------------------------------- the page
+
+
+def flatten_config(view: RunView) -> dict[str, object]:
+    """The run's settings as one flat mapping: TrainConfig fields (model options dotted) and data facts."""
+    flat: dict[str, object] = {}
+    for key, value in view.train.items():
+        if key == "model_options" and isinstance(value, dict):
+            flat.update({f"model_options.{k}": v for k, v in sorted(value.items())})
+        else:
+            flat[key] = value
+    for key in ("train_subset", "train_images", "val_images", "data", "device", "torch_version"):
+        if key in view.config:
+            flat[key] = view.config[key]
+    return flat
+
+
+def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list[tuple[str, str]]:
+    """(label, value) rows: results.json when the run finished, else what the metrics and checkpoint give."""
+    r = view.results or {}
+    m = view.metrics
+    steps = sum(x.get("steps", 0) for x in m)
+    train_s = sum(x.get("train_seconds", 0.0) for x in m)
+    per_step = r.get("seconds_per_step", train_s / steps if steps else None)
+    per_epoch = r.get("seconds_per_epoch", m[-1]["elapsed_seconds"] / len(m) if m else None)
+    if view.results:
+        stable_epoch, stable_s = r.get("stabilised_epoch"), r.get("seconds_to_stabilise")
+        test = [("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")), ("test error", pages.fmt(r.get("test_error"), "pct")),
+                ("test loss", pages.fmt(r.get("test_loss")))]
+    else:
+        stable_epoch, stable_s = seconds_to_stabilise(m) if m else (None, None)
+        if pred is not None:
+            tag = f" (checkpoint of epoch {pred.epoch}, run not finished)"
+            test = [("test accuracy" + tag, pages.fmt(pred.accuracy, "pct")), ("test error" + tag, pages.fmt(1 - pred.accuracy, "pct"))]
+        else:
+            test = [("test accuracy", "— (run not finished)")]
+    stable = "—" if stable_epoch is None else f"epoch {stable_epoch}, {pages.fmt(stable_s, 's')}"
+    if not view.results and stable_epoch is not None:
+        stable += " (so far)"
+    planned = view.train.get("epochs")
+    return [
+        ("status", view.status + (f" ({view.reason})" if view.reason else "")),
+        ("epochs", f"{len(m)} of {planned}"),
+        *test,
+        ("best validation accuracy", pages.fmt(view.best_val_accuracy(), "pct")),
+        ("final validation accuracy", pages.fmt(view.final_val_accuracy(), "pct")),
+        ("expected calibration error", pages.fmt(ece, "pct")),
+        ("parameters", pages.fmt(r.get("params", view.config.get("params")), "int")),
+        ("time per step", pages.fmt(per_step, "s")),
+        ("time per epoch", pages.fmt(per_epoch, "s")),
+        ("time to stabilise", stable),
+        ("training time", pages.fmt(view.train_seconds(), "s")),
+        ("device", str(r.get("device", view.config.get("device", "—")))),
+    ]
+
+
+def build_report(
+    path: Path | str,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Path:
+    """Write RUNDIR/report.html and RUNDIR/report-*.png; returns the page's path."""
+    view = load_run(path)
+    notes: list[str] = []
+    if view.partial:
+        notes.append(pages.note(f"Partial: {METRICS} ends in a line cut short (the run was killed while writing it); "
+                                f"showing the {len(view.metrics)} complete epochs.", bad=True))
+    if view.status != "finished":
+        why = f": {view.reason}" if view.reason else ""
+        state = view.status if view.status != "unknown" else "of unknown state (no status.json)"
+        notes.append(pages.note(f"Partial: the run is {state}{why}. This report shows what exists so far "
+                                f"({len(view.metrics)} of {view.train.get('epochs')} epochs).", bad=view.status == "failed"))
+    pred, missing = test_predictions(view, data_dir, device, log, progress)
+    notes += [pages.note(f"Missing: {m}") for m in missing]
+
+    log("drawing figures")
+    sections: list[str] = []
+    cal = calibration(pred.probs, pred.labels) if pred is not None else None
+    results = pages.table(["", "value"], headline(view, pred, cal and cal["ece"]))
+    config = pages.table(["setting", "value"], [(k, pages.fmt(v)) for k, v in flatten_config(view).items()], num_from=2)
+    sections.append(f'<div class="cols"><div><h2>Results</h2>{results}</div><div><h2>Config</h2>{config}</div></div>')
+
+    drawn: set[str] = set()
+
+    def figure(key: str, fig, alt: str) -> str:
+        drawn.add(FIGURES[key])
+        return pages.image(pages.save_png(fig, view.path / FIGURES[key]), alt)
+
+    if view.metrics:
+        sections.append("<h2>Training curves</h2>" + figure("curves", curves_figure(view.metrics), "loss, accuracy and learning rate per epoch"))
+        sections.append(_epoch_table(view.metrics))
+    else:
+        sections.append("<h2>Training curves</h2>" + pages.note("No epoch has finished yet."))
+
+    if pred is not None:
+        confusion, classes = pred.confusion(), pred.classes
+        per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
+        source = f"checkpoint of epoch {pred.epoch} on {len(pred.labels):,} test images, tta={pred.tta}"
+    elif view.results and view.results.get("per_class_accuracy"):
+        confusion, classes = None, list(view.results["per_class_accuracy"])
+        per_class = list(view.results["per_class_accuracy"].values())
+        source = "results.json"
+    else:
+        confusion = classes = None
+    if classes is not None:
+        rows = [(c, pages.fmt(a, "pct")) for c, a in zip(classes, per_class)]
+        body = f'<p class="sub">From the {pages.esc(source)}.</p><div class="cols"><div>' + pages.table(["class", "accuracy"], rows) + "</div><div>"
+        body += figure("per_class", per_class_figure(classes, per_class), "per-class test accuracy") + "</div></div>"
+        if confusion is not None:
+            body += figure("confusion", confusion_figure(confusion, classes), "confusion matrix heat map with counts")
+        sections.append("<h2>Per-class accuracy and confusion</h2>" + body)
+
+    if pred is not None:
+        wrong = most_confident_errors(pred)
+        pairs = confused_pairs(confusion, classes)
+        body = pages.table(["true class", "predicted as", "images", "share of true class"],
+                           [(t, p, n, pages.fmt(s, "pct")) for t, p, n, s in pairs], num_from=2)
+        if len(wrong):
+            body += figure("errors", errors_figure(pred, wrong), "most confidently wrong test images")
+        sections.append("<h2>Error analysis</h2><p>Most confused class pairs:</p>" + body)
+        rows = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
+                for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
+        sections.append(
+            f"<h2>Calibration</h2><p>Expected calibration error: <b>{100 * cal['ece']:.2f}%</b> "
+            f"({CALIBRATION_BINS} equal-width confidence bins).</p><div class=\"cols\"><div>"
+            + figure("calibration", calibration_figure(cal), "reliability diagram")
+            + "</div><div>" + pages.table(["confidence", "images", "accuracy", "mean confidence"], rows) + "</div></div>"
+        )
+
+    title = f"Run {view.path.name}"
+    subtitle = f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    out = view.path / REPORT
+    pages.write_page(out, pages.page(title, subtitle, notes + sections))
+    for name in set(FIGURES.values()) - drawn:  # an earlier report's figure this one could not draw
+        (view.path / name).unlink(missing_ok=True)
+    return out
+
+
+def _epoch_table(metrics: list[dict]) -> str:
+    rows = [
+        (m["epoch"], pages.fmt(m["lr"]), pages.fmt(m.get("train_loss")), pages.fmt(m.get("train_accuracy"), "pct"),
+         pages.fmt(m.get("val_loss")), pages.fmt(m.get("val_accuracy"), "pct"), pages.fmt(m.get("epoch_seconds"), "s"))
+        for m in metrics
+    ]
+    table = pages.table(["epoch", "lr", "train loss", "train acc", "val loss", "val acc", "time"], rows)
+    return f"<details><summary>Per-epoch metrics</summary>{table}</details>"

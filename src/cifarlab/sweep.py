@@ -1,0 +1,491 @@
+"""`cifarlab sweep SPEC.toml`: train the variants of a base preset one after another (or N at a
+time), each in its own run directory under one sweep folder, and rank them on a leaderboard.
+
+    base = "paper"                      # preset name
+    train_subset = 5000                 # optional: first N training images only
+    [fixed]                             # applied to every variant
+    epochs = 2
+    [grid]                              # cartesian product of these values
+    lr = [0.01, 0.05]
+    "model_options.fc_dropout" = [0.3, 0.5]
+    [[variants]]                        # and/or an explicit list (optional "name")
+    name = "wide"
+    "model_options.widths" = [64, 64, 128, 128, 256, 256, 256]
+
+Every variant is checked (TrainConfig field names and values, and that its model builds with
+its options) before anything runs; errors name the spec file and the field. Restarting a sweep
+skips the variants that finished (results.json present), resumes the interrupted ones from their
+checkpoint, and retries the failed ones. A variant that fails is recorded with its reason and
+the sweep goes on. The leaderboard ranks by final validation accuracy, the accuracy of the very
+model whose test accuracy it shows; test accuracy is shown and never used to rank.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cifarlab.config import ConfigError, TrainConfig, get_preset
+from cifarlab.errors import CifarlabError
+from cifarlab.models import ModelError, build_model
+from cifarlab.rundir import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RESULTS,
+    STATUS,
+    RunDir,
+    RunError,
+    atomic_write_json,
+)
+from cifarlab.runs import load_run
+
+STATE = "sweep.json"
+LEADERBOARD = "leaderboard.html"
+LEADERBOARD_JSON = "leaderboard.json"
+FIGURES = {"ranking": "leaderboard-ranking.png", "curves": "leaderboard-curves.png"}
+SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants")
+
+
+class SweepError(CifarlabError, ValueError):
+    """A bad sweep spec or sweep folder; the message is one line naming the file and the field."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    overrides: dict[str, Any]  # dotted field names -> values: what sets this variant apart
+    config: TrainConfig
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    path: Path
+    base: str
+    train_subset: int | None
+    fixed: dict[str, Any]
+    variants: list[Variant]
+
+
+# ---------------------------------------------------------------- the spec
+
+
+def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model_options": {"widths": [..]}} -> {"model_options.widths": [..]}; quoted dotted keys pass through."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _apply(base: dict, overrides: dict[str, Any], where: str) -> TrainConfig:
+    """The base config dict with dotted overrides applied, checked by TrainConfig and the model registry."""
+    values = {**base, "model_options": dict(base.get("model_options", {}))}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest and head == "model_options":
+            values["model_options"][rest] = value
+        elif rest:
+            raise SweepError(f"{where}: unknown field {key!r} (only model_options.NAME takes a dotted name)")
+        else:
+            values[key] = value
+    try:
+        config = TrainConfig.from_dict(values, source=where)
+    except ConfigError as e:
+        raise SweepError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
+    _check_model(config, where)
+    return config
+
+
+_BUILT: set[str] = set()
+
+
+def _check_model(config: TrainConfig, where: str) -> None:
+    """Build the model once per distinct options, so a typo or a bad rate fails before any training."""
+    key = json.dumps([config.model, config.model_options], sort_keys=True)
+    if key in _BUILT:
+        return
+    try:
+        build_model(config.model, **config.model_options)
+    except (ModelError, ValueError, TypeError) as e:
+        raise SweepError(f"{where}: model_options: {str(e).strip().splitlines()[0]}") from None
+    _BUILT.add(key)
+
+
+def _short(key: str, keys: list[str]) -> str:
+    last = key.rsplit(".", 1)[-1]
+    return last if sum(k.rsplit(".", 1)[-1] == last for k in keys) == 1 else key
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(_value_text(v) for v in value)
+    return str(value).replace("/", "_").replace(" ", "_")
+
+
+def variant_name(overrides: dict[str, Any], keys: list[str]) -> str:
+    """Readable, stable: 'lr=0.05,fc_dropout=0.3' (a field's last dotted part unless that is ambiguous)."""
+    return ",".join(f"{_short(k, keys)}={_value_text(v)}" for k, v in overrides.items()) or "base"
+
+
+def load_spec(path: Path | str) -> SweepSpec:
+    """Parse and check a sweep spec; SweepError naming the file and field on any problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SweepError(f"{path}: not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SweepError(f"{path}: not valid TOML ({e})") from None
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise SweepError(f"{path}: unknown key {key!r}; a spec has {', '.join(SPEC_KEYS)}")
+    base_name = raw.get("base")
+    if not isinstance(base_name, str):
+        raise SweepError(f"{path}: base must be a preset name, e.g. base = \"paper\"")
+    try:
+        base = get_preset(base_name).to_dict()
+    except ConfigError as e:
+        raise SweepError(f"{path}: base: {e}") from None
+    subset = raw.get("train_subset")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise SweepError(f"{path}: train_subset must be a positive integer, got {subset!r}")
+    for section in ("fixed", "grid"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise SweepError(f"{path}: {section} must be a table ([{section}])")
+    fixed = _flatten(raw.get("fixed", {}))
+    base = _apply(base, fixed, f"{path} [fixed]").to_dict()
+
+    grid = _flatten(raw.get("grid", {}))
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SweepError(f"{path} [grid]: {key} must be a non-empty list of values, got {values!r}")
+        for value in values:
+            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}")
+    listed = raw.get("variants", [])
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
+    if not grid and not listed:
+        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+
+    variants: list[Variant] = []
+    keys = list(grid)
+    for combo in itertools.product(*grid.values()) if grid else []:
+        overrides = dict(zip(keys, combo))
+        name = variant_name(overrides, keys)
+        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} variant {name}")))
+    for n, table in enumerate(listed, 1):
+        table = dict(table)
+        given = table.pop("name", None)
+        overrides = _flatten(table)
+        name = given if isinstance(given, str) and given else variant_name(overrides, list(overrides))
+        if name in (".", "..") or "/" in name:
+            raise SweepError(f"{path} [[variants]] #{n}: bad name {name!r}")
+        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})")))
+    names = [v.name for v in variants]
+    for name in names:
+        if names.count(name) > 1:
+            raise SweepError(f"{path}: two variants are named {name!r}; give [[variants]] distinct names")
+    return SweepSpec(path, base_name, subset, fixed, variants)
+
+
+# ---------------------------------------------------------------- running
+
+
+def sweep_folder(spec: SweepSpec, out: Path | str | None) -> Path:
+    return Path(out) if out else spec.path.parent / spec.path.stem
+
+
+def _normal(obj: Any) -> Any:
+    return json.loads(json.dumps(obj))
+
+
+def variant_state(spec: SweepSpec, variant: Variant, folder: Path) -> str:
+    """finished / interrupted (resumable) / empty (started, no epoch saved) / pending; SweepError if the
+    folder holds a run of a different config under this variant's name."""
+    run = RunDir(folder / variant.name)
+    if not run.path.exists():
+        return "pending"
+    if not run.exists():
+        if any(run.path.iterdir()):
+            raise SweepError(f"{run.path}: exists but is not a run directory; move it away")
+        return "empty"
+    saved = run.config()
+    wanted = _normal(variant.config.to_dict())
+    for key in sorted(set(wanted) | set(saved.get("train", {}))):
+        if saved.get("train", {}).get(key) != wanted.get(key):
+            raise SweepError(
+                f"{run.file(CONFIG)}: variant {variant.name!r} was run with {key}={saved.get('train', {}).get(key)!r}, "
+                f"the spec now says {wanted.get(key)!r}; use another --out or move the old run away"
+            )
+    if saved.get("train_subset") != spec.train_subset:
+        raise SweepError(f"{run.file(CONFIG)}: variant {variant.name!r} was run with train_subset={saved.get('train_subset')!r}")
+    if run.file(RESULTS).exists():
+        return "finished"
+    if run.file(CHECKPOINT).exists():
+        return "interrupted"
+    extra = sorted(p.name for p in run.path.iterdir() if p.name not in (CONFIG, METRICS, STATUS))
+    if extra:  # restarting would delete these
+        raise SweepError(f"{run.path}: holds {', '.join(extra)} but no checkpoint; move it away to rerun variant {variant.name!r}")
+    return "empty"
+
+
+def _device_for(index: int, device: str) -> str:
+    import torch
+
+    if device == "auto" and torch.cuda.is_available():
+        return f"cuda:{index % torch.cuda.device_count()}"
+    return device
+
+
+_DATA: dict[str, Any] = {}  # one loaded data set per process
+
+
+def _data(data_dir) -> Any:
+    from cifarlab.data import load_cifar10
+
+    key = str(data_dir)
+    if key not in _DATA:
+        _DATA[key] = load_cifar10(data_dir)
+    return _DATA[key]
+
+
+def _run_variant(task: dict, log: Callable[[str], None], progress: bool) -> dict:
+    """Train one variant (resuming if interrupted); never raises except KeyboardInterrupt."""
+    from cifarlab.train import train
+
+    out = Path(task["out"])
+    try:
+        if task["action"] == "restart":
+            shutil.rmtree(out)  # holds only config/metrics/status of a run that saved no epoch
+        config = TrainConfig.from_dict(task["config"])
+        train(
+            config, out, data_dir=task["data_dir"], device=task["device"], resume=task["action"] == "resume",
+            progress=progress, log=log, data=_data(task["data_dir"]), train_subset=task["train_subset"],
+        )
+        return {"name": task["name"], "status": "finished", "reason": None}
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # recorded, and the sweep goes on
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+        return {"name": task["name"], "status": "failed", "reason": reason}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # train's set_cpu_threads respects it
+    torch.set_num_threads(threads)
+
+
+def _worker(task: dict) -> dict:
+    prefix = f"[{task['name']}] "
+    return _run_variant(task, lambda s: print(prefix + s, flush=True), progress=False)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    parallel: int = 1,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Run every variant not yet finished, then write the leaderboard; returns its rows."""
+    from cifarlab import pages  # noqa: F401  (without matplotlib: fail now, not after training)
+
+    if parallel < 1:
+        raise SweepError(f"--parallel must be at least 1, got {parallel}")
+    folder = sweep_folder(spec, out)
+    states = {v.name: variant_state(spec, v, folder) for v in spec.variants}  # checks every old run first
+    folder.mkdir(parents=True, exist_ok=True)
+    state = _load_state(folder)
+    state.update(spec=str(spec.path.resolve()), base=spec.base, train_subset=spec.train_subset)
+    records = state.setdefault("variants", {})
+    tasks = []
+    for i, v in enumerate(spec.variants):
+        records.setdefault(v.name, {})["overrides"] = v.overrides
+        if states[v.name] == "finished":
+            records[v.name].update(status="finished", reason=None)
+            continue
+        action = {"pending": "start", "empty": "restart", "interrupted": "resume"}[states[v.name]]
+        tasks.append({"name": v.name, "index": i, "out": str(folder / v.name), "action": action,
+                      "config": v.config.to_dict(), "data_dir": None if data_dir is None else str(data_dir),
+                      "device": _device_for(i, device), "train_subset": spec.train_subset})
+    skipped = len(spec.variants) - len(tasks)
+    log(f"sweep {spec.path.name}: {len(spec.variants)} variants in {folder}; {skipped} finished already, {len(tasks)} to run")
+    _save_state(folder, state)
+    if tasks:
+        _data(data_dir)  # missing data is one error for the sweep (and a download happens once, here)
+
+    def record(outcome: dict) -> None:
+        records[outcome["name"]].update(status=outcome["status"], reason=outcome["reason"])
+        _save_state(folder, state)
+        tail = f": {outcome['reason']}" if outcome["reason"] else ""
+        log(f"variant {outcome['name']}: {outcome['status']}{tail}")
+
+    if parallel == 1 or len(tasks) <= 1:
+        for n, task in enumerate(tasks, 1):
+            log(f"[{n}/{len(tasks)}] {task['name']} ({task['action']}, {task['device']})")
+            try:
+                record(_run_variant(task, log, progress))
+            except KeyboardInterrupt:
+                record({"name": task["name"], "status": "stopped", "reason": "interrupted"})
+                raise
+    else:
+        _run_parallel(tasks, parallel, record, log)
+    return write_leaderboard(spec, folder, state)
+
+
+def _run_parallel(tasks: list[dict], workers: int, record: Callable[[dict], None], log: Callable[[str], None]) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    log(f"running {min(workers, len(tasks))} variants at a time ({threads} CPU thread(s) each)")
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,))
+    try:
+        futures = {pool.submit(_worker, task): task for task in tasks}
+        for future in as_completed(futures):
+            try:
+                record(future.result())
+            except Exception as e:  # a worker process that died (killed, out of memory)
+                record({"name": futures[future]["name"], "status": "failed", "reason": f"worker died: {type(e).__name__}: {e}"})
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+def _load_state(folder: Path) -> dict:
+    path = folder / STATE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SweepError(f"{path}: not valid JSON ({e})") from None
+
+
+def _save_state(folder: Path, state: dict) -> None:
+    atomic_write_json(folder / STATE, state)
+
+
+# ---------------------------------------------------------------- the leaderboard
+
+
+def leaderboard_rows(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
+    """One row per variant: finished ones ranked by final validation accuracy, then the rest."""
+    records = state.get("variants", {})
+    rows = []
+    for v in spec.variants:
+        row: dict[str, Any] = {"rank": None, "name": v.name, "overrides": v.overrides, "status": "pending", "reason": None,
+                               "val_accuracy": None, "best_val_accuracy": None, "test_accuracy": None, "params": None,
+                               "epochs": None, "train_seconds": None, "run": str(folder / v.name)}
+        if (folder / v.name / CONFIG).exists():
+            try:
+                view = load_run(folder / v.name)
+            except RunError as e:
+                row.update(status="failed", reason=str(e))
+            else:
+                res = view.results or {}
+                row.update(status=view.status, reason=view.reason, val_accuracy=view.final_val_accuracy(),
+                           best_val_accuracy=view.best_val_accuracy(), test_accuracy=res.get("test_accuracy"),
+                           params=res.get("params", view.config.get("params")), epochs=len(view.metrics),
+                           train_seconds=view.train_seconds())
+        recorded = records.get(v.name, {})
+        if recorded.get("status") == "failed" and row["status"] != "finished":
+            row.update(status="failed", reason=recorded.get("reason"))  # e.g. failed before its run dir existed
+        rows.append(row)
+    ranked = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
+    for n, r in enumerate(ranked, 1):
+        r["rank"] = n
+    return ranked + [r for r in rows if r["status"] != "finished"]
+
+
+def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
+    """Write leaderboard.json, leaderboard.html and its PNGs into the sweep folder."""
+    from cifarlab import (
+        pages,  # matplotlib only here: SweepError stays importable without it
+    )
+    from cifarlab.compare import curves_figure
+
+    rows = leaderboard_rows(spec, folder, state)
+    atomic_write_json(folder / LEADERBOARD_JSON, rows)
+    keys = list(dict.fromkeys(k for v in spec.variants for k in v.overrides))
+    header = ["rank", "variant", *keys, "val acc (final, ranks)", "best val acc", "test acc", "params", "epochs", "train time", "status"]
+    table_rows, classes = [], []
+    for r in rows:
+        status = r["status"] + (f": {r['reason']}" if r["reason"] and r["status"] != "finished" else "")
+        table_rows.append([pages.fmt(r["rank"]), r["name"], *(pages.fmt(r["overrides"].get(k)) for k in keys),
+                           pages.fmt(r["val_accuracy"], "pct"), pages.fmt(r["best_val_accuracy"], "pct"),
+                           pages.fmt(r["test_accuracy"], "pct"), pages.fmt(r["params"], "int"), pages.fmt(r["epochs"]),
+                           pages.fmt(r["train_seconds"], "s"), status])
+        classes.append("failed" if r["status"] == "failed" else "")
+    finished = [r for r in rows if r["rank"] is not None]
+    body = [
+        "<h2>Leaderboard</h2><p>Ranked by the final validation accuracy (the model whose test accuracy is shown); "
+        "test accuracy is never used to rank.</p>" + pages.table(header, table_rows, classes, num_from=2),
+    ]
+    if finished:
+        body.append(pages.image(pages.save_png(_ranking_figure(finished), folder / FIGURES["ranking"]), "validation accuracy per variant"))
+        views = [load_run(r["run"]) for r in finished]
+        body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, [r["name"] for r in finished]), folder / FIGURES["curves"]), "training curves of the finished variants"))
+    fixed = ", ".join(f"{k} = {pages.fmt(v)}" for k, v in spec.fixed.items()) or "none"
+    subset = f"; first {spec.train_subset:,} training images" if spec.train_subset else ""
+    subtitle = f"{spec.path.name}: {len(spec.variants)} variants of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    pages.write_page(folder / LEADERBOARD, pages.page(f"Sweep {spec.path.stem}", subtitle, body))
+    return rows
+
+
+def _ranking_figure(rows: list[dict]):
+    from cifarlab import pages
+
+    fig = pages.new_figure(8, 0.8 + 0.32 * len(rows))
+    ax = fig.subplots()
+    y = list(range(len(rows)))[::-1]
+    val = [100 * (r["val_accuracy"] or 0) for r in rows]
+    test = [100 * (r["test_accuracy"] or 0) for r in rows]
+    ax.barh([i + 0.2 for i in y], val, height=0.4, label="validation (ranks)", color="tab:blue")
+    ax.barh([i - 0.2 for i in y], test, height=0.4, label="test (shown only)", color="tab:gray")
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.set_xlabel("accuracy (%)")
+    ax.set_title("Variants ranked by final validation accuracy")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def format_leaderboard(rows: list[dict]) -> str:
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = [("rank", "variant", "val acc", "test acc", "epochs", "time", "status")]
+    for r in rows:
+        status = r["status"] + (f" ({r['reason']})" if r["reason"] and r["status"] != "finished" else "")
+        lines.append((str(r["rank"] or "-"), r["name"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), str(r["epochs"] or "-"),
+                      "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}s", status))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def list_variants(spec: SweepSpec, out: Path | str | None) -> str:
+    folder = sweep_folder(spec, out)
+    lines = [f"{len(spec.variants)} variants of {spec.base} in {folder}:"]
+    width = max(len(v.name) for v in spec.variants)
+    for v in spec.variants:
+        lines.append(f"  {v.name:<{width}}  {variant_state(spec, v, folder)}")
+    return "\n".join(lines)

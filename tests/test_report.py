@@ -1,0 +1,177 @@
+"""`cifarlab report`, `runs` and `compare`: pages checked in a real headless Chromium, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cifarlab
+from conftest import open_page
+from cifarlab.cli import main
+from cifarlab.report import FIGURES, REPORT, build_report, calibration, confused_pairs
+from cifarlab.runs import list_runs
+
+QUIET = dict(log=lambda s: None, progress=False, device="cpu")
+
+
+def copy_run(tiny_run: Path, dest: Path) -> Path:
+    shutil.copytree(tiny_run, dest)
+    return dest
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def test_calibration_and_confused_pairs_by_hand():
+    # four images at confidence 0.9 of which 3 are right: one bin, |0.75 - 0.9| = 0.15
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.1, 0.9]])
+    labels = np.array([0, 0, 1, 1])
+    cal = calibration(probs, labels)
+    assert cal["counts"].sum() == 4 and cal["counts"][13] == 4  # 0.9 lies in (0.8667, 0.9333]
+    assert cal["ece"] == pytest.approx(0.15)
+    # two bins: 0.6 (1 right of 2) and 1.0 (2 right of 2): ECE = 0.5*0.1 + 0.5*0
+    probs = np.array([[0.6, 0.4], [0.4, 0.6], [1.0, 0.0], [0.0, 1.0]])
+    assert calibration(probs, np.array([0, 0, 0, 1]))["ece"] == pytest.approx(0.05)
+    confusion = np.array([[5, 3, 0], [1, 6, 7], [0, 0, 9]])
+    assert confused_pairs(confusion, ["a", "b", "c"]) == [("b", "c", 7, 0.5), ("a", "b", 3, 0.375), ("b", "a", 1, 1 / 14)]
+
+
+def test_report_of_a_finished_run_in_a_browser(tiny_run, tmp_path, browser):
+    run = copy_run(tiny_run, tmp_path / "run")
+    before = snapshot(run)
+    page = build_report(run, tiny_run.parent / "data", **QUIET)
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing of the run is touched
+    assert set(after) - set(before) == {REPORT, *FIGURES.values()}
+    for name in FIGURES.values():
+        assert after[name][:8] == b"\x89PNG\r\n\x1a\n"
+
+    shot = tmp_path / "report.png"
+    seen = open_page(browser, page, shot)
+    assert seen["errors"] == [] and seen["failed"] == []
+    assert all(url.startswith("data:") for url in seen["requests"])  # nothing fetched: self-contained
+    assert len(seen["widths"]) == len(FIGURES) and all(w > 0 for w in seen["widths"])
+    results = json.loads((run / "results.json").read_text())
+    text = seen["text"]
+    assert f"test accuracy\t{pct(results['test_accuracy'])}" in text
+    assert f"test error\t{pct(results['test_error'])}" in text
+    assert f"parameters\t{results['params']:,}" in text
+    for cls, acc in results["per_class_accuracy"].items():  # the same model and data: the same numbers
+        assert f"{cls}\t{pct(acc)}" in text
+    for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()):
+        assert pct(m["val_accuracy"]) in text
+    assert "Expected calibration error" in text and "Most confused class pairs" in text
+    assert "Partial" not in text and "Missing" not in text
+    assert shot.stat().st_size > 10_000
+
+
+def test_report_of_a_killed_run_is_partial(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # killed mid-write
+    (run / "results.json").unlink()
+    (run / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "epoch": 1}))
+    before = snapshot(run)
+    assert main(["report", str(run), "--data-dir", str(tmp_path / "nodata"), "--device", "cpu", "--quiet"]) == 0
+    assert capsys.readouterr().out.strip() == str(run / REPORT)
+    assert {k: v for k, v in snapshot(run).items() if k in before} == before
+    html = (run / REPORT).read_text()
+    assert "metrics.jsonl ends in a line cut short" in html and "showing the 1 complete epochs" in html
+    assert "the run is stopped" in html and "is gone" in html  # 'running' with a dead pid
+    assert "Missing: test data not available" in html and "nodata" in html
+    assert (run / FIGURES["curves"]).exists() and not (run / FIGURES["errors"]).exists()
+    assert main(["runs", str(tmp_path), "--json"]) == 0
+    assert [(r["name"], r["status"], r["epochs"]) for r in json.loads(capsys.readouterr().out)] == [("run", "stopped", 1)]
+
+    (run / "checkpoint.pt").unlink()
+    build_report(run, tiny_run.parent / "data", **QUIET)
+    assert "Missing: no checkpoint.pt" in (run / REPORT).read_text()
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    (tmp_path / "notarun").mkdir()
+    for argv in (["report", str(tmp_path / "notarun")], ["compare", str(tmp_path / "notarun")], ["runs", str(tmp_path / "nope")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(tmp_path) in err, err
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"train": ')
+    assert main(["report", str(tmp_path / "broken")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "broken/config.json: not valid JSON" in err
+
+
+def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
+    root = tmp_path / "runs"
+    copy_run(tiny_run, root / "a-finished")
+    dead = copy_run(tiny_run, root / "b-dead")
+    (dead / "results.json").unlink()
+    (dead / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "epoch": 2}))
+    failed = copy_run(tiny_run, root / "c-failed")
+    (failed / "results.json").unlink()
+    (failed / "status.json").write_text(json.dumps({"status": "failed", "reason": "TrainingDiverged: nan", "epoch": 1}))
+    alive = copy_run(tiny_run, root / "d-running")
+    (alive / "results.json").unlink()
+    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
+    assert main(["runs", str(root), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["status"]) for r in rows] == [
+        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running")
+    ]
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert rows[0]["test_accuracy"] == results["test_accuracy"] and rows[0]["params"] == results["params"]
+    assert rows[1]["test_accuracy"] is None and rows[1]["epochs"] == 2
+    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "a-finished", "c-failed"]
+    assert main(["runs", str(root), "--sort", "test_accuracy"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["name", "preset", "model"] and table[1].startswith("a-finished")
+    assert pct(results["test_accuracy"]) in table[1] and "stopped" in table[2]
+
+
+def test_compare_page_in_a_browser(tiny_run, tmp_path, browser):
+    first = copy_run(tiny_run, tmp_path / "runs" / "first")
+    second = copy_run(tiny_run, tmp_path / "runs" / "second")
+    config = json.loads((second / "config.json").read_text())
+    config["train"]["lr"] = 0.05  # a second run that differs in one setting
+    (second / "config.json").write_text(json.dumps(config))
+    results = json.loads((second / "results.json").read_text())
+    results["test_accuracy"] = 0.4321
+    (second / "results.json").write_text(json.dumps(results))
+    before = snapshot(first), snapshot(second)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(first), str(second), "--out", str(out)]) == 0
+    assert (snapshot(first), snapshot(second)) == before
+    assert sorted(p.name for p in out.iterdir()) == ["compare-curves.png", "compare-lr-time.png", "compare.html"]
+
+    seen = open_page(browser, out / "compare.html", tmp_path / "compare.png")
+    assert seen["errors"] == [] and seen["failed"] == []
+    assert len(seen["widths"]) == 2 and all(w > 0 for w in seen["widths"])
+    assert "Settings that differ (highlighted): lr." in seen["text"]
+    assert "lr\t0.01\t0.05" in seen["text"] and "43.21%" in seen["text"]
+    assert pct(json.loads((first / "results.json").read_text())["test_accuracy"]) in seen["text"]
+    html = (out / "compare.html").read_text()
+    assert html.count('<tr class="differs">') == 1
+    assert main(["compare", str(first), "--out", str(first)]) == 1  # never into a run directory
+
+
+def test_without_matplotlib_report_is_a_one_line_error_and_train_still_works(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the core install: no plotting
+    for name in ("pages", "report", "compare"):  # forget them, as in a fresh process
+        monkeypatch.delitem(sys.modules, f"cifarlab.{name}", raising=False)
+        monkeypatch.delattr(cifarlab, name, raising=False)
+    assert main(["report", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'cifarlab[report]'" in err
+    assert main(["train", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 1  # user errors still one line
+    assert "bad value for lr" in capsys.readouterr().err

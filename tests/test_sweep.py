@@ -1,0 +1,136 @@
+"""`cifarlab sweep`: spec checking, restart after an interruption, failures recorded, parallel workers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import open_page
+from cifarlab.cli import main
+from cifarlab.sweep import LEADERBOARD, STATE, load_spec, run_sweep
+
+TINY = """
+base = "paper"
+train_subset = 40
+[fixed]
+epochs = 2
+batch_size = 40
+val_size = 20
+"model_options.widths" = [8, 8, 8, 8, 16, 16, 16]
+"model_options.fc_widths" = [16, 16]
+[grid]
+lr = [0.01, 0.03]
+"model_options.fc_dropout" = [0.3, 0.5]
+[[variants]]
+name = "val-too-big"
+val_size = 5000
+"""
+NAMES = ["lr=0.01,fc_dropout=0.3", "lr=0.01,fc_dropout=0.5", "lr=0.03,fc_dropout=0.3", "lr=0.03,fc_dropout=0.5"]
+
+
+def write_spec(folder: Path, text: str, name: str = "spec.toml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ('base = "paper"\n[grid]\nlrr = [0.1]\n', ["[grid] lrr = 0.1", "unknown field 'lrr'"]),
+        ('base = "paper"\n[fixed]\nlr = -1.0\n[grid]\nseed = [0, 1]\n', ["[fixed]", "bad value for lr: -1.0"]),
+        ('base = "paper"\n[grid]\nepochs = ["two"]\n', ["field 'epochs' must be int"]),
+        ('base = "paper"\n[grid]\n"model_options.fc_dropot" = [0.3]\n', ["model_options", "fc_dropot"]),
+        ('base = "paper"\n[grid]\n"model_options.fc_dropout" = [0.3, 1.5]\n', ["model_options.fc_dropout = 1.5", "1.5"]),
+        ('base = "paper"\n[grid]\n"optim.lr" = [0.3]\n', ["unknown field 'optim.lr'"]),
+        ('base = "paper"\n[grid]\nlr = 0.1\n', ["lr must be a non-empty list"]),
+        ('base = "papr"\n[grid]\nlr = [0.1]\n', ["base:", "unknown preset 'papr'"]),
+        ('base = "paper"\ngird = {lr = [0.1]}\n', ["unknown key 'gird'"]),
+        ('base = "paper"\ntrain_subset = 0\n[grid]\nlr = [0.1]\n', ["train_subset must be a positive integer"]),
+        ('base = "paper"\n', ["nothing to sweep"]),
+        ('base = "paper"\n[grid\n', ["not valid TOML"]),
+        ('base = "paper"\n[[variants]]\nlr = 0.1\n[[variants]]\nlr = 0.1\n', ["two variants are named 'lr=0.1'"]),
+    ],
+)
+def test_bad_specs_are_one_line_errors_naming_file_and_field(tmp_path, capsys, text, names):
+    spec = write_spec(tmp_path, text)
+    assert main(["sweep", str(spec), "--list"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"cifarlab sweep: error: {spec}"), err
+    for name in names:
+        assert name in err, err
+    assert not (tmp_path / "spec").exists()  # nothing ran
+
+
+def test_spec_variants_and_names(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TINY))
+    assert [v.name for v in spec.variants] == [*NAMES, "val-too-big"]
+    config = spec.variants[1].config
+    assert (config.lr, config.epochs, config.model_options["fc_dropout"], config.model_options["widths"]) == (0.01, 2, 0.5, [8, 8, 8, 8, 16, 16, 16])
+    assert spec.variants[4].config.val_size == 5000 and spec.train_subset == 40
+
+
+def test_sweep_interrupted_then_restarted_finishes_with_leaderboard(tiny_binary, tmp_path, browser, capsys):
+    spec_path = write_spec(tmp_path, TINY)
+    spec = load_spec(spec_path)
+    out = tmp_path / "spec"
+    current = []
+
+    def interrupt_third(line: str) -> None:
+        if line.startswith("[3/"):
+            current.append(line)
+        if current and line.startswith("epoch 1/2"):
+            raise KeyboardInterrupt  # as Ctrl-C right after the third variant saved its first epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, None, tiny_binary, "cpu", progress=False, log=interrupt_third)
+    done = {n: (out / n / "results.json") for n in NAMES[:2]}
+    stamps = {n: (p.stat().st_mtime_ns, p.read_bytes()) for n, p in done.items()}
+    third = out / NAMES[2]
+    assert not (third / "results.json").exists() and (third / "checkpoint.pt").exists()
+    assert json.loads((third / "status.json").read_text())["status"] == "stopped"
+    assert json.loads((out / STATE).read_text())["variants"][NAMES[2]]["status"] == "stopped"
+    assert not (out / NAMES[3]).exists()
+
+    lines: list[str] = []
+    rows = run_sweep(spec, None, tiny_binary, "cpu", progress=False, log=lines.append)
+    assert "2 finished already, 3 to run" in lines[0]
+    assert any(line.startswith(f"resuming {third}") for line in lines)
+    assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n, p in done.items()} == stamps  # skipped, untouched
+    assert len((third / "metrics.jsonl").read_text().splitlines()) == 2
+    finished = [r for r in rows if r["status"] == "finished"]
+    assert sorted(r["name"] for r in finished) == NAMES and [r["rank"] for r in finished] == [1, 2, 3, 4]
+    vals = [r["val_accuracy"] for r in finished]
+    assert vals == sorted(vals, reverse=True) and all(r["test_accuracy"] is not None for r in finished)
+    assert rows[-1]["name"] == "val-too-big" and rows[-1]["status"] == "failed" and "DataError" in rows[-1]["reason"]
+    state = json.loads((out / STATE).read_text())
+    assert state["variants"]["val-too-big"]["status"] == "failed"
+    assert json.loads((out / "leaderboard.json").read_text()) == json.loads(json.dumps(rows))
+
+    seen = open_page(browser, out / LEADERBOARD, tmp_path / "leaderboard.png")
+    assert seen["errors"] == [] and len(seen["widths"]) == 2 and all(w > 0 for w in seen["widths"])
+    assert "val-too-big" in seen["text"] and "DataError" in seen["text"]
+
+    # changing the spec under finished runs is refused, naming the run's config and the field
+    write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 3"))
+    assert main(["sweep", str(spec_path), "--data-dir", str(tiny_binary), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{out / NAMES[0] / 'config.json'}" in err and "epochs=2" in err
+
+
+def test_parallel_sweep_in_worker_processes_restarts(tiny_binary, tmp_path, capsys):
+    spec = write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 1").split("[grid]")[0] + '[grid]\nseed = [0, 1]\n', "par.toml")
+    argv = ["sweep", str(spec), "--data-dir", str(tiny_binary), "--device", "cpu", "--parallel", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "running 2 variants at a time" in out
+    for name in ("seed=0", "seed=1"):
+        assert (tmp_path / "par" / name / "results.json").exists()
+        status = json.loads((tmp_path / "par" / name / "status.json").read_text())
+        assert status["status"] == "finished" and status["pid"] != os.getpid()  # trained in a worker process
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert "2 finished already, 0 to run" in again and again.count("finished") >= 3 and (tmp_path / "par" / LEADERBOARD).exists()

@@ -1,0 +1,36 @@
+"""`cifarlab train --tensorboard`: epochs mirrored from metrics.jsonl into TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from cifarlab.cli import main
+
+
+def test_train_with_tensorboard_mirrors_the_metrics(tiny_binary, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", str(tiny_binary), "--out", str(run), "--epochs", "2", "--val-size", "20",
+            "--batch-size", "40", "--device", "cpu", "--quiet", "--tensorboard"]
+    assert main(argv) == 0
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    for tag, key in (("accuracy/validation", "val_accuracy"), ("loss/train", "train_loss"), ("learning_rate", "lr")):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [1, 2]
+        assert [s.value for s in scalars] == pytest.approx([m[key] for m in metrics], rel=1e-6)
+
+
+def test_tensorboard_missing_is_a_one_line_error(tiny_binary, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
+    argv = ["train", "--data-dir", str(tiny_binary), "--out", str(tmp_path / "run"), "--epochs", "1", "--tensorboard"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs the tensorboard package" in err and "cifarlab[tensorboard]" in err
+    assert not (tmp_path / "run").exists()  # checked before anything was written
