@@ -38,19 +38,38 @@ def add_train(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory format")
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation for the final evaluation")
     p.add_argument("--train-subset", type=int, help="train on only the first N training images (quick trials)")
+    p.add_argument(
+        "--sync-bn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under torchrun: BatchNorm statistics over the global batch (GPUs only; default: per process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also log the metrics for TensorBoard into RUNDIR/tensorboard")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args) -> int:
+    from cifarlab import distributed
+
+    # Under torchrun (docs/scaling.md) every process runs this; outside it, these are no-ops.
+    device = str(distributed.init_from_env(args.device))
+    try:
+        _train(args, device)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def _train(args, device: str) -> None:
+    from cifarlab import distributed
     from cifarlab.config import get_preset
     from cifarlab.train import train
 
     if args.resume:
         with _train_log(args, args.resume) as log:
-            train(None, args.resume, data_dir=args.data_dir, device=args.device, resume=True, progress=not args.quiet, log=log)
-        return 0
+            train(None, args.resume, data_dir=args.data_dir, device=device, resume=True, progress=not args.quiet, log=log)
+        return
     config = get_preset(args.preset).replace(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -65,17 +84,20 @@ def cmd_train(args) -> int:
         amp=args.amp,
         channels_last=args.channels_last,
         tta=args.tta,
+        sync_bn=args.sync_bn,
     )
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = distributed.broadcast_object(out)  # one run directory, named by rank 0's clock
     with _train_log(args, out) as log:
-        train(config, out, data_dir=args.data_dir, device=args.device, progress=not args.quiet, train_subset=args.train_subset, log=log)
-    return 0
+        train(config, out, data_dir=args.data_dir, device=device, progress=not args.quiet, train_subset=args.train_subset, log=log)
 
 
 @contextlib.contextmanager
 def _train_log(args, run: Path):
     """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
-    if not args.tensorboard:
+    from cifarlab import distributed
+
+    if not args.tensorboard or not distributed.is_main():  # DDP: rank 0 alone writes the run directory
         yield print
         return
     from cifarlab.tblog import TensorBoardMirror

@@ -54,6 +54,9 @@ class TrainConfig:
     channels_last: bool = True
     tta: int = 0  # 0 none, 1 flip, 2 flip + 1-pixel translations
     eval_batch_size: int = 1000
+    # distributed runs (torchrun): BatchNorm statistics over the global batch instead of each
+    # process's shard; torch's SyncBatchNorm runs on GPUs only (docs/scaling.md)
+    sync_bn: bool = False
 
     def __post_init__(self):
         checks = {

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab import distributed
 from cifarlab.augment import normalize
 from cifarlab.data import load_cifar10
 from cifarlab.rundir import (
@@ -96,17 +97,48 @@ class Evaluation:
 
 def score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> Evaluation:
     """Loss, accuracy and confusion matrix of logits against labels."""
+    return _from_counts(_counts(logits, labels, num_classes), num_classes)
+
+
+def _counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float64 [summed loss, confusion matrix (flattened)]: sums, so parts of a data set add up exactly."""
     labels = labels.to(logits.device)
-    loss = F.cross_entropy(logits, labels, reduction="sum").item() / max(1, len(labels))
-    preds = logits.argmax(1)
-    confusion = torch.bincount(labels * num_classes + preds, minlength=num_classes**2).view(num_classes, num_classes)
-    accuracy = (preds == labels).float().mean().item() if len(labels) else 0.0
-    return Evaluation(loss=loss, accuracy=accuracy, confusion=confusion.cpu())
+    loss = F.cross_entropy(logits.double(), labels, reduction="sum").reshape(1)
+    confusion = torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+    return torch.cat([loss, confusion.double()])
+
+
+def _from_counts(counts: torch.Tensor, num_classes: int) -> Evaluation:
+    confusion = counts[1:].round().long().view(num_classes, num_classes).cpu()
+    total = int(confusion.sum())
+    return Evaluation(
+        loss=counts[0].item() / max(1, total),
+        accuracy=int(confusion.trace()) / total if total else 0.0,
+        confusion=confusion,
+    )
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, **kwargs) -> Evaluation:
     """Evaluate a model on uint8 images; kwargs go to `predict_logits`."""
     return score(predict_logits(model, images, mean, std, **kwargs), labels)
+
+
+def evaluate_sharded(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, num_classes: int = 10, **kwargs
+) -> Evaluation:
+    """`evaluate` split over the processes of a distributed run; alone, `evaluate` itself.
+
+    Each process scores its contiguous slice of the images (no padding, no image twice, unlike
+    a DistributedSampler) and the loss sums and confusion matrices are added up: every image
+    counts exactly once whatever the number of processes, and every process gets the same
+    result (so decisions taken from it, like cutting the learning rate, agree everywhere).
+    """
+    if distributed.world_size() == 1:
+        return evaluate(model, images, labels, mean, std, **kwargs)
+    part = distributed.shard(len(images))
+    logits = predict_logits(model, images[part], mean, std, **kwargs)
+    counts = distributed.all_reduce_sum(_counts(logits, labels[part], num_classes))
+    return _from_counts(counts, num_classes)
 
 
 # ---------------------------------------------------------------- a saved run on the test set

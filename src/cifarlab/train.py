@@ -5,6 +5,10 @@ The whole data set lives on the training device as uint8; each batch is gathered
 and augmented there as tensor operations. Resuming restores model, optimizer, schedule and
 every random number generator, so a resumed run ends with the same weights as an
 uninterrupted one.
+
+Under torchrun (docs/scaling.md) the same code runs in every process: each takes its shard
+of every global batch, DDP averages the gradients, evaluation is split exactly across the
+processes, and rank 0 alone logs and writes the run directory. Those places say "DDP:".
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab import distributed
 from cifarlab.augment import augment, normalize
-from cifarlab.config import TrainConfig
+from cifarlab.config import ConfigError, TrainConfig
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import evaluate
+from cifarlab.evaluate import evaluate_sharded
 from cifarlab.models import build_model, count_parameters
 from cifarlab.optim import Lookahead, Schedule, build_optimizer
 from cifarlab.rundir import (
@@ -120,6 +125,7 @@ class Learner:
     schedule: Schedule
     lookahead: Lookahead | None
     generator: torch.Generator
+    trainee: nn.Module | None = None  # DDP: the DistributedDataParallel wrapper that trains `model`
 
     def state_dict(self) -> dict:
         return {
@@ -140,14 +146,22 @@ class Learner:
 
 
 def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True) -> dict:
-    """One pass over the training images in a random order; returns loss, accuracy, steps."""
+    """One pass over the training images in a random order; returns loss, accuracy, steps.
+
+    DDP: every process draws the same order and augmentation (same generator state) for the
+    global batch, keeps its contiguous shard, and weights its loss by its share of the batch,
+    so the averaged gradient is the global batch's whatever the shard sizes.
+    """
     model, optimizer, schedule, generator = learner.model, learner.optimizer, learner.schedule, learner.generator
+    if learner.trainee is not None:
+        model = learner.trainee  # DDP
     device = splits.train_x.device
     amp = use_amp(config.amp, device)
     n = len(splits.train_x)
+    world = distributed.world_size()
     order = torch.randperm(n, device=device, generator=generator)
-    if n % config.batch_size == 1:
-        order = order[:-1]  # a batch of one image breaks BatchNorm
+    if 0 < n % config.batch_size < 2 * world:
+        order = order[: n - n % config.batch_size]  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -157,26 +171,29 @@ def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str
         for step, start in enumerate(range(0, len(order), config.batch_size)):
             idx = order[start : start + config.batch_size]
             x = normalize(splits.train_x[idx], MEAN, STD)
-            x = augment(x, config.crop_pad, config.flip, generator).contiguous(memory_format=fmt)
-            y = splits.train_y[idx]
+            x = augment(x, config.crop_pad, config.flip, generator)
+            part = distributed.shard(len(idx))  # DDP: this process's shard; alone, all of it
+            x, y = x[part].contiguous(memory_format=fmt), splits.train_y[idx][part]
+            share = len(y) * world / len(idx)  # 1 alone or with equal shards
             schedule.before_step()
             with autocast(device, amp):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if share == 1 else loss * share).backward()
             optimizer.step()
             if learner.lookahead is not None:
                 learner.lookahead.step(schedule.step_count)
-            loss_sum += loss.detach() * len(idx)
+            loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
-            if step % 50 == 49 and not torch.isfinite(loss_sum):
-                break  # stop early; the caller reports it
+            if step % 50 == 49 and not distributed.all_finite(loss_sum):
+                break  # stop early (every process together); the caller reports it
             bar.update(1)
-    total = loss_sum.item() / len(order)
+    totals = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]))  # DDP: whole epoch
+    total = totals[0].item() / len(order)
     if not math.isfinite(total):
         raise TrainingDiverged(f"training loss became {total} in {desc or 'this epoch'}")
-    return {"train_loss": total, "train_accuracy": correct.item() / len(order), "steps": steps}
+    return {"train_loss": total, "train_accuracy": int(totals[1].item()) / len(order), "steps": steps}
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -204,23 +221,34 @@ def train(
     data: Cifar10 | None = None,
     train_subset: int | None = None,
 ) -> dict:
-    """Train `config` into run directory `out` (or continue it with resume=True); returns results."""
+    """Train `config` into run directory `out` (or continue it with resume=True); returns results.
+
+    Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
+    """
     run = RunDir(out)
     dev = resolve_device(device)
+    main = distributed.is_main()  # DDP: rank 0 alone prints and writes the run directory
+    if not main:
+        log, progress = (lambda line: None), False
+    write_status = run.write_status if main else (lambda *a, **k: None)
     if dev.type == "cpu":
         set_cpu_threads()
+    # DDP: rank 0 alone reads the run directory and tells the others (their machines need not have it)
     if resume:
-        run.require()
-        saved = run.config()
+        saved = distributed.from_main(lambda: run.require().config())
         config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
         train_subset = saved.get("train_subset")
-    elif run.exists():
+    elif distributed.from_main(run.exists):
         raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or choose another --out")
 
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=dev).manual_seed(config.seed)
-    data = data if data is not None else load_cifar10(data_dir)
+    with distributed.main_first():  # DDP: rank 0 downloads, the others then read; a failure fails all
+        data = data if data is not None else load_cifar10(data_dir)
     splits = make_splits(data, config.val_size, dev, train_subset)
+    world = distributed.world_size()
+    if config.batch_size < 2 * world:
+        raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
 
     model = build_model(config.model, **config.model_options)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
@@ -239,14 +267,17 @@ def train(
     params = count_parameters(model)
 
     history: list[dict] = []
-    if resume:
-        state = load_checkpoint(run.file(CHECKPOINT), map_location=dev)
+    distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
+    if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
+        state = distributed.from_main(load_checkpoint, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
         learner.load_state_dict(state)
         history = state["history"]
+        distributed.restore_process_rng_state(state["rng"].get("processes"), config.seed, len(history))
         # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
-        run.file(METRICS).write_text("".join(_jsonl(h) for h in history))
+        if main:
+            run.file(METRICS).write_text("".join(_jsonl(h) for h in history))
         log(f"resuming {run.path} after epoch {len(history)} of {config.epochs}")
-    else:
+    elif main:
         run.path.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             run.file(CONFIG),
@@ -257,19 +288,30 @@ def train(
                 "train_images": len(splits.train_x),
                 "val_images": len(splits.val_x),
                 "device": str(dev),
+                "world_size": world,
                 "torch_version": torch.__version__,
                 "params": params,
             },
         )
         run.file(METRICS).write_text("")
-    run.write_status("running", epoch=len(history))
-    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}, {len(splits.train_x):,} training images")
+    if distributed.is_distributed():  # DDP: train through the wrapper; evaluate and save the model inside
+        learner.trainee = distributed.wrap_model(model, dev, config.sync_bn)
+        model = learner.model = distributed.unwrap(learner.trainee)
+    write_status("running", epoch=len(history))
+    across = f" x {world} processes" if world > 1 else ""
+    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
 
     def save_checkpoint(epoch: int) -> None:
+        processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
+        if not main:
+            return
+        state = learner.state_dict()
+        if processes is not None:
+            state["rng"]["processes"] = processes  # DDP: every process's dropout RNG, for an exact resume
         atomic_torch_save(
             run.file(CHECKPOINT),
             {
-                **learner.state_dict(),
+                **state,
                 "history": history,
                 "epoch": epoch,
                 "config": config.to_dict(),
@@ -284,10 +326,11 @@ def train(
             record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress)
             if epoch == config.epochs and learner.lookahead is not None:
                 learner.lookahead.finish()  # evaluate and keep the slow weights
+            distributed.broadcast_buffers(model)  # DDP: rank 0's BatchNorm statistics everywhere
             train_seconds = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]
-            if len(splits.val_x):
-                val = evaluate(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
+            if len(splits.val_x):  # DDP: split exactly over the processes; the same loss on all drives the schedule
+                val = evaluate_sharded(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
                 record.update(val_loss=val.loss, val_accuracy=val.accuracy)
                 learner.schedule.after_epoch(val.loss)
             else:
@@ -298,24 +341,26 @@ def train(
             record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
             history.append(record)
             save_checkpoint(epoch)
-            append_jsonl(run.file(METRICS), record)
+            if main:
+                append_jsonl(run.file(METRICS), record)
             log(_epoch_line(record, config.epochs))
     except TrainingDiverged as e:
-        run.write_status("failed", reason=str(e), epoch=len(history))
+        write_status("failed", reason=str(e), epoch=len(history))
         raise
     except KeyboardInterrupt:
-        run.write_status("stopped", reason="interrupted", epoch=len(history))
+        write_status("stopped", reason="interrupted", epoch=len(history))
         raise
     except Exception as e:
-        run.write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
+        write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
         raise
 
     eval_start = time.perf_counter()
-    test = evaluate(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
+    test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
     results = _results(history, test, splits, config, params, dev)
     results["eval_seconds"] = time.perf_counter() - eval_start
-    atomic_write_json(run.file(RESULTS), results)
-    run.write_status("finished", epoch=len(history))
+    if main:
+        atomic_write_json(run.file(RESULTS), results)
+    write_status("finished", epoch=len(history))
     log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
     return results
 
@@ -359,4 +404,5 @@ def _results(history: list[dict], test, splits: Splits, config: TrainConfig, par
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "world_size": distributed.world_size(),
     }
