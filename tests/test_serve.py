@@ -1,6 +1,6 @@
 """`cifarlab serve`: a real server process on a loopback port, a real HTTP client, a headless browser."""
 
-import asyncio
+import concurrent.futures
 import io
 import os
 import socket
@@ -139,14 +139,13 @@ def test_truncated_image_and_oversize_without_content_length(server, images):
 def test_fifty_concurrent_requests_are_batched_and_all_correct(server, images, expected):
     before = httpx.get(f"{server}/health").json()
 
-    async def load() -> list[httpx.Response]:
-        limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post("/predict", files={"file": (f"{i % 10}.png", images[i % 10], "image/png")}) for i in range(50)
-            ))
+    # Threads, not asyncio.run: the session's Playwright browser keeps an event loop in this thread.
+    def post(i: int) -> httpx.Response:
+        files = {"file": (f"{i % 10}.png", images[i % 10], "image/png")}
+        return httpx.post(f"{server}/predict", files=files, timeout=60)
 
-    responses = asyncio.run(load())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(pool.map(post, range(50)))
     assert [r.status_code for r in responses] == [200] * 50
     for i, response in enumerate(responses):
         answer = response.json()
@@ -172,22 +171,18 @@ def test_port_in_use_is_a_one_line_error(tiny_run, capsys):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
-def test_upload_page_in_headless_chromium(server, images, expected, tmp_path):
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_upload_page_in_headless_chromium(server, images, expected, tmp_path, browser):
     png = tmp_path / "upload.png"
     png.write_bytes(images[5])
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{server}/")
-            page.set_input_files("#file", str(png))
-            page.click("button[type=submit]")
-            page.wait_for_selector("#predicted", timeout=30_000)
-            assert page.inner_text("#predicted") == expected[5][0][0]
-            assert page.locator("#classes tr").count() == 10
-            assert page.evaluate("document.getElementById('preview').naturalWidth") == 32  # the image is shown
-            page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
-        finally:
-            browser.close()
+    page = browser.new_page()  # the session's headless Chromium (conftest.browser)
+    try:
+        page.goto(f"{server}/")
+        page.set_input_files("#file", str(png))
+        page.click("button[type=submit]")
+        page.wait_for_selector("#predicted", timeout=30_000)
+        assert page.inner_text("#predicted") == expected[5][0][0]
+        assert page.locator("#classes tr").count() == 10
+        assert page.evaluate("document.getElementById('preview').naturalWidth") == 32  # the image is shown
+        page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
+    finally:
+        page.close()
