@@ -135,8 +135,8 @@ PRESETS: dict[str, TrainConfig] = {
     # The report's recipe: SGD lr 0.01, batch 64, ReduceLROnPlateau(0.1, patience 10) on
     # validation loss, no augmentation. The report trained until accuracy stabilised;
     # 150 epochs is an upper bound, stopping after the second learning-rate cut is typical.
-    # On a 2-core AVX-512 CPU without native bf16, bf16 autocast made this network 3x slower
-    # (57 vs 184 images/s at batch 64), so "auto" leaves it off there; channels-last gave 1.26x.
+    # On a 2-core AVX-512 CPU without native bf16, bf16 autocast made this network 2.9x slower
+    # (56.7 vs 167.0 images/s at batch 64, benchmarks/throughput.py), so "auto" leaves it off there.
     "paper": TrainConfig(channels_last=True),
     # 10 minutes on 2 CPU cores: airbench94's network and recipe with a stride-2 whitening
     # stem, so every later layer works on 16x16 (about 6x cheaper per image on the CPU).

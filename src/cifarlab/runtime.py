@@ -29,8 +29,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bfloat16 natively (emulated bf16 on CPU is slower than fp32).
 
-    Measured on a 2-core AVX-512 CPU without the bf16 instructions: autocast made the paper
-    network 3x slower and the fast network 4x slower than float32.
+    Measured on a 2-core AVX-512 CPU without the bf16 instructions (benchmarks/throughput.py):
+    autocast made the paper network 2.9x and the quick preset's network 2.5x slower than float32.
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
