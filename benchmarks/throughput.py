@@ -11,7 +11,6 @@ one warm-up pass, and reports the median. No accuracy is measured here.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -20,13 +19,11 @@ from pathlib import Path
 import torch
 
 from cifarlab.config import get_preset
-from cifarlab.data import MEAN, STD, load_cifar10
-from cifarlab.augment import normalize
-from cifarlab.models import build_model, count_parameters
-from cifarlab.optim import Lookahead, Schedule, build_optimizer
+from cifarlab.data import load_cifar10
+from cifarlab.models import count_parameters
 from cifarlab.rundir import atomic_write_json
-from cifarlab.runtime import memory_format, resolve_device, set_cpu_threads, use_amp
-from cifarlab.train import INIT_IMAGES, Learner, make_splits, train_epoch
+from cifarlab.runtime import resolve_device, set_cpu_threads, use_amp
+from cifarlab.train import build_learner, make_splits, train_epoch
 
 
 def main() -> int:
@@ -46,14 +43,8 @@ def main() -> int:
         set_cpu_threads()
     config = get_preset(args.preset).replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
     splits = make_splits(load_cifar10(args.data_dir), 0, dev, train_subset=args.images)
-    model = build_model(config.model, **config.model_options)
-    if hasattr(model, "init_from_data"):
-        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
-    model = model.to(dev, memory_format=memory_format(config.channels_last))
-    optimizer = build_optimizer(model, config)
-    steps = math.ceil(len(splits.train_x) / config.batch_size)
-    lookahead = Lookahead(model, steps * (args.repeats + 1)) if config.lookahead else None
-    learner = Learner(model, optimizer, Schedule(optimizer, config, steps), lookahead, torch.Generator(dev).manual_seed(0))
+    # the timed passes are the run's epochs, so the schedule and lookahead span exactly them
+    learner = build_learner(config.replace(epochs=args.repeats + 1), splits, dev, torch.Generator(dev).manual_seed(0))
 
     seconds = []
     for i in range(args.repeats + 1):
@@ -72,7 +63,7 @@ def main() -> int:
         "amp": use_amp(config.amp, dev),
         "channels_last": config.channels_last,
         "batch_size": config.batch_size,
-        "params": count_parameters(model),
+        "params": count_parameters(learner.model),
         "images_per_pass": len(splits.train_x),
         "steps_per_pass": record["steps"],
         "pass_seconds": seconds[1:],

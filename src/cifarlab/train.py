@@ -145,6 +145,23 @@ class Learner:
         _set_rng_state(state["rng"], self.generator)
 
 
+def build_learner(config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator) -> Learner:
+    """The model (with its data-dependent initialisation), optimizer, schedule and lookahead of a config."""
+    model = build_model(config.model, **config.model_options)
+    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
+        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
+    model = model.to(dev, memory_format=memory_format(config.channels_last))
+    optimizer = build_optimizer(model, config)
+    steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
+    return Learner(
+        model,
+        optimizer,
+        Schedule(optimizer, config, steps_per_epoch),
+        Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
+        generator,
+    )
+
+
 def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps.
 
@@ -250,19 +267,8 @@ def train(
     if config.batch_size < 2 * world:
         raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
 
-    model = build_model(config.model, **config.model_options)
-    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
-        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
-    model = model.to(dev, memory_format=memory_format(config.channels_last))
-    optimizer = build_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
-    learner = Learner(
-        model,
-        optimizer,
-        Schedule(optimizer, config, steps_per_epoch),
-        Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
-        generator,
-    )
+    learner = build_learner(config, splits, dev, generator)
+    model, optimizer = learner.model, learner.optimizer
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD)
     params = count_parameters(model)
 
