@@ -345,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CifarlabError as e:  # a user mistake: one line; anything else is a bug: traceback
-        print(f"cifarlab {args.command}: error: {e}", file=sys.stderr)
+        # one write per line: several torchrun processes share stderr and must not interleave
+        sys.stderr.write(f"cifarlab {args.command}: error: {e}\n")
+        sys.stderr.flush()
         return 1
     except KeyboardInterrupt:
         print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
