@@ -65,14 +65,18 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished 2-epoch run of a small paper net on tiny fake data (shared, read-only)."""
+    """A finished 2-epoch run of a small paper net on tiny fake data (shared, read-only).
+
+    Trained under bf16 autocast on every machine (emulated, only slower, without native bf16), so
+    evaluate, predict, serve and export are checked on a bf16-trained model, inferring in float32.
+    """
     from cifarlab.config import get_preset
     from cifarlab.train import train
 
     root = tmp_path_factory.mktemp("tinyrun")
     data = write_binary(root / "data", per_batch=40, test=40).parent
     config = get_preset("paper").replace(
-        epochs=2, batch_size=32, val_size=20, model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
+        epochs=2, batch_size=32, val_size=20, amp="bf16", model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
     )
     train(config, root / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     return root / "run"

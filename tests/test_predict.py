@@ -37,7 +37,7 @@ def evaluate_path_logits(run: Path, images: torch.Tensor) -> torch.Tensor:
     """Logits exactly as `cifarlab evaluate` computes them (same function, same arguments)."""
     model, meta = model_from_checkpoint(load_checkpoint(run))
     return predict_logits(model, images, meta["mean"], meta["std"], batch_size=1000, tta=0,
-                          amp=meta["amp"], channels_last=meta["channels_last"])
+                          amp="off", channels_last=meta["channels_last"])
 
 
 @pytest.fixture

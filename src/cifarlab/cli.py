@@ -112,6 +112,12 @@ def _train_log(args, run: Path):
 # ---------------------------------------------------------------- evaluate
 
 
+def add_inference_amp(p) -> None:
+    p.add_argument("--amp", choices=["off", "bf16"], default="off",
+                   help="off: float32 (default; the same logits as evaluate, predict, serve and export on any "
+                   "machine), bf16: bfloat16 autocast (faster where the device computes bf16 natively)")
+
+
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run")
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
@@ -120,13 +126,14 @@ def add_evaluate(sub) -> None:
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
     p.add_argument("--output", type=Path, help="JSON file to write (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    add_inference_amp(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
     from cifarlab.evaluate import evaluate_checkpoint, format_evaluation
 
-    result, output = evaluate_checkpoint(args.run, args.data_dir, args.device, args.tta, args.output, args.batch_size)
+    result, output = evaluate_checkpoint(args.run, args.data_dir, args.device, args.tta, args.output, args.batch_size, args.amp)
     print(format_evaluation(result))
     print(f"written to {output}")
     return 0
@@ -174,6 +181,7 @@ def add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_inference_amp(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -190,7 +198,7 @@ def cmd_predict(args) -> int:
     check_output_name(args.output)
     if args.top_k < 1 or args.batch_size < 1:
         raise PredictError("--top-k and --batch-size must be at least 1")
-    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size, amp=args.amp)
     report = predict_paths(predictor, args.paths, top_k=args.top_k, progress=not args.quiet)
     print(format_report(report))
     if args.output:
@@ -242,6 +250,7 @@ def add_serve(sub) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help="largest image file accepted (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most requests answered by one forward pass (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a request waits for others to batch with (default: %(default)s)")
+    add_inference_amp(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -249,7 +258,7 @@ def cmd_serve(args) -> int:
     from cifarlab.serve import serve
 
     serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
-          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp)
 # ---------------------------------------------------------------- report, runs, compare, sweep
 
 

@@ -19,7 +19,7 @@ from cifarlab.rundir import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from cifarlab.runtime import autocast, memory_format, resolve_device, use_amp
+from cifarlab.runtime import autocast, autocast_dtype, memory_format, resolve_device, use_amp
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
@@ -151,11 +151,12 @@ def evaluate_checkpoint(
     tta: int | None = None,
     output: Path | str | None = None,
     batch_size: int = 1000,
+    amp: str = "off",
 ) -> tuple[dict, Path]:
     """Evaluate a run directory's (or a checkpoint file's) model on the test set; write JSON.
 
-    `tta=None` uses the test-time augmentation the run was configured with, so the figure
-    matches its results.json.
+    `tta=None` uses the test-time augmentation the run was configured with, and `amp="off"`
+    (float32) is how training computes its final test figure, so the result matches results.json.
     """
     ckpt = checkpoint_path(path)
     state = load_checkpoint(ckpt)
@@ -171,7 +172,7 @@ def evaluate_checkpoint(
         meta["std"],
         batch_size=batch_size,
         tta=tta,
-        amp=meta["amp"],
+        amp=amp,
         channels_last=meta["channels_last"],
     )
     ev = score(logits, data.test_labels.to(dev), len(meta["classes"]))
@@ -179,6 +180,7 @@ def evaluate_checkpoint(
         "checkpoint": str(ckpt),
         "epoch": state.get("epoch"),
         "tta": tta,
+        "dtype": autocast_dtype(amp, dev),
         "test_images": len(data.test_labels),
         "test_accuracy": ev.accuracy,
         "test_error": ev.error,

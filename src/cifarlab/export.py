@@ -30,6 +30,7 @@ import torch.nn as nn
 from cifarlab.augment import normalize
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.errors import CifarlabError
+from cifarlab.evaluate import predict_logits
 from cifarlab.rundir import (
     atomic_write_json,
     checkpoint_path,
@@ -109,11 +110,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
     return run
 
 
-def compare(run: Callable[[np.ndarray], np.ndarray], model: nn.Module, x: torch.Tensor) -> dict:
-    """Max abs logit difference and top-1 agreement of an exported model against PyTorch,
-    over the whole batch, a single image and an odd-sized batch (the batch axis is dynamic)."""
-    with torch.no_grad():
-        reference = model(x).numpy()
+def compare(run: Callable[[np.ndarray], np.ndarray], reference: np.ndarray, x: torch.Tensor) -> dict:
+    """Max abs logit difference and top-1 agreement of an exported model against `reference`
+    logits, over the whole batch, a single image and an odd-sized batch (the batch axis is dynamic)."""
     batch_sizes = sorted({len(x), 1, min(len(x), 7)}, reverse=True)
     diff, agree = 0.0, 0
     for n in batch_sizes:
@@ -154,10 +153,12 @@ def export_model(
 
     pixels, source = check_images(data_dir, images, log)
     x = normalize(pixels, meta["mean"], meta["std"])
+    # The reference is what `cifarlab predict` computes (float32, the checkpoint's memory format).
+    reference = predict_logits(model, pixels, meta["mean"], meta["std"], channels_last=meta.get("channels_last", False)).numpy()
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         runner = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, x[:2], tmp)
-        check = compare(runner, model, x)
+        check = compare(runner, reference, x)
         if not check["max_abs_diff"] <= tolerance:
             raise ExportError(
                 f"the {fmt} model differs from PyTorch by up to {check['max_abs_diff']:.3g} in the logits "
@@ -167,7 +168,7 @@ def export_model(
     finally:
         tmp.unlink(missing_ok=True)
 
-    info = describe(fmt, output, ckpt, meta, {"against": "PyTorch eager, float32, CPU", "images": source,
+    info = describe(fmt, output, ckpt, meta, {"against": "cifarlab predict (PyTorch eager, float32, CPU)", "images": source,
                                               "count": len(x), "tolerance": tolerance, **check})
     atomic_write_json(sidecar(output), info)
     return output, info

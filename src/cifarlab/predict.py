@@ -177,12 +177,13 @@ def folder_labels(folder: Path, files: list[Path], classes: list[str]) -> dict[P
 class Predictor:
     """A checkpoint's model with its preprocessing, ready to turn uint8 images into logits."""
 
-    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
         self.checkpoint = checkpoint_path(checkpoint)
         model, self.meta = model_from_checkpoint(load_checkpoint(self.checkpoint), str(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))
-        self.amp = use_amp(self.meta.get("amp", "off"), self.device)  # a setting such as "auto", resolved here
+        # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
+        self.amp = use_amp(amp, self.device)
         self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
         self.classes: list[str] = list(self.meta["classes"])
         self.batch_size = batch_size

@@ -106,7 +106,7 @@ def test_predictions(
             logits.append(
                 predict_logits(
                     model, batch, meta["mean"], meta["std"], batch_size=chunk, tta=tta,
-                    amp=meta["amp"], channels_last=meta["channels_last"],
+                    amp=False, channels_last=meta["channels_last"],
                 ).cpu()
             )
             bar.update(len(batch))

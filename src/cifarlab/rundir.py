@@ -164,8 +164,12 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     return state
 
 
-def model_metadata(config: dict, classes, mean, std) -> dict:
-    """What a checkpoint must carry so that predict/export/serve need nothing else."""
+def model_metadata(config: dict, classes, mean, std, train_dtype: str) -> dict:
+    """What a checkpoint must carry so that predict/export/serve need nothing else.
+
+    `train_dtype` is the resolved autocast dtype the run trained in ("bfloat16" or "float32");
+    inference computes in float32 unless asked otherwise, whatever the run trained in.
+    """
     return {
         "model": config["model"],
         "model_options": config["model_options"],
@@ -174,7 +178,7 @@ def model_metadata(config: dict, classes, mean, std) -> dict:
         "std": list(std),
         "input_size": [3, 32, 32],
         "channels_last": config.get("channels_last", False),
-        "amp": config.get("amp", "off"),  # a setting (auto/bf16/off), resolved per device
+        "train_dtype": train_dtype,
     }
 
 

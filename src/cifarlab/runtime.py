@@ -34,6 +34,9 @@ def native_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    forced = os.environ.get("CIFARLAB_NATIVE_BF16")  # "0" or "1": act as a CPU without / with it (tests)
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         flags = open("/proc/cpuinfo").read()
     except OSError:
@@ -46,6 +49,14 @@ def use_amp(setting: str | bool, device: torch.device) -> bool:
     if isinstance(setting, bool):
         return setting
     return setting == "bf16" or (setting == "auto" and native_bf16(device))
+
+
+def autocast_dtype(setting: str | bool, device: torch.device) -> str:
+    """The dtype a config's amp setting computes in on a device: "bfloat16" or "float32".
+
+    Recorded in config.json, results.json and checkpoints, so a run says what it did, never "auto".
+    """
+    return "bfloat16" if use_amp(setting, device) else "float32"
 
 
 def autocast(device: torch.device, enabled: bool):

@@ -139,6 +139,7 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_batch: int = MAX_BATCH,
     max_wait_ms: float = MAX_WAIT_MS,
+    amp: str = "off",
 ):
     """The FastAPI application serving one checkpoint (a run directory or checkpoint file)."""
     try:
@@ -151,7 +152,7 @@ def create_app(
     if max_upload_bytes < 1 or max_batch < 1 or max_wait_ms < 0 or top_k < 1:
         raise ServeError("--max-upload-bytes, --max-batch and --top-k must be positive and --max-wait-ms not negative")
 
-    predictor = Predictor(checkpoint, device=device, batch_size=max_batch)
+    predictor = Predictor(checkpoint, device=device, batch_size=max_batch, amp=amp)
     classes = predictor.classes
     batcher = MicroBatcher(predictor.logits, max_batch, max_wait_ms)
 

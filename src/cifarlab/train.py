@@ -47,6 +47,7 @@ from cifarlab.rundir import (
 )
 from cifarlab.runtime import (
     autocast,
+    autocast_dtype,
     memory_format,
     resolve_device,
     set_cpu_threads,
@@ -269,7 +270,8 @@ def train(
 
     learner = build_learner(config, splits, dev, generator)
     model, optimizer = learner.model, learner.optimizer
-    meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD)
+    train_dtype = autocast_dtype(config.amp, dev)
+    meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD, train_dtype)
     params = count_parameters(model)
 
     history: list[dict] = []
@@ -294,6 +296,7 @@ def train(
                 "train_images": len(splits.train_x),
                 "val_images": len(splits.val_x),
                 "device": str(dev),
+                "autocast_dtype": train_dtype,
                 "world_size": world,
                 "torch_version": torch.__version__,
                 "params": params,
@@ -325,7 +328,9 @@ def train(
             },
         )
 
-    eval_kwargs = dict(batch_size=config.eval_batch_size, amp=config.amp, channels_last=config.channels_last)
+    # Validation computes in the training dtype (it is part of training); the final test evaluation
+    # in float32, exactly as `cifarlab evaluate`, predict, serve and export do.
+    eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
             start = time.perf_counter()
@@ -336,7 +341,7 @@ def train(
             train_seconds = time.perf_counter() - start
             lr = optimizer.param_groups[0]["lr"]
             if len(splits.val_x):  # DDP: split exactly over the processes; the same loss on all drives the schedule
-                val = evaluate_sharded(model, splits.val_x, splits.val_y, MEAN, STD, **eval_kwargs)
+                val = evaluate_sharded(model, splits.val_x, splits.val_y, MEAN, STD, amp=train_dtype == "bfloat16", **eval_kwargs)
                 record.update(val_loss=val.loss, val_accuracy=val.accuracy)
                 learner.schedule.after_epoch(val.loss)
             else:
@@ -363,6 +368,7 @@ def train(
     eval_start = time.perf_counter()
     test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
     results = _results(history, test, splits, config, params, dev)
+    results.update(autocast_dtype=train_dtype, eval_dtype="float32")
     results["eval_seconds"] = time.perf_counter() - eval_start
     if main:
         atomic_write_json(run.file(RESULTS), results)

@@ -1,0 +1,77 @@
+"""Device and dtype resolution, and bf16 autocast on the CPU (forced, so it runs on every CPU)."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifarlab import runtime
+from cifarlab.evaluate import evaluate_checkpoint
+from cifarlab.models import build_model
+from cifarlab.rundir import load_checkpoint
+from cifarlab.runtime import DeviceError, autocast, autocast_dtype, resolve_device, use_amp
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def native(monkeypatch):
+    """Pretend the CPU has (True) or lacks (False) native bf16."""
+
+    def pretend(value: bool):
+        runtime.native_bf16.cache_clear()
+        monkeypatch.setenv("CIFARLAB_NATIVE_BF16", "1" if value else "0")
+
+    yield pretend
+    runtime.native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_amp_settings_resolve_to_a_dtype(native, has_bf16):
+    native(has_bf16)
+    assert autocast_dtype("auto", CPU) == ("bfloat16" if has_bf16 else "float32")
+    assert autocast_dtype("bf16", CPU) == "bfloat16"  # forced: emulated where not native
+    assert autocast_dtype("off", CPU) == "float32"
+    assert use_amp(True, CPU) and not use_amp(False, CPU)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_bf16_autocast_training_step_on_cpu():
+    torch.manual_seed(0)
+    model = build_model("paper", widths=[8, 8, 8, 8, 16, 16, 16], fc_widths=[16, 16])
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    with autocast(CPU, True):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+    assert logits.dtype == torch.bfloat16  # it really computed in bf16
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_run_records_resolved_dtypes_and_evaluate_matches_results(tiny_run, tmp_path):
+    """tiny_run trains with amp="bf16": every file says bfloat16, never "auto"; the final test figure
+    is computed in float32, exactly as `cifarlab evaluate` computes it, on any CPU."""
+    config = json.loads((tiny_run / "config.json").read_text())
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert config["autocast_dtype"] == "bfloat16"
+    assert results["autocast_dtype"] == "bfloat16" and results["eval_dtype"] == "float32"
+    assert load_checkpoint(tiny_run)["meta"]["train_dtype"] == "bfloat16"
+    result, _ = evaluate_checkpoint(tiny_run, tiny_run.parent / "data", "cpu", output=tmp_path / "e.json")
+    assert result["dtype"] == "float32"
+    assert result["test_accuracy"] == results["test_accuracy"]
+    assert result["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
+    bf16, _ = evaluate_checkpoint(tiny_run, tiny_run.parent / "data", "cpu", output=tmp_path / "b.json", amp="bf16")
+    assert bf16["dtype"] == "bfloat16" and bf16["test_loss"] != result["test_loss"]
