@@ -5,6 +5,7 @@ import torch
 
 from cifarlab.config import get_preset
 from cifarlab.rundir import RunDir, RunError, load_checkpoint, read_metrics
+from cifarlab.optim import early_stop_reason
 from cifarlab.train import TrainingDiverged, seconds_to_stabilise, train
 from conftest import write_binary
 
@@ -84,3 +85,70 @@ def test_stabilised_epoch_definition():
     h = [{"epoch": i + 1, "elapsed_seconds": 10.0 * (i + 1), "val_accuracy": a} for i, a in enumerate([0.5, 0.8, 0.852, 0.849, 0.85])]
     assert seconds_to_stabilise(h) == (3, 30.0)
     assert seconds_to_stabilise([{"epoch": 1, "elapsed_seconds": 1.0, "val_accuracy": None}]) == (None, None)
+
+
+def _history(accs, lrs):
+    return [{"epoch": i + 1, "val_accuracy": a, "lr": lr} for i, (a, lr) in enumerate(zip(accs, lrs))]
+
+
+def test_early_stop_waits_for_a_cut_then_for_patience_without_improvement():
+    config = small_config(stop_patience=2, stop_min_delta=0.001)
+    flat = [0.5, 0.6, 0.6, 0.6, 0.6, 0.6]
+    assert early_stop_reason(_history(flat, [0.01] * 6), 0.01, config) is None  # never cut: go on
+    # cut after epoch 3; no gain since epoch 2 -> 2 epochs counted from the cut (epochs 4, 5)
+    assert early_stop_reason(_history(flat[:4], [0.01] * 3 + [0.001]), 0.001, config) is None
+    reason = early_stop_reason(_history(flat[:5], [0.01] * 3 + [0.001] * 2), 0.001, config)
+    assert "since the learning rate was first cut (epoch 3)" in reason
+    # a gain of 0.05% is below the 0.1-point threshold; a gain of 1 point resets the count
+    rising = [0.5, 0.6, 0.6, 0.6005, 0.61, 0.61]
+    assert early_stop_reason(_history(rising[:5], [0.01] * 3 + [0.001] * 2), 0.001, config) is None
+    assert early_stop_reason(_history(rising, [0.01] * 3 + [0.001] * 3), 0.001, config) is None
+    assert early_stop_reason(_history(flat[:5], [0.01] * 5), 0.01, small_config(stop_patience=0)) is None
+
+
+def test_early_stop_ends_the_run_and_resumes_to_the_same_epoch(tmp_path):
+    """Noise labels: the validation loss never improves, so the plateau schedule cuts after epoch 2
+    and the run stops within a few epochs; a run interrupted on the way stops at the same epoch."""
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    config = small_config(epochs=30, plateau_patience=1, stop_patience=2, lr=0.05)
+    straight = quiet_train(config, tmp_path / "straight", data)
+    assert straight["stopped_early"] and straight["epochs"] < 30
+    assert straight["stop_epoch"] == straight["epochs"] and "first cut" in straight["stop_reason"]
+    stopped = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, stopped, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(2))
+    resumed = quiet_train(None, stopped, data, resume=True)
+    assert resumed["epochs"] == straight["epochs"] and resumed["stop_reason"] == straight["stop_reason"]
+    a, b = load_checkpoint(tmp_path / "straight")["model"], load_checkpoint(stopped)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_and_adamw_train(tmp_path, optimizer):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    results = quiet_train(small_config(epochs=1, optimizer=optimizer, lr=1e-3), tmp_path / "run", data)
+    state = load_checkpoint(tmp_path / "run")
+    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))  # Adam's moment estimates
+    assert results["epochs"] == 1
+
+
+def test_init_from_takes_weights_only_and_records_the_source(tiny_run, tmp_path):
+    config = small_config(epochs=1, lr=0.001, init_from=str(tiny_run), val_size=20, crop_pad=0, flip=False,
+                          model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]})
+    source = load_checkpoint(tiny_run)
+    quiet_train(config, tmp_path / "warm", tiny_run.parent / "data")
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert saved["init_from"]["checkpoint"] == str((tiny_run / "checkpoint.pt").resolve())
+    assert saved["init_from"]["epoch"] == source["epoch"] == 2
+    assert saved["train"]["init_from"] == str(tiny_run.resolve())
+    warm = load_checkpoint(tmp_path / "warm")
+    assert warm["optimizer"]["param_groups"][0]["lr"] == 0.001  # a fresh optimizer at the new rate
+    # one epoch at lr 0.001 moves the weights only a little from the source's
+    w0, w1 = source["model"]["features.0.weight"], warm["model"]["features.0.weight"]
+    assert 0 < (w1 - w0).abs().max() < 0.05 * w0.abs().max()
+
+
+def test_init_from_a_model_that_does_not_fit_is_one_line(tiny_run, tmp_path):
+    config = small_config(epochs=1, init_from=str(tiny_run), model_options={"widths": [8, 8, 8, 8, 16, 16, 32]})
+    with pytest.raises(RunError, match="do not fit this model"):
+        quiet_train(config, tmp_path / "run", tiny_run.parent / "data")

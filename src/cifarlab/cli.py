@@ -15,37 +15,75 @@ from cifarlab.errors import CifarlabError
 # ---------------------------------------------------------------- train
 
 
+# Help for the flags derived from TrainConfig's fields (every field is a flag; none is listed by hand).
+FIELD_HELP = {
+    "model": "registered network (cifarlab info lists them)",
+    "val_size": "training images held out for validation (0 allowed)",
+    "crop_pad": "random-crop padding in pixels (0 = off)",
+    "flip": "random horizontal flips",
+    "epochs": "number of epochs (an upper bound with the early stop)",
+    "optimizer": "sgd, or adam/adamw as the report tried",
+    "lr": "peak learning rate",
+    "amp": "bfloat16 autocast in training; auto = only where the device has native bf16",
+    "tta": "test-time augmentation for the final evaluation",
+    "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
+    "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
+    "sync_bn": "under torchrun: BatchNorm statistics over the global batch (GPUs only)",
+}
+_SKIPPED_FIELDS = ("preset", "model_options")  # --preset chooses the base; model options go through --set
+
+
+def add_config_flags(p) -> None:
+    """One flag per TrainConfig field, typed from its annotation; the dest is the field name."""
+    import dataclasses
+    import typing
+
+    from cifarlab.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _SKIPPED_FIELDS:
+            continue
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        help_text = FIELD_HELP.get(f.name, f.name.replace("_", " "))
+        if kind is bool:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is typing.Literal:
+            p.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text)
+
+
+def config_from_args(args):
+    """The preset (or --config file), then the flags, then every --set, checked like config.json."""
+    import dataclasses
+
+    from cifarlab.config import TrainConfig, apply_overrides, get_preset, load_config_file, parse_assignment
+
+    config = load_config_file(args.config) if args.config else get_preset(args.preset)
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIPPED_FIELDS}
+    config = apply_overrides(config, {k: v for k, v in flags.items() if v is not None}, source="flags")
+    return apply_overrides(config, dict(parse_assignment(a) for a in args.set or []), source="--set")
+
+
 def add_train(sub) -> None:
     from cifarlab.config import PRESETS
 
-    p = sub.add_parser("train", help="train a model into a run directory", description="Train a preset, overriding any of its settings.")
+    p = sub.add_parser("train", help="train a model into a run directory",
+                       description="Train a preset, overriding any of its settings: each setting is a flag, "
+                       "and --set FIELD=VALUE reaches every one, model options included "
+                       "(--set model_options.widths=[32,64,128]).")
     p.add_argument("--preset", default="fast", choices=list(PRESETS), help="named recipe (default: %(default)s; the report's own is paper)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="start from a run's config.json or a TOML file of settings instead of a preset")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set any setting, model options as model_options.NAME (repeatable)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIMESTAMP)")
     p.add_argument("--resume", type=Path, metavar="RUNDIR", help="continue a stopped run to its saved schedule")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda or cuda:N")
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay on conv and linear weights")
-    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
-    p.add_argument("--seed", type=int, help="random seed for initialisation, order and augmentation")
-    p.add_argument("--val-size", type=int, help="training images held out for validation (0 allowed)")
-    p.add_argument("--crop-pad", type=int, help="random-crop padding in pixels (0 = off)")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random horizontal flips")
-    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="bfloat16 autocast; auto = only where the device has native bf16")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="channels-last memory format")
-    p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation for the final evaluation")
     p.add_argument("--train-subset", type=int, help="train on only the first N training images (quick trials)")
-    p.add_argument(
-        "--sync-bn",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="under torchrun: BatchNorm statistics over the global batch (GPUs only; default: per process)",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true", help="also log the metrics for TensorBoard into RUNDIR/tensorboard")
+    add_config_flags(p.add_argument_group("settings (each overrides one field of the preset's config)"))
     p.set_defaults(func=cmd_train)
 
 
@@ -63,29 +101,13 @@ def cmd_train(args) -> int:
 
 def _train(args, device: str) -> None:
     from cifarlab import distributed
-    from cifarlab.config import get_preset
     from cifarlab.train import train
 
     if args.resume:
         with _train_log(args, args.resume) as log:
             train(None, args.resume, data_dir=args.data_dir, device=device, resume=True, progress=not args.quiet, log=log)
         return
-    config = get_preset(args.preset).replace(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        seed=args.seed,
-        val_size=args.val_size,
-        crop_pad=args.crop_pad,
-        flip=args.flip,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        tta=args.tta,
-        sync_bn=args.sync_bn,
-    )
+    config = config_from_args(args)
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = distributed.broadcast_object(out)  # one run directory, named by rank 0's clock
     with _train_log(args, out) as log:

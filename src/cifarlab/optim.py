@@ -9,7 +9,7 @@ from cifarlab.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with two parameter groups: weights, and 1-d parameters (BatchNorm shifts, biases).
+    """SGD (or Adam, AdamW) with two parameter groups: weights, and 1-d parameters (BatchNorm shifts, biases).
 
     1-d parameters get `bias_lr_scale` times the learning rate and weight decay divided by the
     same factor, so both groups shrink by the same fraction per step (airbench's scheme: shifts
@@ -23,7 +23,38 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     ]
     for group in groups:
         group["base_lr"] = group["lr"]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def early_stop_reason(history: list[dict], current_lr: float, config: TrainConfig) -> str | None:
+    """Why training should stop after the last epoch of `history`, or None to go on.
+
+    A pure function of the epoch records and the learning rate now, so a resumed run stops
+    at the same epoch as an uninterrupted one. `lr` in a record is the rate the epoch trained
+    with; a cut made after epoch k shows in epoch k+1's record, or in `current_lr` for the last.
+    """
+    accs = [h.get("val_accuracy") for h in history]
+    if config.stop_patience == 0 or not accs or accs[-1] is None:
+        return None
+    lrs = [h["lr"] for h in history[1:]] + [current_lr]  # rate after each epoch's schedule step
+    cut = next((epoch for epoch, lr in enumerate(lrs, 1) if lr < history[0]["lr"]), None)
+    if cut is None:
+        return None
+    best, best_epoch = accs[0], 1
+    for epoch, acc in enumerate(accs[1:], 2):
+        if acc > best + config.stop_min_delta:
+            best, best_epoch = acc, epoch
+    since = len(history) - max(cut, best_epoch)
+    if since < config.stop_patience:
+        return None
+    return (
+        f"validation accuracy has not improved on {best:.2%} (epoch {best_epoch}) by more than "
+        f"{config.stop_min_delta:.1%} for {since} epochs since the learning rate was first cut (epoch {cut})"
+    )
 
 
 class LinearSchedule:

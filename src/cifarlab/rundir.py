@@ -200,6 +200,18 @@ def model_from_checkpoint(state: dict, source: str = "checkpoint") -> tuple[nn.M
     return model, meta
 
 
+def load_initial_weights(model: nn.Module, source: Path | str) -> dict:
+    """Load the weights (only) of a run's checkpoint into `model` for a warm start; returns what
+    config.json records about the source. One-line errors when the shapes do not fit."""
+    ckpt = checkpoint_path(source)
+    state = load_checkpoint(ckpt)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise RunError(f"--init-from {ckpt}: its weights do not fit this model: {_first_problem(e)}") from None
+    return {"checkpoint": str(ckpt.resolve()), "epoch": state.get("epoch"), "model": state["meta"].get("model")}
+
+
 def _first_problem(error: Exception) -> str:
     """One line for a model-building error; load_state_dict's first line is only a heading."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]

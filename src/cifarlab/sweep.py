@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cifarlab.config import ConfigError, TrainConfig, get_preset
+from cifarlab.config import ConfigError, TrainConfig, apply_overrides, get_preset
 from cifarlab.errors import CifarlabError
 from cifarlab.models import ModelError, build_model
 from cifarlab.rundir import (
@@ -90,17 +90,8 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 
 def _apply(base: dict, overrides: dict[str, Any], where: str) -> TrainConfig:
     """The base config dict with dotted overrides applied, checked by TrainConfig and the model registry."""
-    values = {**base, "model_options": dict(base.get("model_options", {}))}
-    for key, value in overrides.items():
-        head, _, rest = key.partition(".")
-        if rest and head == "model_options":
-            values["model_options"][rest] = value
-        elif rest:
-            raise SweepError(f"{where}: unknown field {key!r} (only model_options.NAME takes a dotted name)")
-        else:
-            values[key] = value
     try:
-        config = TrainConfig.from_dict(values, source=where)
+        config = apply_overrides(TrainConfig.from_dict(base, source=where), overrides, source=where)
     except ConfigError as e:
         raise SweepError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     _check_model(config, where)

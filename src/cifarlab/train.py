@@ -31,7 +31,7 @@ from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import evaluate_sharded
 from cifarlab.models import build_model, count_parameters
-from cifarlab.optim import Lookahead, Schedule, build_optimizer
+from cifarlab.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
 from cifarlab.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -43,6 +43,7 @@ from cifarlab.rundir import (
     atomic_torch_save,
     atomic_write_json,
     load_checkpoint,
+    load_initial_weights,
     model_metadata,
 )
 from cifarlab.runtime import (
@@ -127,6 +128,7 @@ class Learner:
     lookahead: Lookahead | None
     generator: torch.Generator
     trainee: nn.Module | None = None  # DDP: the DistributedDataParallel wrapper that trains `model`
+    init_source: dict | None = None  # the checkpoint a warm start (config.init_from) took its weights from
 
     def state_dict(self) -> dict:
         return {
@@ -146,12 +148,18 @@ class Learner:
         _set_rng_state(state["rng"], self.generator)
 
 
-def build_learner(config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator) -> Learner:
-    """The model (with its data-dependent initialisation), optimizer, schedule and lookahead of a config."""
+def build_learner(
+    config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator, warm_start: bool = True
+) -> Learner:
+    """The model (with its data-dependent initialisation, or a warm start's weights), optimizer,
+    schedule and lookahead of a config. A resume passes warm_start=False: its checkpoint has the weights."""
     model = build_model(config.model, **config.model_options)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
         model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
     model = model.to(dev, memory_format=memory_format(config.channels_last))
+    init_source = None
+    if config.init_from and warm_start:  # weights only; optimizer, schedule and lookahead start fresh
+        init_source = load_initial_weights(model, config.init_from)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
     return Learner(
@@ -160,6 +168,7 @@ def build_learner(config: TrainConfig, splits: Splits, dev: torch.device, genera
         Schedule(optimizer, config, steps_per_epoch),
         Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
         generator,
+        init_source=init_source,
     )
 
 
@@ -258,6 +267,8 @@ def train(
         train_subset = saved.get("train_subset")
     elif distributed.from_main(run.exists):
         raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or choose another --out")
+    elif config.init_from:  # recorded absolute, so the run still finds its source from anywhere
+        config = config.replace(init_from=str(Path(config.init_from).resolve()))
 
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=dev).manual_seed(config.seed)
@@ -268,7 +279,7 @@ def train(
     if config.batch_size < 2 * world:
         raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
 
-    learner = build_learner(config, splits, dev, generator)
+    learner = build_learner(config, splits, dev, generator, warm_start=not resume)
     model, optimizer = learner.model, learner.optimizer
     train_dtype = autocast_dtype(config.amp, dev)
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD, train_dtype)
@@ -300,6 +311,7 @@ def train(
                 "world_size": world,
                 "torch_version": torch.__version__,
                 "params": params,
+                "init_from": learner.init_source,
             },
         )
         run.file(METRICS).write_text("")
@@ -331,8 +343,11 @@ def train(
     # Validation computes in the training dtype (it is part of training); the final test evaluation
     # in float32, exactly as `cifarlab evaluate`, predict, serve and export do.
     eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
+    stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config) if history else None
     try:
-        for epoch in range(len(history) + 1, config.epochs + 1):
+        epoch = len(history)
+        while stop is None and epoch < config.epochs:
+            epoch += 1
             start = time.perf_counter()
             record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress)
             if epoch == config.epochs and learner.lookahead is not None:
@@ -355,6 +370,7 @@ def train(
             if main:
                 append_jsonl(run.file(METRICS), record)
             log(_epoch_line(record, config.epochs))
+            stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config)
     except TrainingDiverged as e:
         write_status("failed", reason=str(e), epoch=len(history))
         raise
@@ -369,10 +385,13 @@ def train(
     test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
     results = _results(history, test, splits, config, params, dev)
     results.update(autocast_dtype=train_dtype, eval_dtype="float32")
+    results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
     results["eval_seconds"] = time.perf_counter() - eval_start
     if main:
         atomic_write_json(run.file(RESULTS), results)
     write_status("finished", epoch=len(history))
+    if stop:
+        log(f"stopped early after epoch {len(history)}: {stop}")
     log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
     return results
 
