@@ -71,7 +71,7 @@ def test_predict_folder_with_good_and_bad_files(tiny_run, mixed_folder, tmp_path
         assert f"{name}" in text and rows[name]["top1"] is None
         line = next(line for line in text.splitlines() if name in line)
         assert "error:" in line
-    assert "README.txt" not in rows and "1 files without an image extension skipped" in text
+    assert "README.txt" not in rows and "1 file without an image extension skipped" in text
 
     good = [r for r in report["predictions"] if "error" not in r]
     assert len(good) == 14

@@ -141,24 +141,47 @@ def add_inference_amp(p) -> None:
 
 
 def add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a run")
-    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of runs")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR|CHECKPOINT", help="one or more (each writes its own evaluation.json)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
-    p.add_argument("--output", type=Path, help="JSON file to write (default: RUNDIR/evaluation.json)")
+    p.add_argument("--output", type=Path, help="JSON file to write, for one run only (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     add_inference_amp(p)
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
-    from cifarlab.evaluate import evaluate_checkpoint, format_evaluation
+    from cifarlab.evaluate import EvaluateError, evaluate_checkpoint, format_evaluation
 
-    result, output = evaluate_checkpoint(args.run, args.data_dir, args.device, args.tta, args.output, args.batch_size, args.amp)
-    print(format_evaluation(result))
-    print(f"written to {output}")
+    if args.output and len(args.runs) > 1:
+        raise EvaluateError(f"--output names one file but {len(args.runs)} runs were given; leave it out to write RUNDIR/evaluation.json each")
+    if args.batch_size < 1:
+        raise EvaluateError(f"--batch-size {args.batch_size}: must be at least 1")
+    check_output_folder(args.output)
+    for n, run in enumerate(args.runs):
+        result, output = evaluate_checkpoint(run, args.data_dir, args.device, args.tta, args.output, args.batch_size, args.amp)
+        print(("\n" if n else "") + (f"{run}\n" if len(args.runs) > 1 else "") + format_evaluation(result))
+        print(f"written to {output}")
     return 0
+
+
+def check_output_folder(output: Path | None) -> None:
+    """Before any work: the folder an --output file goes into exists and is writable."""
+    import os
+
+    from cifarlab.errors import CifarlabError
+
+    if output is None:
+        return
+    folder = output.parent
+    if output.is_dir():
+        raise CifarlabError(f"--output {output}: is a folder; name a file")
+    if not folder.is_dir():
+        raise CifarlabError(f"--output {output}: no such folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CifarlabError(f"--output {output}: cannot write into {folder}")
 
 
 # ---------------------------------------------------------------- info
@@ -218,6 +241,7 @@ def cmd_predict(args) -> int:
     )
 
     check_output_name(args.output)
+    check_output_folder(args.output)
     if args.top_k < 1 or args.batch_size < 1:
         raise PredictError("--top-k and --batch-size must be at least 1")
     predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size, amp=args.amp)
@@ -239,7 +263,7 @@ def add_export(sub) -> None:
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
     p.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
     p.add_argument("--output", type=Path, help="model file (default: RUNDIR/model.onnx or RUNDIR/model.torchscript.pt)")
-    p.add_argument("--data-dir", type=Path, help="CIFAR-10 for the check (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 for the check (default: the run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max absolute logit difference (default: %(default)g)")
     p.add_argument("--check-images", type=int, default=CHECK_IMAGES, help="test images to check on (default: %(default)s)")
     p.set_defaults(func=cmd_export)
@@ -248,6 +272,7 @@ def add_export(sub) -> None:
 def cmd_export(args) -> int:
     from cifarlab.export import export_model, sidecar
 
+    check_output_folder(args.output)
     path, info = export_model(args.run, args.format, args.output, args.data_dir, args.tolerance, args.check_images)
     check = info["check"]
     print(f"exported {info['model']} to {path} ({args.format}, float32 input N x 3 x 32 x 32)")

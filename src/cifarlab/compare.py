@@ -6,6 +6,7 @@ The page and its PNGs go to a folder of their own (never into a run directory).
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -108,9 +109,21 @@ def compare_runs(paths: list[Path | str], out: Path | str) -> Path:
     """Write OUT/compare.html and OUT/compare-*.png for the given runs; returns the page's path."""
     views = [load_run(p) for p in paths]
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out}: is a file; name a folder for the comparison")
     if (out / CONFIG).exists():
         raise RunError(f"{out}: is a run directory; choose another --out for the comparison")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_comparison(views, out)
+    except BaseException:
+        if created:  # a failed comparison leaves nothing behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_comparison(views: list[RunView], out: Path) -> Path:
     labels = run_labels(views)
     body: list[str] = []
     for view, label in zip(views, labels):

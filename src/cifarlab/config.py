@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -73,28 +74,33 @@ class TrainConfig:
     sync_bn: bool = False
 
     def __post_init__(self):
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "val_size": self.val_size >= 0,
-            "crop_pad": 0 <= self.crop_pad <= 8,
-            "tta": self.tta in (0, 1, 2),
-            "momentum": 0 <= self.momentum < 1,
-            "weight_decay": self.weight_decay >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
-            "schedule": self.schedule in typing.get_args(Schedule),
-            "amp": self.amp in typing.get_args(Amp),
-            "warmup_fraction": 0 <= self.warmup_fraction <= 1,
-            "bias_lr_scale": self.bias_lr_scale > 0,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "optimizer": self.optimizer in typing.get_args(Optimizer),
-            "stop_patience": self.stop_patience >= 0,
-            "stop_min_delta": self.stop_min_delta >= 0,
+        choices = lambda kind: "one of " + ", ".join(typing.get_args(kind))  # noqa: E731
+        checks = {  # field: (valid?, what is allowed)
+            "epochs": (self.epochs >= 1, "at least 1"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
+            "lr": (0 < self.lr < math.inf, "a positive number"),
+            "val_size": (0 <= self.val_size < 50_000, "0 to 49,999"),
+            "crop_pad": (0 <= self.crop_pad <= 8, "0 to 8"),
+            "tta": (self.tta in (0, 1, 2), "0, 1 or 2"),
+            "momentum": (0 <= self.momentum < 1, "0 <= momentum < 1"),
+            "weight_decay": (0 <= self.weight_decay < math.inf, "0 or more"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "0 <= label_smoothing < 1"),
+            "schedule": (self.schedule in typing.get_args(Schedule), choices(Schedule)),
+            "amp": (self.amp in typing.get_args(Amp), choices(Amp)),
+            "optimizer": (self.optimizer in typing.get_args(Optimizer), choices(Optimizer)),
+            "plateau_factor": (0 < self.plateau_factor < 1, "0 < plateau_factor < 1"),
+            "plateau_patience": (self.plateau_patience >= 0, "0 or more"),
+            "warmup_fraction": (0 <= self.warmup_fraction <= 1, "0 to 1"),
+            "lr_start_factor": (0 <= self.lr_start_factor <= 1, "0 to 1"),
+            "lr_end_factor": (0 <= self.lr_end_factor <= 1, "0 to 1"),
+            "bias_lr_scale": (0 < self.bias_lr_scale < math.inf, "a positive number"),
+            "eval_batch_size": (self.eval_batch_size >= 1, "at least 1"),
+            "stop_patience": (self.stop_patience >= 0, "0 (off) or more"),
+            "stop_min_delta": (0 <= self.stop_min_delta < 1, "0 <= stop_min_delta < 1 (a fraction of accuracy)"),
         }
-        for name, ok in checks.items():
+        for name, (ok, allowed) in checks.items():
             if not ok:
-                raise ConfigError(f"bad value for {name}: {getattr(self, name)!r}")
+                raise ConfigError(f"bad value for {name}: {getattr(self, name)!r} (allowed: {allowed})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

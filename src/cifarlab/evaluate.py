@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from cifarlab import distributed
 from cifarlab.augment import normalize
 from cifarlab.data import load_cifar10
+from cifarlab.errors import CifarlabError
 from cifarlab.rundir import (
     EVALUATION,
     atomic_write_json,
@@ -20,6 +21,10 @@ from cifarlab.rundir import (
     model_from_checkpoint,
 )
 from cifarlab.runtime import autocast, autocast_dtype, memory_format, resolve_device, use_amp
+
+
+class EvaluateError(CifarlabError):
+    """Bad arguments to an evaluation; the message is one line."""
 
 
 def tta_logits(model: nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:

@@ -32,6 +32,8 @@ from cifarlab.data import DataError, load_cifar10
 from cifarlab.errors import CifarlabError
 from cifarlab.evaluate import predict_logits
 from cifarlab.rundir import (
+    RunDir,
+    RunError,
     atomic_write_json,
     checkpoint_path,
     load_checkpoint,
@@ -57,6 +59,18 @@ def check_images(data_dir: Path | str | None, count: int, log: Callable[[str], N
         log(f"warning: checking the export on {count} random images, not real ones ({e})")
         generator = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator), "random uint8, no data set found"
+
+
+def run_data_dir(ckpt: Path) -> Path | None:
+    """The data set a checkpoint's run trained on (config.json records its folder or archive), if still there."""
+    run = RunDir(ckpt.parent)
+    if not run.exists():
+        return None
+    try:
+        data = run.config().get("data")
+    except RunError:
+        return None
+    return Path(data).parent if isinstance(data, str) and Path(data).exists() else None
 
 
 @contextlib.contextmanager
@@ -151,7 +165,7 @@ def export_model(
     if not output.parent.is_dir():
         raise ExportError(f"{output.parent}: no such folder for the exported model")
 
-    pixels, source = check_images(data_dir, images, log)
+    pixels, source = check_images(data_dir if data_dir is not None else run_data_dir(ckpt), images, log)
     x = normalize(pixels, meta["mean"], meta["std"])
     # The reference is what `cifarlab predict` computes (float32, the checkpoint's memory format).
     reference = predict_logits(model, pixels, meta["mean"], meta["std"], channels_last=meta.get("channels_last", False)).numpy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.errors import CifarlabError
+from cifarlab.text import plural
 from cifarlab.evaluate import predict_logits
 from cifarlab.rundir import (
     atomic_write_bytes,
@@ -349,29 +351,36 @@ def write_report(report: PredictReport, output: Path) -> None:
         ranks += [""] * (len(rank_columns) - len(ranks))
         correct = "" if r.correct is None else int(r.correct)
         writer.writerow([r.path, *ranks, "; ".join(r.converted), r.label or "", correct, r.error or ""])
-    atomic_write_bytes(output, buffer.getvalue().encode())
+    # surrogateescape: a file name that is not UTF-8 is written back as the bytes it was
+    atomic_write_bytes(output, buffer.getvalue().encode("utf-8", "surrogateescape"))
+
+
+def printable(path: str) -> str:
+    """A file name for a terminal: bytes that are not UTF-8 shown as \\xNN instead of failing to print."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def format_report(report: PredictReport) -> str:
     """A table of file, top-k classes and notes; errors on their own lines; accuracy if labelled."""
-    width = min(60, max(len(r.path) for r in report.results))
+    shown = {r.path: printable(r.path) for r in report.results}
+    width = min(60, max(len(s) for s in shown.values()))
     lines = [f"{'file':<{width}}  top-{report.top_k}"]
     for r in report.results:
         if r.error:
-            lines.append(f"{r.path:<{width}}  error: {r.error}")
+            lines.append(f"{shown[r.path]:<{width}}  error: {r.error}")
             continue
         classes = "  ".join(f"{c} {p:.1%}" for c, p in r.top)
         note = f"  [{'; '.join(r.converted)}]" if r.converted else ""
-        lines.append(f"{r.path:<{width}}  {classes}{note}")
+        lines.append(f"{shown[r.path]:<{width}}  {classes}{note}")
     done = len(report.results) - len(report.errors)
-    summary = f"{done} of {len(report.results)} files predicted, {len(report.errors)} errors"
+    summary = f"{done} of {plural(len(report.results), 'file')} predicted, {plural(len(report.errors), 'error')}"
     if report.skipped:
-        summary += f", {report.skipped} files without an image extension skipped"
+        summary += f", {plural(report.skipped, 'file')} without an image extension skipped"
     lines += ["", summary]
     acc = report.accuracy()
     if acc:
         overall, per_class, n = acc
-        lines.append(f"accuracy {overall:.2%} on {n} files labelled by their folder")
+        lines.append(f"accuracy {overall:.2%} on {plural(n, 'file')} labelled by their folder")
         cw = max(len(c) for c in per_class)
         lines += [f"  {c:<{cw}}  {a:>7.2%}" for c, a in per_class.items()]
     return "\n".join(lines)

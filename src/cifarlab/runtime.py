@@ -16,12 +16,20 @@ class DeviceError(CifarlabError, RuntimeError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when available, else CPU; asking for CUDA without one is an error."""
+    """'auto' picks CUDA when available, else CPU; a device that is not there is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceError(f"--device {name} was asked for but no CUDA GPU is available")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {name} was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPUs")
+    elif device.type != "cpu":
+        raise DeviceError(f"--device {name}: cifarlab runs on cpu or cuda, not {device.type}")
     return device
 
 

@@ -252,6 +252,8 @@ def train(
 
     Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
     """
+    if train_subset is not None and train_subset < 1:
+        raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
     run = RunDir(out)
     dev = resolve_device(device)
     main = distributed.is_main()  # DDP: rank 0 alone prints and writes the run directory
@@ -302,7 +304,7 @@ def train(
             run.file(CONFIG),
             {
                 "train": config.to_dict(),
-                "data": splits.source,
+                "data": str(Path(splits.source).resolve()),  # absolute: export and report find it from anywhere
                 "train_subset": train_subset,
                 "train_images": len(splits.train_x),
                 "val_images": len(splits.val_x),
