@@ -175,3 +175,17 @@ def test_without_matplotlib_report_is_a_one_line_error_and_train_still_works(tmp
     assert err.count("\n") == 0 and "pip install 'cifarlab[report]'" in err
     assert main(["train", "--out", str(tmp_path / "r"), "--lr", "-1"]) == 1  # user errors still one line
     assert "bad value for lr" in capsys.readouterr().err
+
+
+def test_report_shows_only_the_settings_a_run_uses_and_explains_label_smoothing(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["train"].update(schedule="linear", label_smoothing=0.2)
+    (run / "config.json").write_text(json.dumps(config))
+    html = (build_report(run, tiny_run.parent / "data", **QUIET)).read_text()
+    assert "warmup_fraction" in html and "plateau_patience" not in html and "plateau_factor" not in html
+    assert "label smoothing 0.2" in html and "underconfidence" in html
+    config["train"].update(schedule="plateau", label_smoothing=0.0)
+    (run / "config.json").write_text(json.dumps(config))
+    html = (build_report(run, tiny_run.parent / "data", **QUIET)).read_text()
+    assert "plateau_patience" in html and "warmup_fraction" not in html and "label smoothing" not in html

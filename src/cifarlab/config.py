@@ -120,6 +120,20 @@ class TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **given})
 
 
+def inactive_fields(values: dict[str, Any]) -> set[str]:
+    """Settings that a config (as a dict) has but does not use, so a report need not show them."""
+    unused = set()
+    if values.get("schedule") != "plateau":
+        unused |= {"plateau_factor", "plateau_patience"}
+    if values.get("schedule") != "linear":
+        unused |= {"warmup_fraction", "lr_start_factor", "lr_end_factor"}
+    if values.get("optimizer", "sgd") != "sgd":
+        unused |= {"momentum", "nesterov"}
+    if not values.get("stop_patience"):
+        unused.add("stop_min_delta")
+    return unused
+
+
 def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str = "config") -> TrainConfig:
     """`config` with overrides applied, each a field name or `model_options.NAME`, typed and checked
     exactly as config.json is. The one parser behind `train --set` and sweep specs."""

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cifarlab.config import inactive_fields
 from cifarlab import pages
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.evaluate import predict_logits
@@ -246,8 +247,10 @@ def calibration_figure(cal: dict):
     centers = edges[:-1] + width / 2
     filled = counts > 0
     ax.bar(centers[filled], cal["accuracy"][filled], width=width * 0.95, color="tab:blue", label="accuracy in bin")
-    ax.bar(centers[filled], (cal["confidence"] - cal["accuracy"])[filled], bottom=cal["accuracy"][filled],
-           width=width * 0.95, color="tab:red", alpha=0.3, label="gap to confidence")
+    # the gap as a line from accuracy to a marker at mean confidence: drawn over the bars, it keeps
+    # exactly the colour the legend shows (a translucent bar over the blue one did not)
+    ax.vlines(centers[filled], cal["accuracy"][filled], cal["confidence"][filled], color="tab:red", linewidth=2)
+    ax.plot(centers[filled], cal["confidence"][filled], "o", color="tab:red", markersize=5, label="mean confidence in bin")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
@@ -275,6 +278,19 @@ def flatten_config(view: RunView) -> dict[str, object]:
         if key in view.config:
             flat[key] = view.config[key]
     return flat
+
+
+def smoothing_note(train: dict) -> str:
+    """Why a run trained with label smoothing is underconfident (and its ECE large) by design."""
+    s = train.get("label_smoothing") or 0
+    if not s:
+        return ""
+    return pages.note(
+        f"This run trained with label smoothing {s:g}: its targets give the true class {1 - s + s / 10:.0%} and "
+        f"every other class {s / 10:.0%}, so the model learns to stay below full confidence. Accuracy above "
+        "mean confidence in most bins (underconfidence) and a large calibration error follow from that by "
+        "design; they do not mean the predictions are unreliable."
+    )
 
 
 def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list[tuple[str, str]]:
@@ -341,7 +357,9 @@ def build_report(
     sections: list[str] = []
     cal = calibration(pred.probs, pred.labels) if pred is not None else None
     results = pages.table(["", "value"], headline(view, pred, cal and cal["ece"]))
-    config = pages.table(["setting", "value"], [(k, pages.fmt(v)) for k, v in flatten_config(view).items()], num_from=2)
+    unused = inactive_fields(view.train)  # e.g. plateau settings of a run on a linear schedule
+    settings = [(k, pages.fmt(v)) for k, v in flatten_config(view).items() if k not in unused]
+    config = pages.table(["setting", "value"], settings, num_from=2)
     sections.append(f'<div class="cols"><div><h2>Results</h2>{results}</div><div><h2>Config</h2>{config}</div></div>')
 
     drawn: set[str] = set()
@@ -386,7 +404,7 @@ def build_report(
                 for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
         sections.append(
             f"<h2>Calibration</h2><p>Expected calibration error: <b>{100 * cal['ece']:.2f}%</b> "
-            f"({CALIBRATION_BINS} equal-width confidence bins).</p><div class=\"cols\"><div>"
+            f"({CALIBRATION_BINS} equal-width confidence bins).</p>{smoothing_note(view.train)}<div class=\"cols\"><div>"
             + figure("calibration", calibration_figure(cal), "reliability diagram")
             + "</div><div>" + pages.table(["confidence", "images", "accuracy", "mean confidence"], rows) + "</div></div>"
         )
