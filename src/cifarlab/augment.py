@@ -19,8 +19,20 @@ def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float3
 
 def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror a random half of the batch left-right."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    return flip_where(images, torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5)
+
+
+def alternating_flips(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """Which of `count` images to mirror in `epoch` (1-based) under airbench's alternating flip:
+    a random half chosen once from `seed`, the other half on every even epoch. Every image is seen
+    both ways in any two consecutive epochs, which random flips do not promise."""
+    chosen = torch.rand(count, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return chosen ^ (epoch % 2 == 0)
+
+
+def flip_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror the images whose mask entry is True."""
+    return torch.where(mask.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -40,10 +52,19 @@ def random_crop(images: torch.Tensor, pad: int, generator: torch.Generator | Non
     return padded[batch, chans, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
-def augment(images: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The training augmentation a config asks for (none when crop_pad=0 and flip=False)."""
+def augment(
+    images: torch.Tensor,
+    crop_pad: int,
+    flip: bool,
+    generator: torch.Generator | None = None,
+    flip_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training augmentation a config asks for (none when crop_pad=0 and flip=False);
+    `flip_mask` (alternating flips) decides the flips instead of chance."""
     if crop_pad:
         images = random_crop(images, crop_pad, generator)
-    if flip:
+    if flip and flip_mask is not None:
+        images = flip_where(images, flip_mask)
+    elif flip:
         images = random_flip(images, generator)
     return images

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -21,6 +23,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": [p for p in trainable if p.ndim > 1], "lr": config.lr, "weight_decay": config.weight_decay},
         {"params": [p for p in trainable if p.ndim <= 1], "lr": config.lr * scale, "weight_decay": config.weight_decay / scale},
     ]
+    if config.optimizer == "muon":
+        return _build_muon(model, config, groups)
     for group in groups:
         group["base_lr"] = group["lr"]
     if config.optimizer == "adam":
@@ -28,6 +32,81 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> "Muon":
+    """airbench94_muon's split: Muon for the conv filters, Nesterov SGD for the head (lr) and the
+    1-d parameters (lr x bias_lr_scale), the whitening bias in a group of its own so the schedule
+    can stop it after `whiten_bias_epochs`."""
+    filters = [p for p in groups[0]["params"] if p.ndim == 4]
+    head = [p for p in groups[0]["params"] if p.ndim != 4]
+    whiten_bias = [p for name, p in model.named_parameters() if name == "whiten.bias" and p.requires_grad]
+    biases = [p for p in groups[1]["params"] if not any(p is w for w in whiten_bias)]
+    sgd = dict(momentum=config.momentum, nesterov=config.nesterov, muon=False)
+    new_groups = [
+        dict(params=filters, lr=config.muon_lr, momentum=config.muon_momentum, nesterov=True, weight_decay=0.0, muon=True),
+        dict(params=head, lr=groups[0]["lr"], weight_decay=groups[0]["weight_decay"], **sgd),
+        dict(params=biases, lr=groups[1]["lr"], weight_decay=groups[1]["weight_decay"], **sgd),
+    ]
+    if whiten_bias and config.whiten_bias_epochs:
+        new_groups.append(dict(params=whiten_bias, lr=groups[1]["lr"], weight_decay=groups[1]["weight_decay"], whiten_bias=True, **sgd))
+    elif whiten_bias:
+        new_groups[2]["params"] += whiten_bias
+    new_groups = [g for g in new_groups if g["params"]]
+    for group in new_groups:
+        group["base_lr"] = group["lr"]
+    return Muon(new_groups)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
+    """An approximate orthogonalisation U S' V^T of a matrix (S' roughly in [0.5, 1.5]) by a quintic
+    Newton-Schulz iteration in bfloat16, with Keller Jordan's coefficients (steepest slope at 0)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g.bfloat16()
+    x = x / (x.norm() + eps)  # top singular value <= 1
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (momentum orthogonalised by Newton-Schulz) for groups with `muon=True`, Nesterov SGD
+    with weight decay, as torch.optim.SGD computes it, for the others: one optimizer object, so a
+    checkpoint and a resume treat it like any other.
+
+    A Muon step renormalises each filter bank to norm sqrt(out_channels) and adds the
+    orthogonalised Nesterov momentum (airbench94_muon: momentum 0.6, lr 0.24, no weight decay).
+    """
+
+    def __init__(self, groups: list[dict]):
+        super().__init__(groups, dict(lr=0.0, momentum=0.0, nesterov=False, weight_decay=0.0, muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    (self._muon_step if group["muon"] else self._sgd_step)(p, group)
+
+    def _momentum(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> torch.Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad)
+        buf = state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+        return grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+
+    def _muon_step(self, p: torch.Tensor, group: dict) -> None:
+        update = self._momentum(p, p.grad, group)
+        p.mul_(math.sqrt(p.size(0)) / p.norm())
+        p.add_(newton_schulz(update.reshape(len(update), -1)).view_as(p), alpha=-group["lr"])
+
+    def _sgd_step(self, p: torch.Tensor, group: dict) -> None:
+        grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+        p.add_(self._momentum(p, grad, group), alpha=-group["lr"])
 
 
 def early_stop_reason(history: list[dict], current_lr: float, config: TrainConfig) -> str | None:
@@ -80,6 +159,8 @@ class Schedule:
         self.optimizer = optimizer
         self.kind = config.schedule
         self.step_count = 0
+        # airbench: the whitening bias decays linearly to 0 over its own first epochs, then stops
+        self.whiten_bias_steps = max(1, config.whiten_bias_epochs * steps_per_epoch)
         self.linear = LinearSchedule(config, config.epochs * steps_per_epoch) if self.kind == "linear" else None
         self.plateau = None
         if self.kind == "plateau":
@@ -90,8 +171,9 @@ class Schedule:
     def before_step(self) -> None:
         if self.linear is not None:
             factor = self.linear(self.step_count)
+            whiten_factor = max(0.0, 1 - self.step_count / self.whiten_bias_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
+                group["lr"] = group["base_lr"] * (whiten_factor if group.get("whiten_bias") else factor)
         self.step_count += 1
 
     def after_epoch(self, monitored_loss: float) -> None:

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cifarlab import distributed
-from cifarlab.augment import augment, normalize
+from cifarlab.augment import alternating_flips, augment, normalize
 from cifarlab.config import ConfigError, TrainConfig
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
@@ -172,7 +172,9 @@ def build_learner(
     )
 
 
-def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True) -> dict:
+def train_epoch(
+    learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True, epoch: int = 1
+) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps.
 
     DDP: every process draws the same order and augmentation (same generator state) for the
@@ -190,6 +192,7 @@ def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str
     if 0 < n % config.batch_size < 2 * world:
         order = order[: n - n % config.batch_size]  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
+    flips = alternating_flips(n, config.seed, epoch).to(device) if config.flip and config.flip_mode == "alternating" else None
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -198,7 +201,7 @@ def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str
         for step, start in enumerate(range(0, len(order), config.batch_size)):
             idx = order[start : start + config.batch_size]
             x = normalize(splits.train_x[idx], MEAN, STD)
-            x = augment(x, config.crop_pad, config.flip, generator)
+            x = augment(x, config.crop_pad, config.flip, generator, None if flips is None else flips[idx])
             part = distributed.shard(len(idx))  # DDP: this process's shard; alone, all of it
             x, y = x[part].contiguous(memory_format=fmt), splits.train_y[idx][part]
             share = len(y) * world / len(idx)  # 1 alone or with equal shards
@@ -351,7 +354,7 @@ def train(
         while stop is None and epoch < config.epochs:
             epoch += 1
             start = time.perf_counter()
-            record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress)
+            record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
             if epoch == config.epochs and learner.lookahead is not None:
                 learner.lookahead.finish()  # evaluate and keep the slow weights
             distributed.broadcast_buffers(model)  # DDP: rank 0's BatchNorm statistics everywhere

@@ -82,6 +82,7 @@ class FastNet(nn.Module):
         scale: float = 1 / 9,
         whiten: bool = True,
         stem_stride: int = 1,
+        head_std: float = 0.0,
         num_classes: int = 10,
     ):
         super().__init__()
@@ -100,6 +101,9 @@ class FastNet(nn.Module):
             nn.Flatten(),
         )
         self.head = nn.Linear(w[2], num_classes, bias=False)
+        if head_std:  # airbench94_muon: head weights rescaled to std 1, output scaled by 1/width
+            with torch.no_grad():
+                self.head.weight.mul_(head_std / self.head.weight.std())
         self.scale = scale
 
     @torch.no_grad()
