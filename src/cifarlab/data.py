@@ -6,6 +6,9 @@ Both official layouts are read:
 - python  (`cifar-10-batches-py/`): pickled dicts, read with a restricted unpickler that
   can build numpy arrays and plain lists/dicts but never any other object.
 
+Every official file, training and test, holds exactly 10,000 records; anything else, and any file
+that cannot be read, is a one-line DataError that names the file.
+
 Either may sit in a folder or in the official `.tar.gz` archive. When nothing is found,
 the official binary archive is downloaded, its published MD5 checked, and only then
 extracted and moved into place, so a partial or corrupt download never becomes the data.
@@ -21,6 +24,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +44,17 @@ MEAN = (0.49139968, 0.48215841, 0.44653091)
 STD = (0.24703223, 0.24348513, 0.26158784)
 
 RECORD_BYTES = 1 + 3 * 32 * 32
+# Every official batch file, the five training files and the test file alike, holds exactly this many
+# records; one cut short at a record boundary would otherwise train or test on fewer images unnoticed.
+RECORDS_PER_FILE = 10_000
+# The test suite trains on tiny fake data sets (tens of images per file), also in torchrun and CLI
+# subprocesses that no argument reaches; tests/conftest.py sets this variable to "1" to let any
+# positive record count through. It is not an option for real work and is not documented as one.
+ANY_RECORD_COUNT_ENV = "CIFARLAB_TEST_ANY_RECORD_COUNT"
 BIN_DIR, PY_DIR = "cifar-10-batches-bin", "cifar-10-batches-py"
 BIN_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+BIN_TEST, PY_TEST = "test_batch.bin", "test_batch"
 
 
 @dataclass(frozen=True)
@@ -93,13 +105,28 @@ def find_dataset(root: Path) -> Path | None:
     """The batches folder or archive under `root` (or `root` itself), or None."""
     root = Path(root)
     candidates = [root / BIN_DIR, root / PY_DIR, root, root / BINARY_ARCHIVE.filename, root / PYTHON_ARCHIVE.filename]
-    if root.is_file():
-        return root
-    for path in candidates:
-        if path.is_dir() and ((path / "test_batch.bin").exists() or (path / "test_batch").exists()):
-            return path
-        if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-            return path
+    try:
+        if root.is_file():
+            return root
+        for path in candidates:
+            if path.is_dir() and _layout(path) is not None:
+                return path
+            if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+                return path
+    except OSError as e:  # a name too long, a folder that cannot be searched
+        raise DataError(f"{root}: cannot look for CIFAR-10 there ({e.strerror or _one_line(e)})") from None
+    return None
+
+
+def _layout(folder: Path) -> tuple[list[str], str] | None:
+    """(training file names, test file name) of the layout whose batch files `folder` holds, or None.
+
+    Any one batch file is enough, so a folder that lost its test file is still found, and then named
+    as incomplete, rather than taken for no data at all (and downloaded over).
+    """
+    for train_names, test_name in ((BIN_TRAIN, BIN_TEST), (PY_TRAIN, PY_TEST)):
+        if any(os.path.lexists(folder / name) for name in [*train_names, test_name]):
+            return train_names, test_name
     return None
 
 
@@ -120,16 +147,20 @@ def load_cifar10(root: Path | str | None = None, download: bool = True, archive:
 
 
 def read_folder(folder: Path) -> Cifar10:
-    """Read a `cifar-10-batches-bin` or `cifar-10-batches-py` folder."""
+    """Read a `cifar-10-batches-bin` or `cifar-10-batches-py` folder; each file must hold `RECORDS_PER_FILE` records."""
     folder = Path(folder)
-    binary = (folder / "test_batch.bin").exists()
-    train_names, test_name = (BIN_TRAIN, "test_batch.bin") if binary else (PY_TRAIN, "test_batch")
-    missing = [n for n in [*train_names, test_name] if not (folder / n).is_file()]
+    layout = _layout(folder)
+    if layout is None:
+        raise DataError(f"{folder}: no CIFAR-10 batch files (data_batch_1 to 5 and test_batch, binary or python layout)")
+    train_names, test_name = layout
+    missing = [n for n in [*train_names, test_name] if not os.path.lexists(folder / n)]
     if missing:
         raise DataError(f"{folder}: incomplete CIFAR-10 folder, missing {', '.join(missing)}")
+    binary = test_name == BIN_TEST
     reader = read_binary_batch if binary else read_python_batch
-    parts = [reader(folder / n) for n in train_names]
-    test_x, test_y = reader(folder / test_name)
+    records = None if os.environ.get(ANY_RECORD_COUNT_ENV) == "1" else RECORDS_PER_FILE
+    parts = [reader(folder / n, records) for n in train_names]
+    test_x, test_y = reader(folder / test_name, records)
     return Cifar10(
         train_images=torch.cat([p[0] for p in parts]),
         train_labels=torch.cat([p[1] for p in parts]),
@@ -140,16 +171,31 @@ def read_folder(folder: Path) -> Cifar10:
     )
 
 
-def read_binary_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    raw = Path(path).read_bytes()
+def read_binary_batch(path: Path, records: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one binary batch file; it must hold `records` records (None: any number)."""
+    raw = _read_bytes(Path(path))
     if len(raw) == 0 or len(raw) % RECORD_BYTES:
         raise DataError(
             f"{path}: {len(raw)} bytes is not a whole number of {RECORD_BYTES}-byte records (truncated or wrong file)"
         )
-    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)
-    labels = records[:, 0].astype(np.int64)
-    images = records[:, 1:].reshape(-1, 3, 32, 32)
+    _check_count(path, len(raw) // RECORD_BYTES, records)
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)
+    labels = rows[:, 0].astype(np.int64)
+    images = rows[:, 1:].reshape(-1, 3, 32, 32)
     return _checked(path, images, labels)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:  # a folder in a file's place, no permission, an I/O error
+        raise DataError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
+
+
+def _check_count(path: Path, count: int, records: int | None) -> None:
+    if records is not None and count != records:
+        found = f"{count:,} record" + ("" if count == 1 else "s")
+        raise DataError(f"{path}: {found}, an official CIFAR-10 batch file holds {records:,} (truncated or wrong file)")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -175,6 +221,8 @@ def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             obj = _RestrictedUnpickler(f, encoding="bytes").load()
+    except OSError as e:  # a folder in a file's place, no permission, an I/O error
+        raise DataError(f"{path}: cannot read ({e.strerror or _one_line(e)})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
         raise DataError(f"{path}: not a readable CIFAR-10 python batch ({e})") from None
     if not isinstance(obj, dict):
@@ -182,7 +230,8 @@ def _unpickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def read_python_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_python_batch(path: Path, records: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels of one python batch file; it must hold `records` records (None: any number)."""
     batch = _unpickle(Path(path))
     if "data" not in batch or "labels" not in batch:
         raise DataError(f"{path}: python batch lacks 'data' or 'labels'")
@@ -190,6 +239,7 @@ def read_python_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     labels = np.asarray(batch["labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
         raise DataError(f"{path}: data has shape {data.shape} and dtype {data.dtype}, expected ({len(labels)}, 3072) uint8")
+    _check_count(path, len(labels), records)
     return _checked(path, data.reshape(-1, 3, 32, 32), labels)
 
 
@@ -211,6 +261,12 @@ def _read_class_names(folder: Path, binary: bool) -> tuple[str, ...]:
     return tuple(names) if len(names) == 10 else CLASSES
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one short line: it becomes part of a one-line DataError."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def _read_archive(archive: Path) -> Cifar10:
     with tempfile.TemporaryDirectory(prefix="cifarlab-") as tmp:
         _safe_extract(archive, Path(tmp))
@@ -225,8 +281,8 @@ def _safe_extract(archive: Path, dest: Path) -> None:
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DataError(f"{archive}: cannot extract ({e})") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # zlib.error: corrupt compressed data
+        raise DataError(f"{archive}: cannot extract ({_one_line(e)})") from None
 
 
 # ---------------------------------------------------------------- download
@@ -264,7 +320,10 @@ def download_cifar10(root: Path, archive: Archive = BINARY_ARCHIVE, progress: bo
             raise DataError(f"{archive.url}: archive holds neither {BIN_DIR}/ nor {PY_DIR}/")
         read_folder(found)  # verify before it becomes the data set
         final = root / found.name
-        os.replace(found, final)
+        try:
+            os.replace(found, final)
+        except OSError as e:  # a non-empty folder of that name that holds no batch files
+            raise DataError(f"cannot move the downloaded data into {final} ({e.strerror or _one_line(e)})") from None
         return final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
