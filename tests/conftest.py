@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarlab.data import BIN_TRAIN, CLASSES, PY_TRAIN
+from cifarlab.data import ANY_RECORD_COUNT_ENV, BIN_TRAIN, CLASSES, PY_TRAIN
+
+# The fake data sets below hold tens of images per file, not the official 10,000; this lets them load,
+# here and in the torchrun and CLI subprocesses that inherit the environment. Tests of the real count
+# remove it with monkeypatch.delenv.
+os.environ[ANY_RECORD_COUNT_ENV] = "1"
 
 REAL_DATA = Path(os.environ.get("CIFARLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"))
 
