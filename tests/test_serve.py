@@ -3,9 +3,11 @@
 import concurrent.futures
 import io
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from PIL import Image
 from cifarlab.cli import build_parser, main
 from cifarlab.data import load_cifar10
 from cifarlab.predict import Predictor, load_image
+from cifarlab.serve import create_app, make_server
 
 MAX_UPLOAD = 50_000
 CHROMIUM = "/usr/bin/chromium"
@@ -186,3 +189,112 @@ def test_upload_page_in_headless_chromium(server, images, expected, tmp_path, br
         page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
     finally:
         page.close()
+
+
+# ---------------------------------------------------------------- abuse: slow clients
+
+HEADER_S, BODY_S, KEEP_ALIVE_S = 1.0, 2.0, 1.0  # the guarded server's deadlines, short to keep the tests quick
+SLACK_S = 3.0  # a loaded 2-core machine may run a timer late, never early
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_run):
+    """An in-process server (the same uvicorn setup `serve` uses) with short deadlines; yields
+    (base URL, app) and stops it afterwards."""
+    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, body_timeout_s=BODY_S)
+    port = free_port()
+    server = make_server(app, port=port, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S)
+    thread = threading.Thread(target=server.run, name="guarded-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def raw_socket(url: str, data: bytes = b"") -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(data)
+    return sock
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def watch_until_closed(sockets: dict[str, socket.socket], dribble: dict[str, bytes], limit_s: float) -> dict:
+    """Read every socket until the server closes it, sending each `dribble` socket one more byte
+    every 0.2 s meanwhile; returns name -> (bytes received, seconds until closed or None)."""
+    start = time.monotonic()
+    received = {name: b"" for name in sockets}
+    closed_after: dict[str, float | None] = {name: None for name in sockets}
+    while time.monotonic() - start < limit_s and None in closed_after.values():
+        open_ = {sock: name for name, sock in sockets.items() if closed_after[name] is None}
+        readable, _, _ = select.select(list(open_), [], [], 0.2)
+        for sock in readable:
+            name = open_[sock]
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # closed while our dribbled bytes were still unread
+                chunk = b""
+            received[name] += chunk
+            if not chunk:
+                closed_after[name] = time.monotonic() - start
+        for name, byte in dribble.items():
+            if closed_after[name] is None:
+                try:
+                    sockets[name].send(byte)
+                except OSError:
+                    pass  # the server already closed it; the next read says so
+    for sock in sockets.values():
+        sock.close()
+    return {name: (received[name], closed_after[name]) for name in sockets}
+
+
+def multipart(data: bytes, boundary: str = "XyZzy", filename: str = "a.png") -> bytes:
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images):
+    url, _ = guarded
+    post = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+    body = multipart(images[0])
+    half_body = post + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
+    sends = {"silent": b"", "half headers": post, "dribbled headers": b"P", "half body": half_body,
+             "dribbled body": half_body}
+    sockets = {f"{kind} {i}": raw_socket(url, data) for kind, data in sends.items() for i in range(3)}
+    dribble = {name: (b"O" if name.startswith("dribbled headers") else b"x") for name in sockets if name.startswith("dribbled")}
+    for name in ("idle keep-alive", "half second request"):
+        sockets[name] = raw_socket(url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(sockets[name]).startswith(b"HTTP/1.1 200")  # answered, then kept alive
+    sockets["half second request"].sendall(b"GET /health HTTP/1.1\r\n")
+
+    results = watch_until_closed(sockets, dribble, limit_s=BODY_S + SLACK_S + 2)
+    hanging = [name for name, (_, closed_after) in results.items() if closed_after is None]
+    assert not hanging, f"still open: {hanging}"
+    for name, (answer, closed_after) in results.items():
+        deadline = (KEEP_ALIVE_S if name == "idle keep-alive" else BODY_S if "body" in name else HEADER_S)
+        assert deadline - 0.3 < closed_after < deadline + SLACK_S, (name, closed_after)  # by its deadline, not before
+        if name.startswith(("half headers", "half body", "half second")):
+            assert answer.startswith(b"HTTP/1.1 408"), (name, answer)
+            assert b"not complete within" in answer
+        elif name.startswith("dribbled"):
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), (name, answer)  # 408 unless reset first
+        else:
+            assert answer == b"", (name, answer)  # nothing was asked: closed without an answer
+    assert httpx.get(f"{url}/health").status_code == 200  # still serving

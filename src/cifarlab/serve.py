@@ -9,12 +9,17 @@ is queued (waiting `max_wait_ms` after the first request, at most `max_batch` im
 the batch on one worker thread and hands each request its row. Images are decoded by
 `cifarlab.predict.load_image` (the same checks and conversions as `cifarlab predict`).
 Every bad request gets a 4xx JSON `{"detail": "..."}`; the server keeps serving.
+
+Slow clients are bounded: a connection must complete its headers within `header_timeout_s` and
+its body within `body_timeout_s` (else 408 and closed), an idle keep-alive connection is closed
+after `keep_alive_s`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name
 # classes imported inside create_app.
 import asyncio
 import contextlib
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +33,9 @@ from cifarlab.predict import ImageError, Predictor, load_image
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file
 MAX_BATCH, MAX_WAIT_MS = 64, 2.0
+# Seconds: an idle keep-alive connection, a request's line and headers, a request's whole body
+# (4 MiB in 30 s is about 1.1 Mbit/s).
+KEEP_ALIVE_S, HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 5.0, 10.0, 30.0
 
 
 class ServeError(CifarlabError):
@@ -37,6 +45,10 @@ class ServeError(CifarlabError):
 class UploadTooLarge(Exception):
     def __init__(self, limit: int, size: int | None = None):
         self.limit, self.size = limit, size
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive within the deadline."""
 
 
 class MicroBatcher:
@@ -110,6 +122,37 @@ class MicroBatcher:
         }
 
 
+class BodyDeadline:
+    """ASGI middleware: a request's whole body must arrive within `seconds` of its headers.
+
+    One deadline for the body, not one per read, so a client sending a byte a second cannot
+    hold the connection either. Reads after the body (waiting for a disconnect) are not timed.
+    """
+
+    def __init__(self, app, seconds: float):
+        self.app, self.seconds = app, seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.seconds
+        body_complete = False
+
+        async def receive_by_deadline():
+            nonlocal body_complete
+            if body_complete:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except TimeoutError:
+                raise BodyTimeout from None
+            body_complete = message["type"] != "http.request" or not message.get("more_body", False)
+            return message
+
+        await self.app(scope, receive_by_deadline, send)
+
+
 class BodyLimit:
     """ASGI middleware: a request body above `limit` bytes is refused before it is all read."""
 
@@ -140,6 +183,7 @@ def create_app(
     max_batch: int = MAX_BATCH,
     max_wait_ms: float = MAX_WAIT_MS,
     amp: str = "off",
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ):
     """The FastAPI application serving one checkpoint (a run directory or checkpoint file)."""
     try:
@@ -151,6 +195,8 @@ def create_app(
         raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
     if max_upload_bytes < 1 or max_batch < 1 or max_wait_ms < 0 or top_k < 1:
         raise ServeError("--max-upload-bytes, --max-batch and --top-k must be positive and --max-wait-ms not negative")
+    if body_timeout_s <= 0:
+        raise ServeError("--body-timeout must be positive")
 
     predictor = Predictor(checkpoint, device=device, batch_size=max_batch, amp=amp)
     classes = predictor.classes
@@ -164,12 +210,19 @@ def create_app(
 
     app = FastAPI(title="cifarlab", summary=f"CIFAR-10 classifier {predictor.meta['model']}", lifespan=lifespan)
     app.add_middleware(BodyLimit, limit=max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(BodyDeadline, seconds=body_timeout_s)
     app.state.predictor, app.state.batcher = predictor, batcher
 
     @app.exception_handler(UploadTooLarge)
     async def too_large(request, exc: UploadTooLarge):
         size = f" ({exc.size:,} bytes)" if exc.size else ""
         return JSONResponse({"detail": f"upload too large{size}: the limit is {exc.limit:,} bytes"}, status_code=413)
+
+    @app.exception_handler(BodyTimeout)
+    async def body_too_slow(request, exc: BodyTimeout):
+        # The rest of the body may still be on its way: close rather than read it.
+        return JSONResponse({"detail": f"request body not complete within {body_timeout_s:g} s"},
+                            status_code=408, headers={"Connection": "close"})
 
     @app.get("/health")
     async def health():
@@ -235,19 +288,97 @@ def check_port(host: str, port: int) -> None:
             raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
-    """Run the service with uvicorn until interrupted."""
+def timeout_response(detail: str) -> bytes:
+    """A complete HTTP 408 answer, written to the socket directly (no request exists to answer)."""
+    body = json.dumps({"detail": detail}).encode()
+    head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+def header_deadline_protocol(seconds: float) -> type:
+    """uvicorn's HTTP protocol, plus a deadline for each request's line and headers.
+
+    uvicorn closes idle keep-alive connections but waits forever for a fresh connection's first
+    request, or for headers that never end (200 half-sent requests were all still open after
+    30 s). The headers must be complete within `seconds` of the connection's start, or, on a
+    kept-alive connection, of the next request's first byte; if not, a client that sent
+    something gets a 408, and the connection is closed.
+    """
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class HeaderDeadlineProtocol(AutoHTTPProtocol):
+        timer: asyncio.TimerHandle | None = None
+        partial = False  # some bytes of the awaited headers arrived
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._start_deadline()
+
+        def data_received(self, data: bytes) -> None:
+            if self.timer is None and self._between_requests():
+                self._start_deadline()  # a kept-alive connection's next request begins
+            if self.timer is not None:
+                self.partial = True
+            super().data_received(data)
+            if not self._between_requests():  # uvicorn parsed the headers and started the request
+                self._stop()
+
+        def connection_lost(self, exc) -> None:
+            self._stop()
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _start_deadline(self) -> None:
+            self.timer = asyncio.get_running_loop().call_later(seconds, self._headers_too_slow)
+            self.partial = False
+
+        def _stop(self) -> None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+        def _headers_too_slow(self) -> None:
+            self.timer = None
+            if self.transport.is_closing():
+                return
+            if self.partial:
+                self.transport.write(timeout_response(f"request headers not complete within {seconds:g} s"))
+            self.transport.close()
+
+    return HeaderDeadlineProtocol
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = KEEP_ALIVE_S,
+                header_timeout_s: float = HEADER_TIMEOUT_S, logging_config: dict | None = None):
+    """A uvicorn server for the app with the service's connection deadlines; `.run()` serves."""
     try:
         import uvicorn
     except ImportError as e:
         raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
+    if keep_alive_s <= 0 or header_timeout_s <= 0:
+        raise ServeError("--keep-alive and --header-timeout must be positive")
+    config = uvicorn.Config(app, host=host, port=port, http=header_deadline_protocol(header_timeout_s),
+                            timeout_keep_alive=keep_alive_s, log_level="warning", access_log=False,
+                            log_config=logging_config)
+    return uvicorn.Server(config)
+
+
+def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log=print,
+          keep_alive_s: float = KEEP_ALIVE_S, header_timeout_s: float = HEADER_TIMEOUT_S, **options) -> None:
+    """Run the service with uvicorn until interrupted; `options` go to create_app."""
     app = create_app(checkpoint, **options)
+    from uvicorn.config import LOGGING_CONFIG
+
+    server = make_server(app, host, port, keep_alive_s, header_timeout_s, logging_config=LOGGING_CONFIG)
     predictor = app.state.predictor
     check_port(host, port)
     if not is_loopback(host):
         log(f"warning: listening on {host}, reachable from other machines; there is no authentication")
     log(f"serving {predictor.meta['model']} from {predictor.checkpoint} at http://{host}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    server.run()
 
 
 UPLOAD_PAGE = """<!doctype html>
