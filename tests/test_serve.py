@@ -18,7 +18,7 @@ from PIL import Image
 from cifarlab.cli import build_parser, main
 from cifarlab.data import load_cifar10
 from cifarlab.predict import Predictor, load_image
-from cifarlab.serve import create_app, make_server
+from cifarlab.serve import MAX_SERVE_PIXELS, create_app, make_server
 
 MAX_UPLOAD = 50_000
 CHROMIUM = "/usr/bin/chromium"
@@ -191,17 +191,19 @@ def test_upload_page_in_headless_chromium(server, images, expected, tmp_path, br
         page.close()
 
 
-# ---------------------------------------------------------------- abuse: slow clients
+# ---------------------------------------------------------------- abuse: slow clients, big images
 
 HEADER_S, BODY_S, KEEP_ALIVE_S = 1.0, 2.0, 1.0  # the guarded server's deadlines, short to keep the tests quick
 SLACK_S = 3.0  # a loaded 2-core machine may run a timer late, never early
+GUARD_PIXELS = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def guarded(tiny_run):
-    """An in-process server (the same uvicorn setup `serve` uses) with short deadlines; yields
-    (base URL, app) and stops it afterwards."""
-    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, body_timeout_s=BODY_S)
+    """An in-process server (the same uvicorn setup `serve` uses) with short deadlines and a
+    one-thread, one-place decode queue; yields (base URL, app) and stops it afterwards."""
+    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
+                     body_timeout_s=BODY_S)
     port = free_port()
     server = make_server(app, port=port, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S)
     thread = threading.Thread(target=server.run, name="guarded-server", daemon=True)
@@ -298,3 +300,49 @@ def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images
         else:
             assert answer == b"", (name, answer)  # nothing was asked: closed without an answer
     assert httpx.get(f"{url}/health").status_code == 200  # still serving
+
+
+def solid_png(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), "sienna").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_full_decode_queue_is_refused_with_503(guarded):
+    url, app = guarded
+    decoder = app.state.decoder
+    decode, gate = decoder.decode, threading.Event()
+    decoder.decode = lambda data: (gate.wait(20), decode(data))[1]  # hold the one decode thread until released
+    large = solid_png(1000, 1000)  # under the guarded server's 1 Mpixel limit
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/predict", files={"file": (f"{i}.png", large, "image/png")}, timeout=30)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            pending = {pool.submit(post, i) for i in range(4)}
+            refused = []
+            while len(refused) < 2:  # one decoding, one waiting: the other two are refused at once
+                done, pending = concurrent.futures.wait(pending, timeout=20, return_when=concurrent.futures.FIRST_COMPLETED)
+                assert done, "no request was refused while the decode queue was full"
+                refused += [future.result() for future in done]
+            gate.set()
+            accepted = [future.result() for future in pending]
+    finally:
+        gate.set()
+        decoder.decode = decode
+    for response in refused:
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "too many images being decoded" in response.json()["detail"]
+    assert [r.status_code for r in accepted] == [200, 200]
+    assert httpx.get(f"{url}/health").json()["decode_refused"] == 2
+
+
+def test_service_pixel_limit_is_below_predicts(server):
+    assert MAX_SERVE_PIXELS < 4096 * 4096  # `cifarlab predict` still takes 4096x4096
+    huge = solid_png(4096, 4096, "L")  # 16 Mpixel in 16 KB
+    response = httpx.post(f"{server}/predict", files={"file": ("huge.png", huge, "image/png")})
+    assert response.status_code == 422
+    assert f"too many pixels (4096x4096; the limit is {MAX_SERVE_PIXELS:,})" in response.json()["detail"]
+    frame = httpx.post(f"{server}/predict", files={"file": ("frame.png", solid_png(1920, 1080), "image/png")})
+    assert frame.status_code == 200 and frame.json()["original_size"] == [1920, 1080]
