@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -50,9 +51,14 @@ def expected(tiny_run, images) -> list[list[tuple[str, float]]]:
     return predictor.top_k(logits, 10)
 
 
+class Served(NamedTuple):
+    url: str
+    log: Path  # the server's stdout and stderr
+
+
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """`cifarlab serve` in its own process on a free loopback port; yields its base URL."""
+def served(tiny_run, tmp_path_factory):
+    """`cifarlab serve` in its own process on a free loopback port, with default limits."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [sys.executable, "-m", "cifarlab", "serve", str(tiny_run), "--port", str(port),
@@ -73,11 +79,17 @@ def server(tiny_run, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server did not start in 90 s: {log.read_text()}")
             time.sleep(0.25)
-        yield url
+        yield Served(url, log)
     finally:
         process.terminate()
         process.wait(timeout=20)
     assert "Traceback" not in log.read_text()  # no request ever crashed anything
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    """The base URL of the `cifarlab serve` process."""
+    return served.url
 
 
 def as_pairs(answer: dict) -> list[tuple[str, float]]:
@@ -191,7 +203,7 @@ def test_upload_page_in_headless_chromium(server, images, expected, tmp_path, br
         page.close()
 
 
-# ---------------------------------------------------------------- abuse: slow clients, big images
+# ---------------------------------------------------------------- abuse: slow clients, big images, odd headers
 
 HEADER_S, BODY_S, KEEP_ALIVE_S = 1.0, 2.0, 1.0  # the guarded server's deadlines, short to keep the tests quick
 SLACK_S = 3.0  # a loaded 2-core machine may run a timer late, never early
@@ -346,3 +358,26 @@ def test_service_pixel_limit_is_below_predicts(server):
     assert f"too many pixels (4096x4096; the limit is {MAX_SERVE_PIXELS:,})" in response.json()["detail"]
     frame = httpx.post(f"{server}/predict", files={"file": ("frame.png", solid_png(1920, 1080), "image/png")})
     assert frame.status_code == 200 and frame.json()["original_size"] == [1920, 1080]
+
+
+@pytest.mark.parametrize("content_type", ["Multipart/Form-Data; Boundary=XyZzy", "MULTIPART/FORM-DATA; boundary=XyZzy"])
+def test_multipart_content_type_in_any_letter_case(server, images, expected, content_type):
+    response = httpx.post(f"{server}/predict", content=multipart(images[2]), headers={"content-type": content_type})
+    assert response.status_code == 200
+    assert_same_prediction(response.json(), expected[2])
+
+
+def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
+    before = served.log.read_text().splitlines()
+    body = multipart(os.urandom(MAX_UPLOAD // 2))
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with raw_socket(served.url, head + body[: len(body) // 3]):
+        time.sleep(0.3)  # the server is reading the body when the client goes
+    deadline = time.monotonic() + 10
+    while "disconnected" not in served.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # a traceback would follow its log line at once
+    new = served.log.read_text().splitlines()[len(before):]
+    assert len(new) == 1 and "disconnected during its upload (POST /predict)" in new[0], new
+    assert httpx.get(f"{served.url}/health").status_code == 200

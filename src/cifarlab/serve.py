@@ -13,15 +13,18 @@ Every bad request gets a 4xx JSON `{"detail": "..."}`; the server keeps serving.
 Abuse is bounded: a connection must complete its headers within `header_timeout_s` and its body
 within `body_timeout_s` (else 408 and closed), an idle keep-alive connection is closed after
 `keep_alive_s`; images above `max_pixels` are refused before decoding (422), decoding runs on
-`decode_workers` threads with at most `decode_queue` uploads waiting (else 503 with Retry-After).
+`decode_workers` threads with at most `decode_queue` uploads waiting (else 503 with Retry-After);
+a client that disconnects mid-upload is one warning line in the log.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations, which name
 # classes imported inside create_app.
 import asyncio
 import contextlib
+import copy
 import functools
 import json
+import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +47,8 @@ DECODE_WORKERS, DECODE_QUEUE = 2, 64
 # Seconds: an idle keep-alive connection, a request's line and headers, a request's whole body
 # (4 MiB in 30 s is about 1.1 Mbit/s).
 KEEP_ALIVE_S, HEADER_TIMEOUT_S, BODY_TIMEOUT_S = 5.0, 10.0, 30.0
+
+logger = logging.getLogger("cifarlab.serve")
 
 
 class ServeError(CifarlabError):
@@ -238,8 +243,9 @@ def create_app(
     """The FastAPI application serving one checkpoint (a run directory or checkpoint file)."""
     try:
         from fastapi import FastAPI, HTTPException, Query, Request
-        from fastapi.responses import HTMLResponse, JSONResponse
+        from fastapi.responses import HTMLResponse, JSONResponse, Response
         from starlette.datastructures import UploadFile
+        from starlette.requests import ClientDisconnect
     except ImportError as e:
         raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
     if min(max_upload_bytes, max_batch, top_k, max_pixels, decode_workers) < 1 or max_wait_ms < 0 or decode_queue < 0:
@@ -281,6 +287,12 @@ def create_app(
         return JSONResponse({"detail": "too many images being decoded: try again shortly"},
                             status_code=503, headers={"Retry-After": "1"})
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request, exc: ClientDisconnect):
+        client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        logger.warning("client %s disconnected during its upload (%s %s)", client, request.method, request.url.path)
+        return Response(status_code=499)  # never sent: there is nobody to send it to
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": predictor.meta["model"], "checkpoint": str(predictor.checkpoint),
@@ -296,7 +308,7 @@ def create_app(
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_upload_bytes + MULTIPART_OVERHEAD:
             raise UploadTooLarge(max_upload_bytes, int(declared))
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):  # any letter case
             raise HTTPException(415, "send the image as multipart/form-data in a field named 'file' (curl -F file=@img.png)")
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("file")
@@ -409,6 +421,15 @@ def header_deadline_protocol(seconds: float) -> type:
     return HeaderDeadlineProtocol
 
 
+def log_config() -> dict:
+    """uvicorn's logging, plus the service's own one-line warnings in the same format."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"][logger.name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
 def make_server(app, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = KEEP_ALIVE_S,
                 header_timeout_s: float = HEADER_TIMEOUT_S, logging_config: dict | None = None):
     """A uvicorn server for the app with the service's connection deadlines; `.run()` serves."""
@@ -428,9 +449,7 @@ def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log
           keep_alive_s: float = KEEP_ALIVE_S, header_timeout_s: float = HEADER_TIMEOUT_S, **options) -> None:
     """Run the service with uvicorn until interrupted; `options` go to create_app."""
     app = create_app(checkpoint, **options)
-    from uvicorn.config import LOGGING_CONFIG
-
-    server = make_server(app, host, port, keep_alive_s, header_timeout_s, logging_config=LOGGING_CONFIG)
+    server = make_server(app, host, port, keep_alive_s, header_timeout_s, logging_config=log_config())
     predictor = app.state.predictor
     check_port(host, port)
     if not is_loopback(host):
