@@ -381,3 +381,17 @@ def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
     new = served.log.read_text().splitlines()[len(before):]
     assert len(new) == 1 and "disconnected during its upload (POST /predict)" in new[0], new
     assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+def test_abuse_limits_are_serve_flags(tiny_run, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("cifarlab.serve.serve", lambda run, **options: seen.update(options))
+    main(["serve", str(tiny_run), "--max-pixels", "4096", "--decode-workers", "3", "--decode-queue", "5",
+          "--keep-alive", "2", "--header-timeout", "4", "--body-timeout", "9"])
+    expected = {"max_pixels": 4096, "decode_workers": 3, "decode_queue": 5, "keep_alive_s": 2, "header_timeout_s": 4,
+                "body_timeout_s": 9}
+    assert {key: seen[key] for key in expected} == expected
+    monkeypatch.undo()
+    assert main(["serve", str(tiny_run), "--decode-workers", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--decode-workers must be positive" in err
