@@ -3,11 +3,14 @@
 import concurrent.futures
 import io
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import pytest
@@ -16,6 +19,7 @@ from PIL import Image
 from cifarlab.cli import build_parser, main
 from cifarlab.data import load_cifar10
 from cifarlab.predict import Predictor, load_image
+from cifarlab.serve import MAX_SERVE_PIXELS, create_app, make_server
 
 MAX_UPLOAD = 50_000
 CHROMIUM = "/usr/bin/chromium"
@@ -47,9 +51,14 @@ def expected(tiny_run, images) -> list[list[tuple[str, float]]]:
     return predictor.top_k(logits, 10)
 
 
+class Served(NamedTuple):
+    url: str
+    log: Path  # the server's stdout and stderr
+
+
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    """`cifarlab serve` in its own process on a free loopback port; yields its base URL."""
+def served(tiny_run, tmp_path_factory):
+    """`cifarlab serve` in its own process on a free loopback port, with default limits."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [sys.executable, "-m", "cifarlab", "serve", str(tiny_run), "--port", str(port),
@@ -70,11 +79,17 @@ def server(tiny_run, tmp_path_factory):
             if time.monotonic() > deadline:
                 pytest.fail(f"server did not start in 90 s: {log.read_text()}")
             time.sleep(0.25)
-        yield url
+        yield Served(url, log)
     finally:
         process.terminate()
         process.wait(timeout=20)
     assert "Traceback" not in log.read_text()  # no request ever crashed anything
+
+
+@pytest.fixture(scope="module")
+def server(served) -> str:
+    """The base URL of the `cifarlab serve` process."""
+    return served.url
 
 
 def as_pairs(answer: dict) -> list[tuple[str, float]]:
@@ -186,3 +201,197 @@ def test_upload_page_in_headless_chromium(server, images, expected, tmp_path, br
         page.screenshot(path=str(tmp_path / "serve.png"))  # kept in pytest's tmp folder to look at
     finally:
         page.close()
+
+
+# ---------------------------------------------------------------- abuse: slow clients, big images, odd headers
+
+HEADER_S, BODY_S, KEEP_ALIVE_S = 1.0, 2.0, 1.0  # the guarded server's deadlines, short to keep the tests quick
+SLACK_S = 3.0  # a loaded 2-core machine may run a timer late, never early
+GUARD_PIXELS = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_run):
+    """An in-process server (the same uvicorn setup `serve` uses) with short deadlines and a
+    one-thread, one-place decode queue; yields (base URL, app) and stops it afterwards."""
+    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
+                     body_timeout_s=BODY_S)
+    port = free_port()
+    server = make_server(app, port=port, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S)
+    thread = threading.Thread(target=server.run, name="guarded-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def raw_socket(url: str, data: bytes = b"") -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.sendall(data)
+    return sock
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (headers and Content-Length body) from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def watch_until_closed(sockets: dict[str, socket.socket], dribble: dict[str, bytes], limit_s: float) -> dict:
+    """Read every socket until the server closes it, sending each `dribble` socket one more byte
+    every 0.2 s meanwhile; returns name -> (bytes received, seconds until closed or None)."""
+    start = time.monotonic()
+    received = {name: b"" for name in sockets}
+    closed_after: dict[str, float | None] = {name: None for name in sockets}
+    while time.monotonic() - start < limit_s and None in closed_after.values():
+        open_ = {sock: name for name, sock in sockets.items() if closed_after[name] is None}
+        readable, _, _ = select.select(list(open_), [], [], 0.2)
+        for sock in readable:
+            name = open_[sock]
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # closed while our dribbled bytes were still unread
+                chunk = b""
+            received[name] += chunk
+            if not chunk:
+                closed_after[name] = time.monotonic() - start
+        for name, byte in dribble.items():
+            if closed_after[name] is None:
+                try:
+                    sockets[name].send(byte)
+                except OSError:
+                    pass  # the server already closed it; the next read says so
+    for sock in sockets.values():
+        sock.close()
+    return {name: (received[name], closed_after[name]) for name in sockets}
+
+
+def multipart(data: bytes, boundary: str = "XyZzy", filename: str = "a.png") -> bytes:
+    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images):
+    url, _ = guarded
+    post = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+    body = multipart(images[0])
+    half_body = post + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
+    sends = {"silent": b"", "half headers": post, "dribbled headers": b"P", "half body": half_body,
+             "dribbled body": half_body}
+    sockets = {f"{kind} {i}": raw_socket(url, data) for kind, data in sends.items() for i in range(3)}
+    dribble = {name: (b"O" if name.startswith("dribbled headers") else b"x") for name in sockets if name.startswith("dribbled")}
+    for name in ("idle keep-alive", "half second request"):
+        sockets[name] = raw_socket(url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_response(sockets[name]).startswith(b"HTTP/1.1 200")  # answered, then kept alive
+    sockets["half second request"].sendall(b"GET /health HTTP/1.1\r\n")
+
+    results = watch_until_closed(sockets, dribble, limit_s=BODY_S + SLACK_S + 2)
+    hanging = [name for name, (_, closed_after) in results.items() if closed_after is None]
+    assert not hanging, f"still open: {hanging}"
+    for name, (answer, closed_after) in results.items():
+        deadline = (KEEP_ALIVE_S if name == "idle keep-alive" else BODY_S if "body" in name else HEADER_S)
+        assert deadline - 0.3 < closed_after < deadline + SLACK_S, (name, closed_after)  # by its deadline, not before
+        if name.startswith(("half headers", "half body", "half second")):
+            assert answer.startswith(b"HTTP/1.1 408"), (name, answer)
+            assert b"not complete within" in answer
+        elif name.startswith("dribbled"):
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), (name, answer)  # 408 unless reset first
+        else:
+            assert answer == b"", (name, answer)  # nothing was asked: closed without an answer
+    assert httpx.get(f"{url}/health").status_code == 200  # still serving
+
+
+def solid_png(width: int, height: int, mode: str = "RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), "sienna").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_full_decode_queue_is_refused_with_503(guarded):
+    url, app = guarded
+    decoder = app.state.decoder
+    decode, gate = decoder.decode, threading.Event()
+    decoder.decode = lambda data: (gate.wait(20), decode(data))[1]  # hold the one decode thread until released
+    large = solid_png(1000, 1000)  # under the guarded server's 1 Mpixel limit
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{url}/predict", files={"file": (f"{i}.png", large, "image/png")}, timeout=30)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+            pending = {pool.submit(post, i) for i in range(4)}
+            refused = []
+            while len(refused) < 2:  # one decoding, one waiting: the other two are refused at once
+                done, pending = concurrent.futures.wait(pending, timeout=20, return_when=concurrent.futures.FIRST_COMPLETED)
+                assert done, "no request was refused while the decode queue was full"
+                refused += [future.result() for future in done]
+            gate.set()
+            accepted = [future.result() for future in pending]
+    finally:
+        gate.set()
+        decoder.decode = decode
+    for response in refused:
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "too many images being decoded" in response.json()["detail"]
+    assert [r.status_code for r in accepted] == [200, 200]
+    assert httpx.get(f"{url}/health").json()["decode_refused"] == 2
+
+
+def test_service_pixel_limit_is_below_predicts(server):
+    assert MAX_SERVE_PIXELS < 4096 * 4096  # `cifarlab predict` still takes 4096x4096
+    huge = solid_png(4096, 4096, "L")  # 16 Mpixel in 16 KB
+    response = httpx.post(f"{server}/predict", files={"file": ("huge.png", huge, "image/png")})
+    assert response.status_code == 422
+    assert f"too many pixels (4096x4096; the limit is {MAX_SERVE_PIXELS:,})" in response.json()["detail"]
+    frame = httpx.post(f"{server}/predict", files={"file": ("frame.png", solid_png(1920, 1080), "image/png")})
+    assert frame.status_code == 200 and frame.json()["original_size"] == [1920, 1080]
+
+
+@pytest.mark.parametrize("content_type", ["Multipart/Form-Data; Boundary=XyZzy", "MULTIPART/FORM-DATA; boundary=XyZzy"])
+def test_multipart_content_type_in_any_letter_case(server, images, expected, content_type):
+    response = httpx.post(f"{server}/predict", content=multipart(images[2]), headers={"content-type": content_type})
+    assert response.status_code == 200
+    assert_same_prediction(response.json(), expected[2])
+
+
+def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
+    before = served.log.read_text().splitlines()
+    body = multipart(os.urandom(MAX_UPLOAD // 2))
+    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with raw_socket(served.url, head + body[: len(body) // 3]):
+        time.sleep(0.3)  # the server is reading the body when the client goes
+    deadline = time.monotonic() + 10
+    while "disconnected" not in served.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.3)  # a traceback would follow its log line at once
+    new = served.log.read_text().splitlines()[len(before):]
+    assert len(new) == 1 and "disconnected during its upload (POST /predict)" in new[0], new
+    assert httpx.get(f"{served.url}/health").status_code == 200
+
+
+def test_abuse_limits_are_serve_flags(tiny_run, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("cifarlab.serve.serve", lambda run, **options: seen.update(options))
+    main(["serve", str(tiny_run), "--max-pixels", "4096", "--decode-workers", "3", "--decode-queue", "5",
+          "--keep-alive", "2", "--header-timeout", "4", "--body-timeout", "9"])
+    expected = {"max_pixels": 4096, "decode_workers": 3, "decode_queue": 5, "keep_alive_s": 2, "header_timeout_s": 4,
+                "body_timeout_s": 9}
+    assert {key: seen[key] for key in expected} == expected
+    monkeypatch.undo()
+    assert main(["serve", str(tiny_run), "--decode-workers", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--decode-workers must be positive" in err

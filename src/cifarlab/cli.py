@@ -284,7 +284,8 @@ def cmd_export(args) -> int:
 
 
 def add_serve(sub) -> None:
-    from cifarlab.serve import MAX_BATCH, MAX_UPLOAD_BYTES, MAX_WAIT_MS
+    from cifarlab.serve import (BODY_TIMEOUT_S, DECODE_QUEUE, DECODE_WORKERS, HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_BATCH,
+                                MAX_SERVE_PIXELS, MAX_UPLOAD_BYTES, MAX_WAIT_MS)
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, upload page at /",
                        description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
@@ -297,6 +298,12 @@ def add_serve(sub) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help="largest image file accepted (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most requests answered by one forward pass (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a request waits for others to batch with (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=MAX_SERVE_PIXELS, help="largest image accepted, width x height, before decoding (default: %(default)s)")
+    p.add_argument("--decode-workers", type=int, default=DECODE_WORKERS, help="threads decoding uploads (default: %(default)s)")
+    p.add_argument("--decode-queue", type=int, default=DECODE_QUEUE, help="uploads waiting for a decode thread; more get 503 (default: %(default)s)")
+    p.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_S, help="seconds an idle connection stays open (default: %(default)s)")
+    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S, help="seconds for a request's line and headers, else 408 (default: %(default)s)")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S, help="seconds for a request's whole body, else 408 (default: %(default)s)")
     add_inference_amp(p)
     p.set_defaults(func=cmd_serve)
 
@@ -305,7 +312,9 @@ def cmd_serve(args) -> int:
     from cifarlab.serve import serve
 
     serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
-          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp)
+          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp,
+          max_pixels=args.max_pixels, decode_workers=args.decode_workers, decode_queue=args.decode_queue,
+          keep_alive_s=args.keep_alive, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
 # ---------------------------------------------------------------- report, runs, compare, sweep
 
 

@@ -72,10 +72,10 @@ def _require_pillow() -> None:
         raise PredictError("Pillow is not installed: pip install 'cifarlab[predict]'")
 
 
-def load_image(source: Path | str | bytes | BinaryIO) -> LoadedImage:
+def load_image(source: Path | str | bytes | BinaryIO, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Decode an image file (path, bytes or file object) into the model's 32x32 RGB input.
 
-    Raises ImageError for anything that is not a complete, reasonably sized image.
+    Raises ImageError for anything that is not a complete image of at most `max_pixels` pixels.
     """
     _require_pillow()
     if isinstance(source, bytes):
@@ -85,8 +85,8 @@ def load_image(source: Path | str | bytes | BinaryIO) -> LoadedImage:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as im:
                 width, height = im.size  # from the header: nothing decoded yet
-                if width * height > MAX_PIXELS:
-                    raise ImageError(f"too many pixels ({width}x{height}; the limit is {MAX_PIXELS:,})")
+                if width * height > max_pixels:
+                    raise ImageError(f"too many pixels ({width}x{height}; the limit is {max_pixels:,})")
                 im.load()
                 pixels, converted = to_model_input(im)
                 mode = im.mode
