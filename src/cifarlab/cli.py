@@ -210,6 +210,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="the registered models: parameters and forward GFLOPs per image",
+                       description="List registered models with their parameter count and the GFLOPs of one forward "
+                       "pass on one 32x32 image, counted by torch.utils.flop_counter (convolutions and matrix products, "
+                       "2 FLOPs per multiply-add), with each model's default options.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON rows")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from cifarlab.models import ModelError, list_models
+    from cifarlab.models.measure import describe_models
+
+    unknown = [n for n in args.names if n not in list_models()]
+    if unknown:
+        raise ModelError(f"unknown model {unknown[0]!r}; known models: {', '.join(list_models())}")
+    rows = describe_models(args.names)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<16} {'parameters':>12} {'GFLOPs':>8}")
+    for row in rows:
+        print(f"{row['model']:<16} {row['parameters']:>12,} {row['gflops']:>8.3f}")
+    return 0
+
+
 # ---------------------------------------------------------------- predict, export, serve
 
 
@@ -390,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (add_train, add_evaluate, add_info, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    commands = (add_train, add_evaluate, add_info, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
     for add in commands:
         add(sub)
     return parser
