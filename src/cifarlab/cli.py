@@ -26,6 +26,8 @@ FIELD_HELP = {
     "lr": "peak learning rate",
     "amp": "bfloat16 autocast in training; auto = only where the device has native bf16",
     "tta": "test-time augmentation for the final evaluation",
+    "schedule": "learning-rate schedule (linear, cosine, onecycle and step take --warmup-fraction)",
+    "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch (GPUs only)",
@@ -50,6 +52,8 @@ def add_config_flags(p) -> None:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=help_text)
+        elif typing.get_origin(kind) is list:  # --milestones 82 123
+            p.add_argument(flag, dest=f.name, nargs="+", type=typing.get_args(kind)[0], metavar="N", help=help_text)
         else:
             p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text)
 

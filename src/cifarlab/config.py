@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from cifarlab.errors import CifarlabError
 
-Schedule = Literal["plateau", "linear", "constant"]
+Schedule = Literal["plateau", "linear", "constant", "cosine", "step", "onecycle"]
 Optimizer = Literal["sgd", "adam", "adamw"]
 Amp = Literal["auto", "bf16", "off"]
 
@@ -48,10 +48,15 @@ class TrainConfig:
     plateau_factor: float = 0.1
     plateau_patience: int = 10
     # linear schedule: lr factor rises from lr_start_factor to 1 over warmup_fraction of all
-    # steps, then falls linearly to lr_end_factor at the last step
+    # steps, then falls linearly to lr_end_factor at the last step. cosine: the same rise, then
+    # half a cosine down to lr_end_factor. onecycle: both halves cosine-shaped (torch's OneCycleLR
+    # without momentum cycling). step: the same rise (none by default), then the lr times
+    # step_factor at each of the milestones (epochs; those past the last epoch never apply).
     warmup_fraction: float = 0.0
     lr_start_factor: float = 0.0
     lr_end_factor: float = 0.0
+    milestones: list[int] = field(default_factory=list)
+    step_factor: float = 0.1
     bias_lr_scale: float = 1.0  # lr multiplier for 1-d parameters (BatchNorm shifts, biases)
     lookahead: bool = False  # every 5 steps pull the weights towards a slow EMA copy (airbench)
     # early stop ("until the accuracy stabilised", as the report trained): once the learning rate
@@ -93,6 +98,9 @@ class TrainConfig:
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "0 to 1"),
             "lr_start_factor": (0 <= self.lr_start_factor <= 1, "0 to 1"),
             "lr_end_factor": (0 <= self.lr_end_factor <= 1, "0 to 1"),
+            "milestones": (_increasing(self.milestones) and (self.milestones or self.schedule != "step"),
+                           "epochs >= 1 in increasing order, at least one for the step schedule"),
+            "step_factor": (0 < self.step_factor < 1, "0 < step_factor < 1"),
             "bias_lr_scale": (0 < self.bias_lr_scale < math.inf, "a positive number"),
             "eval_batch_size": (self.eval_batch_size >= 1, "at least 1"),
             "stop_patience": (self.stop_patience >= 0, "0 (off) or more"),
@@ -125,8 +133,12 @@ def inactive_fields(values: dict[str, Any]) -> set[str]:
     unused = set()
     if values.get("schedule") != "plateau":
         unused |= {"plateau_factor", "plateau_patience"}
-    if values.get("schedule") != "linear":
-        unused |= {"warmup_fraction", "lr_start_factor", "lr_end_factor"}
+    if values.get("schedule") not in ("linear", "cosine", "onecycle", "step"):
+        unused |= {"warmup_fraction", "lr_start_factor"}
+    if values.get("schedule") not in ("linear", "cosine", "onecycle"):
+        unused.add("lr_end_factor")
+    if values.get("schedule") != "step":
+        unused |= {"milestones", "step_factor"}
     if values.get("optimizer", "sgd") != "sgd":
         unused |= {"momentum", "nesterov"}
     if not values.get("stop_patience"):
@@ -182,13 +194,20 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: {raw!r} is not a value (numbers, true/false, [lists], \"strings\")") from None
 
 
-_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "Schedule": str, "Amp": str, "Optimizer": str, "dict[str, Any]": dict}
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "Schedule": str, "Amp": str, "Optimizer": str,
+          "dict[str, Any]": dict, "list[int]": list}
+
+
+def _increasing(epochs: list[int]) -> bool:
+    return all(e >= 1 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
 def _check_type(source: str, name: str, value: Any, annotation: str) -> None:
     expected = _TYPES[annotation]
     if isinstance(value, bool) and annotation in ("int", "float"):
         ok = False
+    elif annotation == "list[int]":
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     else:
         ok = isinstance(value, expected)
     if not ok:
