@@ -17,7 +17,7 @@ from cifarlab.errors import CifarlabError
 
 # Help for the flags derived from TrainConfig's fields (every field is a flag; none is listed by hand).
 FIELD_HELP = {
-    "model": "registered network (cifarlab info lists them)",
+    "model": "registered network (cifarlab models lists them); another model than the preset's drops its model options",
     "val_size": "training images held out for validation (0 allowed)",
     "crop_pad": "random-crop padding in pixels (0 = off)",
     "flip": "random horizontal flips",
