@@ -17,7 +17,7 @@ from cifarlab.errors import CifarlabError
 
 # Help for the flags derived from TrainConfig's fields (every field is a flag; none is listed by hand).
 FIELD_HELP = {
-    "model": "registered network (cifarlab info lists them)",
+    "model": "registered network (cifarlab models lists them); another model than the preset's drops its model options",
     "val_size": "training images held out for validation (0 allowed)",
     "crop_pad": "random-crop padding in pixels (0 = off)",
     "flip": "random horizontal flips",
@@ -26,6 +26,8 @@ FIELD_HELP = {
     "lr": "peak learning rate",
     "amp": "bfloat16 autocast in training; auto = only where the device has native bf16",
     "tta": "test-time augmentation for the final evaluation",
+    "schedule": "learning-rate schedule (linear, cosine, onecycle and step take --warmup-fraction)",
+    "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch (GPUs only)",
@@ -50,6 +52,8 @@ def add_config_flags(p) -> None:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=help_text)
+        elif typing.get_origin(kind) is list:  # --milestones 82 123
+            p.add_argument(flag, dest=f.name, nargs="+", type=typing.get_args(kind)[0], metavar="N", help=help_text)
         else:
             p.add_argument(flag, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text)
 
@@ -207,6 +211,33 @@ def cmd_info(args) -> int:
     for name, params in info["models"].items():
         print(f"  {name:<12} {params:>12,} parameters")
     print("presets: " + ", ".join(info["presets"]))
+    return 0
+
+
+def add_models(sub) -> None:
+    p = sub.add_parser("models", help="the registered models: parameters and forward GFLOPs per image",
+                       description="List registered models with their parameter count and the GFLOPs of one forward "
+                       "pass on one 32x32 image, counted by torch.utils.flop_counter (convolutions and matrix products, "
+                       "2 FLOPs per multiply-add), with each model's default options.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON rows")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args) -> int:
+    from cifarlab.models import ModelError, list_models
+    from cifarlab.models.measure import describe_models
+
+    unknown = [n for n in args.names if n not in list_models()]
+    if unknown:
+        raise ModelError(f"unknown model {unknown[0]!r}; known models: {', '.join(list_models())}")
+    rows = describe_models(args.names)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'model':<16} {'parameters':>12} {'GFLOPs':>8}")
+    for row in rows:
+        print(f"{row['model']:<16} {row['parameters']:>12,} {row['gflops']:>8.3f}")
     return 0
 
 
@@ -399,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (add_train, add_evaluate, add_info, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    commands = (add_train, add_evaluate, add_info, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
     for add in commands:
         add(sub)
     return parser

@@ -8,7 +8,8 @@ import torch
 
 from cifarlab.config import PRESETS
 from cifarlab.data import DataError, default_data_dir, find_dataset, load_cifar10
-from cifarlab.models import build_model, count_parameters, list_models
+from cifarlab.models import count_parameters, list_models
+from cifarlab.models.measure import build_on_meta
 from cifarlab.runtime import resolve_device, set_cpu_threads
 
 
@@ -32,6 +33,6 @@ def gather_info(data_dir: Path | None = None) -> dict:
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": set_cpu_threads(),
         "data": data_status(data_dir),
-        "models": {name: count_parameters(build_model(name)) for name in list_models()},
+        "models": {name: count_parameters(build_on_meta(name)) for name in list_models()},
         "presets": list(PRESETS),
     }

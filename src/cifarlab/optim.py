@@ -152,8 +152,60 @@ class LinearSchedule:
         return 1 + (self.end - 1) * min(1.0, frac)
 
 
+def _cosine(start: float, end: float, frac: float) -> float:
+    """From start (frac 0) to end (frac 1) along half a cosine."""
+    return end + (start - end) * (1 + math.cos(math.pi * min(1.0, frac))) / 2
+
+
+class CosineSchedule(LinearSchedule):
+    """LinearSchedule's warm-up, then half a cosine from 1 down to lr_end_factor at the last step."""
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return super().__call__(step)
+        return _cosine(1.0, self.end, (step - self.warmup) / max(1, self.total - self.warmup))
+
+
+class OneCycleSchedule:
+    """Smith's one cycle as torch.optim.lr_scheduler.OneCycleLR computes it (cosine annealing, two
+    phases): from lr_start_factor up to 1 at step warmup_fraction x total - 1, then down to
+    lr_end_factor at the last step (total - 1), both along half a cosine. Momentum stays fixed
+    (OneCycleLR's cycle_momentum=False), as the fast CIFAR recipes (airbench, Page's ResNet) keep it."""
+
+    def __init__(self, config: TrainConfig, total_steps: int):
+        self.total = max(1, total_steps)
+        self.peak = config.warmup_fraction * self.total - 1  # OneCycleLR's end of the first phase
+        self.start, self.end = config.lr_start_factor, config.lr_end_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.peak:
+            return _cosine(self.start, 1.0, step / self.peak)
+        fall = self.total - 1 - self.peak
+        return _cosine(1.0, self.end, (step - self.peak) / fall if fall > 0 else 1.0)
+
+
+class StepSchedule:
+    """LinearSchedule's warm-up, then the lr times step_factor once for every milestone epoch passed:
+    with milestones [82, 123], x1 in epochs 1-82, x0.1 in epochs 83-123, x0.01 from epoch 124."""
+
+    def __init__(self, config: TrainConfig, steps_per_epoch: int):
+        self.warmup = LinearSchedule(config, config.epochs * steps_per_epoch)
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.milestones, self.factor = config.milestones, config.step_factor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup.warmup:
+            return self.warmup(step)
+        epochs_done = step // self.steps_per_epoch
+        return self.factor ** sum(epochs_done >= m for m in self.milestones)
+
+
 class Schedule:
-    """Every schedule kind behind one interface: `before_step()` each batch, `after_epoch(loss)` each epoch."""
+    """Every schedule kind behind one interface: `before_step()` each batch, `after_epoch(loss)` each epoch.
+
+    plateau acts on the monitored loss after each epoch; linear, cosine, onecycle and step set
+    every group's lr to its base lr times a factor of the step count before each batch.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
         self.optimizer = optimizer
@@ -161,7 +213,14 @@ class Schedule:
         self.step_count = 0
         # airbench: the whitening bias decays linearly to 0 over its own first epochs, then stops
         self.whiten_bias_steps = max(1, config.whiten_bias_epochs * steps_per_epoch)
-        self.linear = LinearSchedule(config, config.epochs * steps_per_epoch) if self.kind == "linear" else None
+        total = config.epochs * steps_per_epoch
+        per_step = {
+            "linear": lambda: LinearSchedule(config, total),
+            "cosine": lambda: CosineSchedule(config, total),
+            "onecycle": lambda: OneCycleSchedule(config, total),
+            "step": lambda: StepSchedule(config, steps_per_epoch),
+        }
+        self.factor = per_step[self.kind]() if self.kind in per_step else None
         self.plateau = None
         if self.kind == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -169,8 +228,8 @@ class Schedule:
             )
 
     def before_step(self) -> None:
-        if self.linear is not None:
-            factor = self.linear(self.step_count)
+        if self.factor is not None:
+            factor = self.factor(self.step_count)
             whiten_factor = max(0.0, 1 - self.step_count / self.whiten_bias_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = group["base_lr"] * (whiten_factor if group.get("whiten_bias") else factor)

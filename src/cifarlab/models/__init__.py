@@ -1,6 +1,6 @@
 """Model registry. Importing this package registers every model defined in it."""
 
-from cifarlab.models import fast, paper  # noqa: F401  (registration side effect)
+from cifarlab.models import dla, fast, mobilenetv2, paper, resnet, resnet_cifar, vgg, wrn  # noqa: F401  (registration)
 from cifarlab.models.registry import (
     ModelError,
     build_model,

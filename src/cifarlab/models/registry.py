@@ -28,12 +28,13 @@ def register(name: str):
 
 
 def build_model(name: str, **options) -> nn.Module:
-    """Build a registered model; unknown names and options give a one-line error."""
+    """Build a registered model; unknown names, unknown options and bad values (a builder's
+    ValueError, e.g. a WRN depth that is not 6n + 4) give a one-line error."""
     if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     try:
         return _BUILDERS[name](**options)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ModelError(f"bad options for model {name!r}: {e}") from None
 
 
