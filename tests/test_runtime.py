@@ -75,3 +75,16 @@ def test_run_records_resolved_dtypes_and_evaluate_matches_results(tiny_run, tmp_
     assert result["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
     bf16, _ = evaluate_checkpoint(tiny_run, tiny_run.parent / "data", "cpu", output=tmp_path / "b.json", amp="bf16")
     assert bf16["dtype"] == "bfloat16" and bf16["test_loss"] != result["test_loss"]
+
+
+def test_results_record_processor_and_where_the_seconds_went(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert results["processor"] and results["processor"] != "unknown CPU"
+    timing = results["timing"]
+    assert set(timing) == {"setup_seconds", "training_seconds", "validation_seconds", "test_evaluation_seconds",
+                           "training_plus_test_evaluation_seconds", "wall_seconds"}
+    assert all(v >= 0 for v in timing.values())
+    parts = timing["setup_seconds"] + timing["training_seconds"] + timing["validation_seconds"] + timing["test_evaluation_seconds"]
+    assert parts <= timing["wall_seconds"] * 1.001 and parts > 0.5 * timing["wall_seconds"]
+    assert timing["training_seconds"] == pytest.approx(sum(
+        json.loads(line)["train_seconds"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()))

@@ -67,6 +67,21 @@ def autocast_dtype(setting: str | bool, device: torch.device) -> str:
     return "bfloat16" if use_amp(setting, device) else "float32"
 
 
+def processor_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model as lscpu shows it, for every figure a run records."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def autocast(device: torch.device, enabled: bool):
     """bfloat16 autocast on the device, or a no-op."""
     if not enabled:

@@ -50,6 +50,7 @@ from cifarlab.runtime import (
     autocast,
     autocast_dtype,
     memory_format,
+    processor_name,
     resolve_device,
     set_cpu_threads,
     use_amp,
@@ -255,6 +256,7 @@ def train(
 
     Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
     """
+    started = time.perf_counter()
     if train_subset is not None and train_subset < 1:
         raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
     run = RunDir(out)
@@ -349,6 +351,7 @@ def train(
     # in float32, exactly as `cifarlab evaluate`, predict, serve and export do.
     eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
     stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config) if history else None
+    setup_seconds = time.perf_counter() - started  # data onto the device, data-dependent init, resume
     try:
         epoch = len(history)
         while stop is None and epoch < config.epochs:
@@ -392,6 +395,7 @@ def train(
     results.update(autocast_dtype=train_dtype, eval_dtype="float32")
     results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
     results["eval_seconds"] = time.perf_counter() - eval_start
+    results["timing"] = _timing(history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
     if main:
         atomic_write_json(run.file(RESULTS), results)
     write_status("finished", epoch=len(history))
@@ -413,6 +417,21 @@ def _epoch_line(r: dict, epochs: int) -> str:
         f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} train loss {r['train_loss']:.4f} "
         f"acc {r['train_accuracy']:.2%}{val} ({r['epoch_seconds']:.1f}s)"
     )
+
+
+def _timing(history: list[dict], setup: float, test_eval: float, wall: float) -> dict:
+    """Where the seconds went. Records (airbench) time training plus the final TTA evaluation and
+    leave out warm-up; here every part is apart, so any such sum can be made from them. For a
+    resumed run, setup and wall clock are those of the process that finished it."""
+    training = sum(h["train_seconds"] for h in history)
+    return {
+        "setup_seconds": setup,
+        "training_seconds": training,
+        "validation_seconds": sum(h["epoch_seconds"] for h in history) - training,
+        "test_evaluation_seconds": test_eval,
+        "training_plus_test_evaluation_seconds": training + test_eval,
+        "wall_seconds": wall,
+    }
 
 
 def _results(history: list[dict], test, splits: Splits, config: TrainConfig, params: int, dev: torch.device) -> dict:
@@ -438,6 +457,7 @@ def _results(history: list[dict], test, splits: Splits, config: TrainConfig, par
         "seconds_to_stabilise": stable_seconds,
         "train_seconds": history[-1]["elapsed_seconds"],
         "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
+        "processor": processor_name(dev),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "world_size": distributed.world_size(),
