@@ -134,3 +134,35 @@ def test_parallel_sweep_in_worker_processes_restarts(tiny_binary, tmp_path, caps
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "2 finished already, 0 to run" in again and again.count("finished") >= 3 and (tmp_path / "par" / LEADERBOARD).exists()
+
+
+def test_diverging_variant_fails_and_mathtext_names_do_not_break_the_figures(tiny_binary, tmp_path, capsys):
+    """lr 1e6 diverges without a NaN training loss; `$...$` names are mathtext to matplotlib and used
+    to fail the leaderboard and compare after all the training."""
+    names = ["$x^$", "a$\\frac{1}{$b", "$\\alpha$"]
+    listed = "".join(f'[[variants]]\nname = {json.dumps(n)}\nlr = {0.01 * (i + 1)}\n' for i, n in enumerate(names))
+    text = TINY.split("[grid]")[0].replace("epochs = 2", "epochs = 1") + listed
+    text += '[[variants]]\nname = "huge-lr"\nlr = 1e6\nval_size = 0\nepochs = 2\nstop_patience = 0\n'
+    spec = write_spec(tmp_path, text)
+    assert main(["sweep", str(spec), "--data-dir", str(tiny_binary), "--device", "cpu", "--quiet"]) == 0
+    board = json.loads((tmp_path / "spec" / "leaderboard.json").read_text())
+    assert [(r["name"], r["status"]) for r in board] == [*((n, "finished") for n in names), ("huge-lr", "failed")]
+    assert "TrainingDiverged" in board[-1]["reason"] and "diverged" in board[-1]["reason"] and board[-1]["rank"] is None
+    assert all((tmp_path / "spec" / f).stat().st_size > 0 for f in ("leaderboard-ranking.png", "leaderboard-curves.png"))
+    capsys.readouterr()
+    runs = [str(tmp_path / "spec" / n) for n in names]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare-curves.png").stat().st_size > 0 and capsys.readouterr().err == ""
+
+
+def test_mathtext_is_escaped_so_labels_draw_as_written():
+    from matplotlib.cbook import is_math_text
+
+    from cifarlab import pages
+
+    for name in ("$x^$", "a$\\frac{1}{$b", "\\$5", "$$", "plain"):
+        fig = pages.new_figure(3, 1)
+        fig.text(0, 0, pages.plain(name))
+        fig.canvas.draw()  # raises for unparsable mathtext
+        # not math, and matplotlib's unescaping of plain text gives the name back
+        assert not is_math_text(pages.plain(name)) and pages.plain(name).replace("\\$", "$") == name

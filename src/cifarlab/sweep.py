@@ -454,7 +454,7 @@ def _ranking_figure(rows: list[dict]):
     test = [100 * (r["test_accuracy"] or 0) for r in rows]
     ax.barh([i + 0.2 for i in y], val, height=0.4, label="validation (ranks)", color="tab:blue")
     ax.barh([i - 0.2 for i in y], test, height=0.4, label="test (shown only)", color="tab:gray")
-    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.set_yticks(y, [pages.plain(r["name"]) for r in rows], fontsize=8)
     ax.set_xlabel("accuracy (%)")
     ax.set_title("Variants ranked by final validation accuracy")
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)
