@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import open_page
+from conftest import open_page, write_binary
 from cifarlab.cli import main
 from cifarlab.sweep import LEADERBOARD, STATE, load_spec, run_sweep
 
@@ -166,3 +167,24 @@ def test_mathtext_is_escaped_so_labels_draw_as_written():
         fig.canvas.draw()  # raises for unparsable mathtext
         # not math, and matplotlib's unescaping of plain text gives the name back
         assert not is_math_text(pages.plain(name)) and pages.plain(name).replace("\\$", "$") == name
+
+
+ONE = TINY.split("[grid]")[0].replace("train_subset = 40\n", "").replace("epochs = 2", "epochs = 1") + '[grid]\nseed = [0]\n'
+
+
+def test_one_variant_is_singular(tmp_path, capsys):
+    assert main(["sweep", str(write_spec(tmp_path, ONE)), "--list"]) == 0
+    assert capsys.readouterr().out.startswith("1 variant of paper in ")
+
+
+def test_a_second_sweep_in_the_process_reads_its_own_data(tmp_path, capsys):
+    """The data set was cached per process by folder: a second sweep saw the first one's images."""
+    spec = write_spec(tmp_path, ONE)
+    write_binary(tmp_path / "data", per_batch=20)
+    argv = ["sweep", str(spec), "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0 and "sweep spec.toml: 1 variant in" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "data")
+    write_binary(tmp_path / "data", per_batch=40)
+    assert main([*argv, "--out", str(tmp_path / "second")]) == 0
+    images = [json.loads((tmp_path / out / "seed=0" / "config.json").read_text())["train_images"] for out in ("spec", "second")]
+    assert images == [5 * 20 - 20, 5 * 40 - 20]

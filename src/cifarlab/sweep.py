@@ -88,29 +88,27 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _apply(base: dict, overrides: dict[str, Any], where: str) -> TrainConfig:
+def _apply(base: dict, overrides: dict[str, Any], where: str, built: set[str]) -> TrainConfig:
     """The base config dict with dotted overrides applied, checked by TrainConfig and the model registry."""
     try:
         config = apply_overrides(TrainConfig.from_dict(base, source=where), overrides, source=where)
     except ConfigError as e:
         raise SweepError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
-    _check_model(config, where)
+    _check_model(config, where, built)
     return config
 
 
-_BUILT: set[str] = set()
-
-
-def _check_model(config: TrainConfig, where: str) -> None:
-    """Build the model once per distinct options, so a typo or a bad rate fails before any training."""
+def _check_model(config: TrainConfig, where: str, built: set[str]) -> None:
+    """Build the model once per distinct options (`built` holds those of this spec), so a typo or a
+    bad rate fails before any training."""
     key = json.dumps([config.model, config.model_options], sort_keys=True)
-    if key in _BUILT:
+    if key in built:
         return
     try:
         build_model(config.model, **config.model_options)
     except (ModelError, ValueError, TypeError) as e:
         raise SweepError(f"{where}: model_options: {str(e).strip().splitlines()[0]}") from None
-    _BUILT.add(key)
+    built.add(key)
 
 
 def _short(key: str, keys: list[str]) -> str:
@@ -131,6 +129,11 @@ def _value_text(value: Any) -> str:
 def variant_name(overrides: dict[str, Any], keys: list[str]) -> str:
     """Readable, stable: 'lr=0.05,fc_dropout=0.3' (a field's last dotted part unless that is ambiguous)."""
     return ",".join(f"{_short(k, keys)}={_value_text(v)}" for k, v in overrides.items()) or "base"
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 variant', '2 variants', '40,000 variants'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def load_spec(path: Path | str) -> SweepSpec:
@@ -158,15 +161,16 @@ def load_spec(path: Path | str) -> SweepSpec:
     for section in ("fixed", "grid"):
         if not isinstance(raw.get(section, {}), dict):
             raise SweepError(f"{path}: {section} must be a table ([{section}])")
+    built: set[str] = set()  # model options already built, for this spec only
     fixed = _flatten(raw.get("fixed", {}))
-    base = _apply(base, fixed, f"{path} [fixed]").to_dict()
+    base = _apply(base, fixed, f"{path} [fixed]", built).to_dict()
 
     grid = _flatten(raw.get("grid", {}))
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path} [grid]: {key} must be a non-empty list of values, got {values!r}")
         for value in values:
-            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}")
+            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}", built)
     listed = raw.get("variants", [])
     if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
         raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
@@ -178,7 +182,7 @@ def load_spec(path: Path | str) -> SweepSpec:
     for combo in itertools.product(*grid.values()) if grid else []:
         overrides = dict(zip(keys, combo))
         name = variant_name(overrides, keys)
-        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} variant {name}")))
+        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} variant {name}", built)))
     for n, table in enumerate(listed, 1):
         table = dict(table)
         given = table.pop("name", None)
@@ -186,7 +190,7 @@ def load_spec(path: Path | str) -> SweepSpec:
         name = given if isinstance(given, str) and given else variant_name(overrides, list(overrides))
         if name in (".", "..") or "/" in name:
             raise SweepError(f"{path} [[variants]] #{n}: bad name {name!r}")
-        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})")))
+        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})", built)))
     names = [v.name for v in variants]
     for name in names:
         if names.count(name) > 1:
@@ -243,20 +247,9 @@ def _device_for(index: int, device: str) -> str:
     return device
 
 
-_DATA: dict[str, Any] = {}  # one loaded data set per process
-
-
-def _data(data_dir) -> Any:
-    from cifarlab.data import load_cifar10
-
-    key = str(data_dir)
-    if key not in _DATA:
-        _DATA[key] = load_cifar10(data_dir)
-    return _DATA[key]
-
-
-def _run_variant(task: dict, log: Callable[[str], None], progress: bool) -> dict:
-    """Train one variant (resuming if interrupted); never raises except KeyboardInterrupt."""
+def _run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
+    """Train one variant (resuming if interrupted) on `data` (None: train loads it from the task's
+    data_dir); never raises except KeyboardInterrupt."""
     from cifarlab.train import train
 
     out = Path(task["out"])
@@ -266,7 +259,7 @@ def _run_variant(task: dict, log: Callable[[str], None], progress: bool) -> dict
         config = TrainConfig.from_dict(task["config"])
         train(
             config, out, data_dir=task["data_dir"], device=task["device"], resume=task["action"] == "resume",
-            progress=progress, log=log, data=_data(task["data_dir"]), train_subset=task["train_subset"],
+            progress=progress, log=log, data=data, train_subset=task["train_subset"],
         )
         return {"name": task["name"], "status": "finished", "reason": None}
     except KeyboardInterrupt:
@@ -284,6 +277,8 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker(task: dict) -> dict:
+    """A worker process's variant; it loads the data itself (seconds, against minutes of training)
+    rather than keep it in a process-wide cache that outlives the sweep."""
     prefix = f"[{task['name']}] "
     return _run_variant(task, lambda s: print(prefix + s, flush=True), progress=False)
 
@@ -299,6 +294,7 @@ def run_sweep(
 ) -> list[dict]:
     """Run every variant not yet finished, then write the leaderboard; returns its rows."""
     from cifarlab import pages  # noqa: F401  (without matplotlib: fail now, not after training)
+    from cifarlab.data import load_cifar10
 
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
@@ -319,10 +315,11 @@ def run_sweep(
                       "config": v.config.to_dict(), "data_dir": None if data_dir is None else str(data_dir),
                       "device": _device_for(i, device), "train_subset": spec.train_subset})
     skipped = len(spec.variants) - len(tasks)
-    log(f"sweep {spec.path.name}: {len(spec.variants)} variants in {folder}; {skipped} finished already, {len(tasks)} to run")
+    log(f"sweep {spec.path.name}: {plural(len(spec.variants), 'variant')} in {folder}; {skipped:,} finished already, {len(tasks):,} to run")
     _save_state(folder, state)
-    if tasks:
-        _data(data_dir)  # missing data is one error for the sweep (and a download happens once, here)
+    # missing data is one error for the sweep (and a download happens once, here); this sweep's
+    # variants in this process share the loaded set, and it goes when the sweep returns
+    data = load_cifar10(data_dir) if tasks else None
 
     def record(outcome: dict) -> None:
         records[outcome["name"]].update(status=outcome["status"], reason=outcome["reason"])
@@ -334,7 +331,7 @@ def run_sweep(
         for n, task in enumerate(tasks, 1):
             log(f"[{n}/{len(tasks)}] {task['name']} ({task['action']}, {task['device']})")
             try:
-                record(_run_variant(task, log, progress))
+                record(_run_variant(task, log, progress, data))
             except KeyboardInterrupt:
                 record({"name": task["name"], "status": "stopped", "reason": "interrupted"})
                 raise
@@ -439,7 +436,7 @@ def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
         body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, [r["name"] for r in finished]), folder / FIGURES["curves"]), "training curves of the finished variants"))
     fixed = ", ".join(f"{k} = {pages.fmt(v)}" for k, v in spec.fixed.items()) or "none"
     subset = f"; first {spec.train_subset:,} training images" if spec.train_subset else ""
-    subtitle = f"{spec.path.name}: {len(spec.variants)} variants of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    subtitle = f"{spec.path.name}: {plural(len(spec.variants), 'variant')} of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     pages.write_page(folder / LEADERBOARD, pages.page(f"Sweep {spec.path.stem}", subtitle, body))
     return rows
 
@@ -475,7 +472,7 @@ def format_leaderboard(rows: list[dict]) -> str:
 
 def list_variants(spec: SweepSpec, out: Path | str | None) -> str:
     folder = sweep_folder(spec, out)
-    lines = [f"{len(spec.variants)} variants of {spec.base} in {folder}:"]
+    lines = [f"{plural(len(spec.variants), 'variant')} of {spec.base} in {folder}:"]
     width = max(len(v.name) for v in spec.variants)
     for v in spec.variants:
         lines.append(f"  {v.name:<{width}}  {variant_state(spec, v, folder)}")
