@@ -13,17 +13,20 @@ time), each in its own run directory under one sweep folder, and rank them on a 
     "model_options.widths" = [64, 64, 128, 128, 256, 256, 256]
 
 Every variant is checked (TrainConfig field names and values, and that its model builds with
-its options) before anything runs; errors name the spec file and the field. Restarting a sweep
-skips the variants that finished (results.json present), resumes the interrupted ones from their
-checkpoint, and retries the failed ones. A variant that fails is recorded with its reason and
+its options) before anything runs; errors name the spec file and the field. A spec of more than
+1,000 variants is refused unless --yes. Restarting a sweep skips the variants that finished
+(results.json present), resumes the interrupted ones from their checkpoint, and retries the
+failed ones. A variant that fails is recorded with its reason and
 the sweep goes on. The leaderboard ranks by final validation accuracy, the accuracy of the very
 model whose test accuracy it shows; test accuracy is shown and never used to rank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -31,6 +34,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from cifarlab.config import ConfigError, TrainConfig, apply_overrides, get_preset
 from cifarlab.errors import CifarlabError
@@ -52,6 +57,8 @@ LEADERBOARD = "leaderboard.html"
 LEADERBOARD_JSON = "leaderboard.json"
 FIGURES = {"ranking": "leaderboard-ranking.png", "curves": "leaderboard-curves.png"}
 SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants")
+# A larger spec needs --yes: at minutes per variant, a grid one list too long would queue months.
+MAX_VARIANTS = 1000
 
 
 class SweepError(CifarlabError, ValueError):
@@ -100,13 +107,14 @@ def _apply(base: dict, overrides: dict[str, Any], where: str, built: set[str]) -
 
 def _check_model(config: TrainConfig, where: str, built: set[str]) -> None:
     """Build the model once per distinct options (`built` holds those of this spec), so a typo or a
-    bad rate fails before any training."""
-    key = json.dumps([config.model, config.model_options], sort_keys=True)
+    bad width fails before any training. On the meta device: shapes only, no memory, milliseconds."""
+    key = json.dumps([config.model, config.model_options], sort_keys=True, default=repr)  # repr: TOML dates
     if key in built:
         return
     try:
-        build_model(config.model, **config.model_options)
-    except (ModelError, ValueError, TypeError) as e:
+        with torch.device("meta"):
+            build_model(config.model, **config.model_options)
+    except (ModelError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: torch's, e.g. a width too large
         raise SweepError(f"{where}: model_options: {str(e).strip().splitlines()[0]}") from None
     built.add(key)
 
@@ -136,53 +144,84 @@ def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
-def load_spec(path: Path | str) -> SweepSpec:
-    """Parse and check a sweep spec; SweepError naming the file and field on any problem."""
-    path = Path(path)
+def _read_toml(path: Path) -> dict:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path}: not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SweepError(f"{path}: not valid TOML ({e})") from None
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise SweepError(f"{path}: unknown key {key!r}; a spec has {', '.join(SPEC_KEYS)}")
+
+
+def _base_config(path: Path, raw: dict) -> tuple[str, dict]:
+    """The base preset's name and its config as a dict."""
     base_name = raw.get("base")
     if not isinstance(base_name, str):
         raise SweepError(f"{path}: base must be a preset name, e.g. base = \"paper\"")
     try:
-        base = get_preset(base_name).to_dict()
+        return base_name, get_preset(base_name).to_dict()
     except ConfigError as e:
         raise SweepError(f"{path}: base: {e}") from None
-    subset = raw.get("train_subset")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-        raise SweepError(f"{path}: train_subset must be a positive integer, got {subset!r}")
-    for section in ("fixed", "grid"):
-        if not isinstance(raw.get(section, {}), dict):
-            raise SweepError(f"{path}: {section} must be a table ([{section}])")
-    built: set[str] = set()  # model options already built, for this spec only
-    fixed = _flatten(raw.get("fixed", {}))
-    base = _apply(base, fixed, f"{path} [fixed]", built).to_dict()
 
+
+def _grid(path: Path, raw: dict) -> dict[str, list]:
     grid = _flatten(raw.get("grid", {}))
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path} [grid]: {key} must be a non-empty list of values, got {values!r}")
-        for value in values:
-            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}", built)
-    listed = raw.get("variants", [])
-    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
-        raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
-    if not grid and not listed:
-        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+    return grid
 
-    variants: list[Variant] = []
+
+def _check_size(path: Path, grid: dict[str, list], listed: list, max_variants: int | None) -> None:
+    """Refuse a spec of more than `max_variants` variants, counted before any is made (a grid of
+    a million would take minutes and gigabytes just to list)."""
+    from_grid = math.prod(len(values) for values in grid.values()) if grid else 0
+    total = from_grid + len(listed)
+    if max_variants is not None and total > max_variants:
+        parts = " x ".join(f"{len(v):,}" for v in grid.values()) + (f" + {len(listed):,} listed" if listed else "")
+        raise SweepError(f"{path}: {plural(total, 'variant')} ({parts}) is more than {max_variants:,}; pass --yes to sweep them all")
+
+
+def _grid_variants(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str]) -> list[Variant]:
+    """Every combination of the grid's values, in time linear in their number: each value was checked
+    on its own (TrainConfig checks fields independently of each other), each one's part of a name is
+    written once, and the model is built once per distinct combination of model options."""
+    _check_model_combinations(path, base, grid, built)
     keys = list(grid)
-    for combo in itertools.product(*grid.values()) if grid else []:
+    choices = [[(value, f"{_short(key, keys)}={_value_text(value)}") for value in grid[key]] for key in keys]
+    variants = []
+    for combo in itertools.product(*choices):
+        overrides = dict(zip(keys, (value for value, _ in combo)))
+        variants.append(Variant(",".join(part for _, part in combo), overrides, _combine(base, overrides)))
+    return variants
+
+
+def _check_model_combinations(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str]) -> None:
+    """Options of one model can clash where each alone is fine (widths for the other model): build
+    every combination of the grid's values that reach the model, and only those."""
+    keys = [key for key in grid if key == "model" or key.partition(".")[0] == "model_options"]
+    for combo in itertools.product(*(grid[key] for key in keys)):
         overrides = dict(zip(keys, combo))
-        name = variant_name(overrides, keys)
-        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} variant {name}", built)))
+        _check_model(_combine(base, overrides), f"{path} [grid] {variant_name(overrides, keys)}", built)
+
+
+def _combine(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """`base` with overrides applied as apply_overrides does, without checking each value again (each
+    was checked alone, so a dotted key is model_options.NAME): the per-variant cost of a large grid."""
+    fields: dict[str, Any] = {}
+    options = dict(base.model_options)
+    for key, value in overrides.items():
+        if "." in key:
+            options[key.partition(".")[2]] = value
+        elif key == "model_options":
+            options = dict(value)
+        else:
+            fields[key] = value
+    return dataclasses.replace(base, **fields, model_options=options)
+
+
+def _listed_variants(path: Path, base: dict, listed: list[dict], built: set[str]) -> list[Variant]:
+    variants = []
     for n, table in enumerate(listed, 1):
         table = dict(table)
         given = table.pop("name", None)
@@ -191,10 +230,49 @@ def load_spec(path: Path | str) -> SweepSpec:
         if name in (".", "..") or "/" in name:
             raise SweepError(f"{path} [[variants]] #{n}: bad name {name!r}")
         variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})", built)))
-    names = [v.name for v in variants]
-    for name in names:
-        if names.count(name) > 1:
-            raise SweepError(f"{path}: two variants are named {name!r}; give [[variants]] distinct names")
+    return variants
+
+
+def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> SweepSpec:
+    """Parse and check a sweep spec; SweepError naming the file and field on any problem.
+
+    Checking takes time linear in the number of variants: each grid value is checked once, and
+    each distinct set of model options is built once. More than `max_variants` (None: no limit)
+    variants are refused before any is made.
+    """
+    path = Path(path)
+    raw = _read_toml(path)
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise SweepError(f"{path}: unknown key {key!r}; a spec has {', '.join(SPEC_KEYS)}")
+    base_name, base = _base_config(path, raw)
+    subset = raw.get("train_subset")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise SweepError(f"{path}: train_subset must be a positive integer, got {subset!r}")
+    for section in ("fixed", "grid"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise SweepError(f"{path}: {section} must be a table ([{section}])")
+    built: set[str] = set()  # model options already built, for this spec only
+    fixed = _flatten(raw.get("fixed", {}))
+    base_config = _apply(base, fixed, f"{path} [fixed]", built)
+    base = base_config.to_dict()
+    grid = _grid(path, raw)
+    listed = raw.get("variants", [])
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
+    if not grid and not listed:
+        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+    _check_size(path, grid, listed, max_variants)
+    for key, values in grid.items():
+        for value in values:
+            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}", built)
+    variants = _grid_variants(path, base_config, grid, built) if grid else []
+    variants += _listed_variants(path, base, listed, built)
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen:
+            raise SweepError(f"{path}: two variants are named {v.name!r}; give [[variants]] distinct names")
+        seen.add(v.name)
     return SweepSpec(path, base_name, subset, fixed, variants)
 
 
