@@ -30,3 +30,38 @@ def test_paper_network_layer_counts_and_output():
     m.eval()
     assert m(torch.randn(5, 3, 32, 32)).shape == (5, 10)
     assert count_parameters(m) == 1_780_650
+
+
+@pytest.mark.parametrize(
+    "model, options, message",
+    [
+        ("fast", {"widths": [64, -5, 256]}, "widths must be a list of 3 integers from 1 to 4096, got [64, -5, 256]"),
+        ("fast", {"widths": [64, 0, 256]}, "widths must be a list of 3"),  # builds, then never learns
+        ("fast", {"widths": [64, 256]}, "widths must be a list of 3"),
+        ("fast", {"widths": [64, 4097, 256]}, "from 1 to 4096"),  # a typo that would fail only at allocation
+        ("fast", {"widths": 64}, "widths must be a list of 3"),
+        ("fast", {"stem_stride": 0}, "stem_stride must be a positive integer at most 4"),
+        ("fast", {"stem_stride": 5}, "stem_stride must be a positive integer at most 4"),  # fails on its first image
+        ("fast", {"bn_momentum": 1.5}, "bn_momentum must be a number from 0 up to"),
+        ("fast", {"scale": float("inf")}, "scale must be a finite positive number"),
+        ("fast", {"whiten": "no"}, "whiten must be true or false"),
+        ("fast", {"num_classes": 0}, "num_classes must be a positive integer"),
+        ("paper", {"widths": [8, 8, 8, 8, 16, 16, -1]}, "widths must be a list of 7 integers from 1 to 4096"),
+        ("paper", {"widths": [8, 8, 8, 8, 16, 16, True]}, "widths must be a list of 7"),
+        ("paper", {"fc_widths": [0, 16]}, "fc_widths must be a list of 2 integers"),
+        ("paper", {"fc_dropout": 1.0}, "fc_dropout must be a number from 0 up to (not including) 1, got 1.0"),
+        ("paper", {"conv_dropout": -0.1}, "conv_dropout must be a number from 0 up to"),
+        ("paper", {"dropout2d": "x"}, "dropout2d must be a number"),
+        ("paper", {"slope": float("nan")}, "slope must be a finite number"),
+        ("paper", {"num_classes": -3}, "num_classes must be a positive integer, got -3"),
+    ],
+)
+def test_bad_model_options_are_one_line_value_errors(model, options, message):
+    with pytest.raises(ValueError) as raised:
+        build_model(model, **options)
+    assert isinstance(raised.value, ModelError) and message in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_options_at_the_edges_of_their_ranges_build_and_run():
+    assert build_model("fast", widths=[1, 1, 1], stem_stride=4, bn_momentum=0.0, whiten=False)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert build_model("paper", widths=(1,) * 7, fc_widths=[1, 1], fc_dropout=0, num_classes=2)(torch.randn(2, 3, 32, 32)).shape == (2, 2)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import open_page
+from conftest import open_page, write_binary
 from cifarlab.cli import main
+from cifarlab.config import apply_overrides, get_preset
 from cifarlab.sweep import LEADERBOARD, STATE, load_spec, run_sweep
 
 TINY = """
@@ -53,6 +56,13 @@ def write_spec(folder: Path, text: str, name: str = "spec.toml") -> Path:
         ('base = "paper"\n', ["nothing to sweep"]),
         ('base = "paper"\n[grid\n', ["not valid TOML"]),
         ('base = "paper"\n[[variants]]\nlr = 0.1\n[[variants]]\nlr = 0.1\n', ["two variants are named 'lr=0.1'"]),
+        ('base = "fast"\n[grid]\n"model_options.widths" = [[64, -5, 256]]\n',
+         ["model_options.widths = [64, -5, 256]", "widths must be a list of 3 integers from 1 to 4096"]),
+        ('base = "paper"\n[[variants]]\n"model_options.fc_dropout" = 1.0\n', ["[[variants]] #1", "fc_dropout must be a number from 0 up to"]),
+        ('base = "paper"\n[grid]\n"model_options.widths" = [[1000000000000, 1, 1, 1, 1, 1, 1]]\n', ["widths must be a list of 7 integers from 1 to 4096"]),  # would build on the meta device
+        # each value alone is fine; together they are the paper net's 7 widths for the fast net
+        ('base = "paper"\n[grid]\nmodel = ["paper", "fast"]\n"model_options.widths" = [[8, 8, 8, 8, 16, 16, 16]]\n',
+         ["[grid] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"]),
     ],
 )
 def test_bad_specs_are_one_line_errors_naming_file_and_field(tmp_path, capsys, text, names):
@@ -134,3 +144,115 @@ def test_parallel_sweep_in_worker_processes_restarts(tiny_binary, tmp_path, caps
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "2 finished already, 0 to run" in again and again.count("finished") >= 3 and (tmp_path / "par" / LEADERBOARD).exists()
+
+
+def test_diverging_variant_fails_and_mathtext_names_do_not_break_the_figures(tiny_binary, tmp_path, capsys):
+    """lr 1e6 diverges without a NaN training loss; `$...$` names are mathtext to matplotlib and used
+    to fail the leaderboard and compare after all the training."""
+    names = ["$x^$", "a$\\frac{1}{$b", "$\\alpha$"]
+    listed = "".join(f'[[variants]]\nname = {json.dumps(n)}\nlr = {0.01 * (i + 1)}\n' for i, n in enumerate(names))
+    text = TINY.split("[grid]")[0].replace("epochs = 2", "epochs = 1") + listed
+    text += '[[variants]]\nname = "huge-lr"\nlr = 1e6\nval_size = 0\nepochs = 2\nstop_patience = 0\n'
+    spec = write_spec(tmp_path, text)
+    assert main(["sweep", str(spec), "--data-dir", str(tiny_binary), "--device", "cpu", "--quiet"]) == 0
+    board = json.loads((tmp_path / "spec" / "leaderboard.json").read_text())
+    assert [(r["name"], r["status"]) for r in board] == [*((n, "finished") for n in names), ("huge-lr", "failed")]
+    assert "TrainingDiverged" in board[-1]["reason"] and "diverged" in board[-1]["reason"] and board[-1]["rank"] is None
+    assert all((tmp_path / "spec" / f).stat().st_size > 0 for f in ("leaderboard-ranking.png", "leaderboard-curves.png"))
+    capsys.readouterr()
+    runs = [str(tmp_path / "spec" / n) for n in names]
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare-curves.png").stat().st_size > 0 and capsys.readouterr().err == ""
+
+
+def test_mathtext_is_escaped_so_labels_draw_as_written():
+    from matplotlib.cbook import is_math_text
+
+    from cifarlab import pages
+
+    for name in ("$x^$", "a$\\frac{1}{$b", "\\$5", "$$", "plain"):
+        fig = pages.new_figure(3, 1)
+        fig.text(0, 0, pages.plain(name))
+        fig.canvas.draw()  # raises for unparsable mathtext
+        # not math, and matplotlib's unescaping of plain text gives the name back
+        assert not is_math_text(pages.plain(name)) and pages.plain(name).replace("\\$", "$") == name
+
+
+def big_grid(folder: Path, *sizes: int, extra: str = "") -> Path:
+    """A grid of lr x seed x batch_size values, of the given lengths (all valid)."""
+    lists = [[round(0.001 * (i + 1), 6) for i in range(sizes[0])], list(range(sizes[1])), [16 * (i + 1) for i in range(sizes[2])]]
+    body = "".join(f"{k} = {json.dumps(v)}\n" for k, v in zip(("lr", "seed", "batch_size"), lists))
+    return write_spec(folder, f'base = "paper"\n[grid]\n{body}{extra}', f"big{'x'.join(map(str, sizes))}.toml")
+
+
+def test_a_grid_over_the_limit_is_refused_before_it_is_made(tmp_path, capsys, monkeypatch):
+    import cifarlab.sweep as sweep
+
+    made = []
+    spec = big_grid(tmp_path, 100, 100, 100)
+    start = time.perf_counter()
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep, "_combine", lambda *a: made.append(a))  # would make a variant's config
+        assert main(["sweep", str(spec), "--list"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"cifarlab sweep: error: {spec}: 1,000,000 variants (100 x 100 x 100) is more than 1,000; pass --yes to sweep them all"
+    assert made == [] and time.perf_counter() - start < 10
+    spec = big_grid(tmp_path, 10, 10, 10, extra='[[variants]]\nname = "one-more"\nlr = 0.5\n')
+    assert main(["sweep", str(spec), "--list"]) == 1
+    assert "1,001 variants (10 x 10 x 10 + 1 listed)" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--list", "--yes"]) == 0
+    assert capsys.readouterr().out.startswith(f"1,001 variants of paper in {tmp_path / spec.stem}:")
+
+
+def test_checking_a_large_grid_is_linear_and_per_spec(tmp_path, monkeypatch):
+    """40,000 variants (took 16.5 s): each value checked once, each distinct model built once."""
+    import cifarlab.sweep as sweep
+
+    checked, built = [], []
+    apply, build = sweep.apply_overrides, sweep.build_model
+    monkeypatch.setattr(sweep, "apply_overrides", lambda c, o, source="": checked.append(o) or apply(c, o, source=source))
+    monkeypatch.setattr(sweep, "build_model", lambda name, **o: built.append(o) or build(name, **o))
+    spec = big_grid(tmp_path, 200, 100, 1, extra='"model_options.fc_dropout" = [0.3, 0.5]\n')
+    start = time.perf_counter()
+    loaded = load_spec(spec, max_variants=None)
+    seconds = time.perf_counter() - start
+    assert len(loaded.variants) == 40_000 and len({v.name for v in loaded.variants}) == 40_000
+    assert len(checked) == 1 + 200 + 100 + 1 + 2  # [fixed], then every value once
+    assert len(built) == 1 + 2  # the base's model, then one per fc_dropout
+    assert seconds < 10, seconds  # about 1 s on a loaded 2-core machine
+    built.clear()
+    small = write_spec(tmp_path, TINY)
+    load_spec(small), load_spec(small)
+    assert len(built) == 2 * 3  # [fixed], fc_dropout 0.3 and 0.5: again for the second spec, not cached per process
+
+
+def test_grid_configs_are_those_of_the_override_parser(tmp_path):
+    text = ('base = "paper"\n[fixed]\n"model_options.widths" = [8, 8, 8, 8, 16, 16, 16]\n[grid]\nlr = [0.01, 0.02]\n'
+            'model_options = [{widths = [8, 8, 8, 8, 8, 8, 8], fc_widths = [8, 8]}, {slope = 0.2}]\n'
+            '"model_options.fc_dropout" = [0.3, 0.5]\nflip = [true, false]\n')
+    spec = load_spec(write_spec(tmp_path, text))
+    base = apply_overrides(get_preset("paper"), spec.fixed)
+    assert len(spec.variants) == 16
+    for v in spec.variants:
+        assert v.config == apply_overrides(base, v.overrides), v.name
+
+
+ONE = TINY.split("[grid]")[0].replace("train_subset = 40\n", "").replace("epochs = 2", "epochs = 1") + '[grid]\nseed = [0]\n'
+
+
+def test_one_variant_is_singular(tmp_path, capsys):
+    assert main(["sweep", str(write_spec(tmp_path, ONE)), "--list"]) == 0
+    assert capsys.readouterr().out.startswith("1 variant of paper in ")
+
+
+def test_a_second_sweep_in_the_process_reads_its_own_data(tmp_path, capsys):
+    """The data set was cached per process by folder: a second sweep saw the first one's images."""
+    spec = write_spec(tmp_path, ONE)
+    write_binary(tmp_path / "data", per_batch=20)
+    argv = ["sweep", str(spec), "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0 and "sweep spec.toml: 1 variant in" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "data")
+    write_binary(tmp_path / "data", per_batch=40)
+    assert main([*argv, "--out", str(tmp_path / "second")]) == 0
+    images = [json.loads((tmp_path / out / "seed=0" / "config.json").read_text())["train_images"] for out in ("spec", "second")]
+    assert images == [5 * 20 - 20, 5 * 40 - 20]

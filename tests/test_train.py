@@ -6,7 +6,7 @@ import torch
 from cifarlab.config import get_preset
 from cifarlab.rundir import RunDir, RunError, load_checkpoint, read_metrics
 from cifarlab.optim import early_stop_reason
-from cifarlab.train import TrainingDiverged, seconds_to_stabilise, train
+from cifarlab.train import TrainingDiverged, check_divergence, seconds_to_stabilise, train
 from conftest import write_binary
 
 SMALL = {"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
@@ -79,6 +79,41 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path):
         quiet_train(small_config(lr=1e30, epochs=2), tmp_path / "run", data)
     status = RunDir(tmp_path / "run").status()
     assert status["status"] == "failed" and "loss became" in status["reason"]
+
+
+def test_a_huge_but_finite_loss_is_divergence_and_fails_the_run(tmp_path):
+    """lr 1e6, one step per epoch, no validation split: epoch 2's training loss is ~1e24, finite; such
+    a run was recorded as finished."""
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    config = small_config(lr=1e6, epochs=2, batch_size=40, val_size=0, stop_patience=0)
+    with pytest.raises(TrainingDiverged, match=r"training loss .* in epoch 2 is over 10x .*: diverged"):
+        quiet_train(config, tmp_path / "run", data, train_subset=40)
+    run = RunDir(tmp_path / "run")
+    assert run.status()["status"] == "failed" and "diverged" in run.status()["reason"]
+    assert load_checkpoint(tmp_path / "run")["epoch"] == 1 and not run.file("results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "loss, val_loss, first, diverged",
+    [
+        (2.3, 2.3, None, False),  # chance level
+        (23.1, 2.3, None, True),  # over 10 x ln(10) = 23.03 in the first epoch
+        (22.9, None, None, False),
+        (1.0, 1.0, 0.05, False),  # 20x a warm start's first epoch, still under 10 x ln(10)
+        (40.0, 3.0, 5.0, False),  # a run that started high is judged against its start: 10 x 5
+        (51.0, 3.0, 5.0, True),
+        (2.0, float("nan"), 2.3, True),  # a validation loss that is not finite
+        (2.0, float("inf"), 2.3, True),
+    ],
+)
+def test_divergence_is_a_loss_ten_times_chance_or_the_first_epoch(loss, val_loss, first, diverged):
+    history = [] if first is None else [{"epoch": 1, "train_loss": first}]
+    record = {"epoch": len(history) + 1, "train_loss": loss, "val_loss": val_loss}
+    if diverged:
+        with pytest.raises(TrainingDiverged, match=f"in epoch {record['epoch']}"):
+            check_divergence(record, history, num_classes=10)
+    else:
+        check_divergence(record, history, num_classes=10)
 
 
 def test_stabilised_epoch_definition():

@@ -408,13 +408,14 @@ def add_sweep(sub) -> None:
     p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes")
     p.add_argument("--list", action="store_true", help="only list the variants and their state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--yes", action="store_true", help="accept a spec of more than 1,000 variants")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
-    from cifarlab.sweep import format_leaderboard, list_variants, load_spec, run_sweep
+    from cifarlab.sweep import MAX_VARIANTS, format_leaderboard, list_variants, load_spec, run_sweep
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, max_variants=None if args.yes else MAX_VARIANTS)
     if args.list:
         print(list_variants(spec, args.out))
         return 0

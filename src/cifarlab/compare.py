@@ -39,7 +39,7 @@ def curves_figure(views: list[RunView], labels: list[str]):
             points = [(m["epoch"], m.get(key)) for m in view.metrics if m.get(key) is not None]
             if points:
                 x, y = zip(*points)
-                ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, marker="o", markersize=3, label=label)
+                ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, marker="o", markersize=3, label=pages.plain(label))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -55,10 +55,10 @@ def lr_time_figure(views: list[RunView], labels: list[str]):
     for view, label in zip(views, labels):
         if not view.metrics:
             continue
-        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, label=label)
+        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, label=pages.plain(label))
         points = [(m["elapsed_seconds"], 100 * m["val_accuracy"]) for m in view.metrics if m.get("val_accuracy") is not None]
         if points:
-            ax_time.plot(*zip(*points), marker="o", markersize=3, label=label)
+            ax_time.plot(*zip(*points), marker="o", markersize=3, label=pages.plain(label))
     ax_lr.set_title("Learning rate")
     ax_lr.set_xlabel("epoch")
     ax_lr.ticklabel_format(axis="y", useOffset=False)

@@ -95,6 +95,12 @@ def page(title: str, subtitle: str, body: list[str]) -> str:
     )
 
 
+def plain(text: str) -> str:
+    """`text` for a matplotlib label, drawn as written: matplotlib reads the part between two `$`
+    as mathtext (a run named `$x^$` would fail to render), and draws an escaped `\\$` as `$`."""
+    return str(text).replace("$", r"\$")
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A matplotlib figure not tied to pyplot (no global state, safe in any thread)."""
     return Figure(figsize=(width, height), dpi=100, layout="constrained")

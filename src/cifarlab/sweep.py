@@ -13,17 +13,20 @@ time), each in its own run directory under one sweep folder, and rank them on a 
     "model_options.widths" = [64, 64, 128, 128, 256, 256, 256]
 
 Every variant is checked (TrainConfig field names and values, and that its model builds with
-its options) before anything runs; errors name the spec file and the field. Restarting a sweep
-skips the variants that finished (results.json present), resumes the interrupted ones from their
-checkpoint, and retries the failed ones. A variant that fails is recorded with its reason and
+its options) before anything runs; errors name the spec file and the field. A spec of more than
+1,000 variants is refused unless --yes. Restarting a sweep skips the variants that finished
+(results.json present), resumes the interrupted ones from their checkpoint, and retries the
+failed ones. A variant that fails is recorded with its reason and
 the sweep goes on. The leaderboard ranks by final validation accuracy, the accuracy of the very
 model whose test accuracy it shows; test accuracy is shown and never used to rank.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -31,6 +34,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from cifarlab.config import ConfigError, TrainConfig, apply_overrides, get_preset
 from cifarlab.errors import CifarlabError
@@ -52,6 +57,8 @@ LEADERBOARD = "leaderboard.html"
 LEADERBOARD_JSON = "leaderboard.json"
 FIGURES = {"ranking": "leaderboard-ranking.png", "curves": "leaderboard-curves.png"}
 SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants")
+# A larger spec needs --yes: at minutes per variant, a grid one list too long would queue months.
+MAX_VARIANTS = 1000
 
 
 class SweepError(CifarlabError, ValueError):
@@ -88,29 +95,28 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _apply(base: dict, overrides: dict[str, Any], where: str) -> TrainConfig:
+def _apply(base: dict, overrides: dict[str, Any], where: str, built: set[str]) -> TrainConfig:
     """The base config dict with dotted overrides applied, checked by TrainConfig and the model registry."""
     try:
         config = apply_overrides(TrainConfig.from_dict(base, source=where), overrides, source=where)
     except ConfigError as e:
         raise SweepError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
-    _check_model(config, where)
+    _check_model(config, where, built)
     return config
 
 
-_BUILT: set[str] = set()
-
-
-def _check_model(config: TrainConfig, where: str) -> None:
-    """Build the model once per distinct options, so a typo or a bad rate fails before any training."""
-    key = json.dumps([config.model, config.model_options], sort_keys=True)
-    if key in _BUILT:
+def _check_model(config: TrainConfig, where: str, built: set[str]) -> None:
+    """Build the model once per distinct options (`built` holds those of this spec), so a typo or a
+    bad width fails before any training. On the meta device: shapes only, no memory, milliseconds."""
+    key = json.dumps([config.model, config.model_options], sort_keys=True, default=repr)  # repr: TOML dates
+    if key in built:
         return
     try:
-        build_model(config.model, **config.model_options)
-    except (ModelError, ValueError, TypeError) as e:
+        with torch.device("meta"):
+            build_model(config.model, **config.model_options)
+    except (ModelError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: torch's, e.g. a width too large
         raise SweepError(f"{where}: model_options: {str(e).strip().splitlines()[0]}") from None
-    _BUILT.add(key)
+    built.add(key)
 
 
 def _short(key: str, keys: list[str]) -> str:
@@ -133,52 +139,89 @@ def variant_name(overrides: dict[str, Any], keys: list[str]) -> str:
     return ",".join(f"{_short(k, keys)}={_value_text(v)}" for k, v in overrides.items()) or "base"
 
 
-def load_spec(path: Path | str) -> SweepSpec:
-    """Parse and check a sweep spec; SweepError naming the file and field on any problem."""
-    path = Path(path)
+def plural(count: int, noun: str) -> str:
+    """'1 variant', '2 variants', '40,000 variants'."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _read_toml(path: Path) -> dict:
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path}: not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SweepError(f"{path}: not valid TOML ({e})") from None
-    for key in raw:
-        if key not in SPEC_KEYS:
-            raise SweepError(f"{path}: unknown key {key!r}; a spec has {', '.join(SPEC_KEYS)}")
+
+
+def _base_config(path: Path, raw: dict) -> tuple[str, dict]:
+    """The base preset's name and its config as a dict."""
     base_name = raw.get("base")
     if not isinstance(base_name, str):
         raise SweepError(f"{path}: base must be a preset name, e.g. base = \"paper\"")
     try:
-        base = get_preset(base_name).to_dict()
+        return base_name, get_preset(base_name).to_dict()
     except ConfigError as e:
         raise SweepError(f"{path}: base: {e}") from None
-    subset = raw.get("train_subset")
-    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-        raise SweepError(f"{path}: train_subset must be a positive integer, got {subset!r}")
-    for section in ("fixed", "grid"):
-        if not isinstance(raw.get(section, {}), dict):
-            raise SweepError(f"{path}: {section} must be a table ([{section}])")
-    fixed = _flatten(raw.get("fixed", {}))
-    base = _apply(base, fixed, f"{path} [fixed]").to_dict()
 
+
+def _grid(path: Path, raw: dict) -> dict[str, list]:
     grid = _flatten(raw.get("grid", {}))
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path} [grid]: {key} must be a non-empty list of values, got {values!r}")
-        for value in values:
-            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}")
-    listed = raw.get("variants", [])
-    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
-        raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
-    if not grid and not listed:
-        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+    return grid
 
-    variants: list[Variant] = []
+
+def _check_size(path: Path, grid: dict[str, list], listed: list, max_variants: int | None) -> None:
+    """Refuse a spec of more than `max_variants` variants, counted before any is made (a grid of
+    a million would take minutes and gigabytes just to list)."""
+    from_grid = math.prod(len(values) for values in grid.values()) if grid else 0
+    total = from_grid + len(listed)
+    if max_variants is not None and total > max_variants:
+        parts = " x ".join(f"{len(v):,}" for v in grid.values()) + (f" + {len(listed):,} listed" if listed else "")
+        raise SweepError(f"{path}: {plural(total, 'variant')} ({parts}) is more than {max_variants:,}; pass --yes to sweep them all")
+
+
+def _grid_variants(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str]) -> list[Variant]:
+    """Every combination of the grid's values, in time linear in their number: each value was checked
+    on its own (TrainConfig checks fields independently of each other), each one's part of a name is
+    written once, and the model is built once per distinct combination of model options."""
+    _check_model_combinations(path, base, grid, built)
     keys = list(grid)
-    for combo in itertools.product(*grid.values()) if grid else []:
+    choices = [[(value, f"{_short(key, keys)}={_value_text(value)}") for value in grid[key]] for key in keys]
+    variants = []
+    for combo in itertools.product(*choices):
+        overrides = dict(zip(keys, (value for value, _ in combo)))
+        variants.append(Variant(",".join(part for _, part in combo), overrides, _combine(base, overrides)))
+    return variants
+
+
+def _check_model_combinations(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str]) -> None:
+    """Options of one model can clash where each alone is fine (widths for the other model): build
+    every combination of the grid's values that reach the model, and only those."""
+    keys = [key for key in grid if key == "model" or key.partition(".")[0] == "model_options"]
+    for combo in itertools.product(*(grid[key] for key in keys)):
         overrides = dict(zip(keys, combo))
-        name = variant_name(overrides, keys)
-        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} variant {name}")))
+        _check_model(_combine(base, overrides), f"{path} [grid] {variant_name(overrides, keys)}", built)
+
+
+def _combine(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """`base` with overrides applied as apply_overrides does, without checking each value again (each
+    was checked alone, so a dotted key is model_options.NAME): the per-variant cost of a large grid."""
+    fields: dict[str, Any] = {}
+    options = dict(base.model_options)
+    for key, value in overrides.items():
+        if "." in key:
+            options[key.partition(".")[2]] = value
+        elif key == "model_options":
+            options = dict(value)
+        else:
+            fields[key] = value
+    return dataclasses.replace(base, **fields, model_options=options)
+
+
+def _listed_variants(path: Path, base: dict, listed: list[dict], built: set[str]) -> list[Variant]:
+    variants = []
     for n, table in enumerate(listed, 1):
         table = dict(table)
         given = table.pop("name", None)
@@ -186,11 +229,50 @@ def load_spec(path: Path | str) -> SweepSpec:
         name = given if isinstance(given, str) and given else variant_name(overrides, list(overrides))
         if name in (".", "..") or "/" in name:
             raise SweepError(f"{path} [[variants]] #{n}: bad name {name!r}")
-        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})")))
-    names = [v.name for v in variants]
-    for name in names:
-        if names.count(name) > 1:
-            raise SweepError(f"{path}: two variants are named {name!r}; give [[variants]] distinct names")
+        variants.append(Variant(name, overrides, _apply(base, overrides, f"{path} [[variants]] #{n} ({name})", built)))
+    return variants
+
+
+def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> SweepSpec:
+    """Parse and check a sweep spec; SweepError naming the file and field on any problem.
+
+    Checking takes time linear in the number of variants: each grid value is checked once, and
+    each distinct set of model options is built once. More than `max_variants` (None: no limit)
+    variants are refused before any is made.
+    """
+    path = Path(path)
+    raw = _read_toml(path)
+    for key in raw:
+        if key not in SPEC_KEYS:
+            raise SweepError(f"{path}: unknown key {key!r}; a spec has {', '.join(SPEC_KEYS)}")
+    base_name, base = _base_config(path, raw)
+    subset = raw.get("train_subset")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise SweepError(f"{path}: train_subset must be a positive integer, got {subset!r}")
+    for section in ("fixed", "grid"):
+        if not isinstance(raw.get(section, {}), dict):
+            raise SweepError(f"{path}: {section} must be a table ([{section}])")
+    built: set[str] = set()  # model options already built, for this spec only
+    fixed = _flatten(raw.get("fixed", {}))
+    base_config = _apply(base, fixed, f"{path} [fixed]", built)
+    base = base_config.to_dict()
+    grid = _grid(path, raw)
+    listed = raw.get("variants", [])
+    if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+        raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
+    if not grid and not listed:
+        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+    _check_size(path, grid, listed, max_variants)
+    for key, values in grid.items():
+        for value in values:
+            _apply(base, {key: value}, f"{path} [grid] {key} = {value!r}", built)
+    variants = _grid_variants(path, base_config, grid, built) if grid else []
+    variants += _listed_variants(path, base, listed, built)
+    seen: set[str] = set()
+    for v in variants:
+        if v.name in seen:
+            raise SweepError(f"{path}: two variants are named {v.name!r}; give [[variants]] distinct names")
+        seen.add(v.name)
     return SweepSpec(path, base_name, subset, fixed, variants)
 
 
@@ -243,20 +325,9 @@ def _device_for(index: int, device: str) -> str:
     return device
 
 
-_DATA: dict[str, Any] = {}  # one loaded data set per process
-
-
-def _data(data_dir) -> Any:
-    from cifarlab.data import load_cifar10
-
-    key = str(data_dir)
-    if key not in _DATA:
-        _DATA[key] = load_cifar10(data_dir)
-    return _DATA[key]
-
-
-def _run_variant(task: dict, log: Callable[[str], None], progress: bool) -> dict:
-    """Train one variant (resuming if interrupted); never raises except KeyboardInterrupt."""
+def _run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
+    """Train one variant (resuming if interrupted) on `data` (None: train loads it from the task's
+    data_dir); never raises except KeyboardInterrupt."""
     from cifarlab.train import train
 
     out = Path(task["out"])
@@ -266,7 +337,7 @@ def _run_variant(task: dict, log: Callable[[str], None], progress: bool) -> dict
         config = TrainConfig.from_dict(task["config"])
         train(
             config, out, data_dir=task["data_dir"], device=task["device"], resume=task["action"] == "resume",
-            progress=progress, log=log, data=_data(task["data_dir"]), train_subset=task["train_subset"],
+            progress=progress, log=log, data=data, train_subset=task["train_subset"],
         )
         return {"name": task["name"], "status": "finished", "reason": None}
     except KeyboardInterrupt:
@@ -284,6 +355,8 @@ def _worker_init(threads: int) -> None:
 
 
 def _worker(task: dict) -> dict:
+    """A worker process's variant; it loads the data itself (seconds, against minutes of training)
+    rather than keep it in a process-wide cache that outlives the sweep."""
     prefix = f"[{task['name']}] "
     return _run_variant(task, lambda s: print(prefix + s, flush=True), progress=False)
 
@@ -299,6 +372,7 @@ def run_sweep(
 ) -> list[dict]:
     """Run every variant not yet finished, then write the leaderboard; returns its rows."""
     from cifarlab import pages  # noqa: F401  (without matplotlib: fail now, not after training)
+    from cifarlab.data import load_cifar10
 
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
@@ -319,10 +393,11 @@ def run_sweep(
                       "config": v.config.to_dict(), "data_dir": None if data_dir is None else str(data_dir),
                       "device": _device_for(i, device), "train_subset": spec.train_subset})
     skipped = len(spec.variants) - len(tasks)
-    log(f"sweep {spec.path.name}: {len(spec.variants)} variants in {folder}; {skipped} finished already, {len(tasks)} to run")
+    log(f"sweep {spec.path.name}: {plural(len(spec.variants), 'variant')} in {folder}; {skipped:,} finished already, {len(tasks):,} to run")
     _save_state(folder, state)
-    if tasks:
-        _data(data_dir)  # missing data is one error for the sweep (and a download happens once, here)
+    # missing data is one error for the sweep (and a download happens once, here); this sweep's
+    # variants in this process share the loaded set, and it goes when the sweep returns
+    data = load_cifar10(data_dir) if tasks else None
 
     def record(outcome: dict) -> None:
         records[outcome["name"]].update(status=outcome["status"], reason=outcome["reason"])
@@ -334,7 +409,7 @@ def run_sweep(
         for n, task in enumerate(tasks, 1):
             log(f"[{n}/{len(tasks)}] {task['name']} ({task['action']}, {task['device']})")
             try:
-                record(_run_variant(task, log, progress))
+                record(_run_variant(task, log, progress, data))
             except KeyboardInterrupt:
                 record({"name": task["name"], "status": "stopped", "reason": "interrupted"})
                 raise
@@ -439,7 +514,7 @@ def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
         body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, [r["name"] for r in finished]), folder / FIGURES["curves"]), "training curves of the finished variants"))
     fixed = ", ".join(f"{k} = {pages.fmt(v)}" for k, v in spec.fixed.items()) or "none"
     subset = f"; first {spec.train_subset:,} training images" if spec.train_subset else ""
-    subtitle = f"{spec.path.name}: {len(spec.variants)} variants of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    subtitle = f"{spec.path.name}: {plural(len(spec.variants), 'variant')} of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     pages.write_page(folder / LEADERBOARD, pages.page(f"Sweep {spec.path.stem}", subtitle, body))
     return rows
 
@@ -454,7 +529,7 @@ def _ranking_figure(rows: list[dict]):
     test = [100 * (r["test_accuracy"] or 0) for r in rows]
     ax.barh([i + 0.2 for i in y], val, height=0.4, label="validation (ranks)", color="tab:blue")
     ax.barh([i - 0.2 for i in y], test, height=0.4, label="test (shown only)", color="tab:gray")
-    ax.set_yticks(y, [r["name"] for r in rows], fontsize=8)
+    ax.set_yticks(y, [pages.plain(r["name"]) for r in rows], fontsize=8)
     ax.set_xlabel("accuracy (%)")
     ax.set_title("Variants ranked by final validation accuracy")
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)
@@ -475,7 +550,7 @@ def format_leaderboard(rows: list[dict]) -> str:
 
 def list_variants(spec: SweepSpec, out: Path | str | None) -> str:
     folder = sweep_folder(spec, out)
-    lines = [f"{len(spec.variants)} variants of {spec.base} in {folder}:"]
+    lines = [f"{plural(len(spec.variants), 'variant')} of {spec.base} in {folder}:"]
     width = max(len(v.name) for v in spec.variants)
     for v in spec.variants:
         lines.append(f"  {v.name:<{width}}  {variant_state(spec, v, folder)}")

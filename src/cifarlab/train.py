@@ -227,6 +227,28 @@ def train_epoch(
     return {"train_loss": total, "train_accuracy": int(totals[1].item()) / len(order), "steps": steps}
 
 
+# A model that predicts every class equally has a loss of ln(classes) (2.30 for CIFAR-10), and
+# training starts near it and goes down. A mean epoch loss ten times that (23: a geometric-mean
+# probability of e^-23, about 1e-10, on the true class) is confidently wrong everywhere; plateaus and
+# learning-rate spikes move the loss by fractions, not tenfold. A run whose first epoch was already
+# above ln(classes) (a badly scaled start) is judged against that epoch instead.
+DIVERGENCE_FACTOR = 10
+
+
+def check_divergence(record: dict, history: list[dict], num_classes: int) -> None:
+    """TrainingDiverged (one line) when an epoch's losses say the run diverged: a validation loss that
+    is not finite, or a finite training loss over DIVERGENCE_FACTOR x max(ln(classes), the first epoch's)."""
+    epoch, loss, val_loss = record["epoch"], record["train_loss"], record.get("val_loss")
+    if val_loss is not None and not math.isfinite(val_loss):
+        raise TrainingDiverged(f"validation loss became {val_loss} in epoch {epoch} (training loss {loss:.4g}); try a lower lr")
+    reference = max([math.log(num_classes)] + [h["train_loss"] for h in history[:1]])
+    if loss > DIVERGENCE_FACTOR * reference:
+        raise TrainingDiverged(
+            f"training loss {loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR}x {reference:.4g} "
+            f"(the larger of ln({num_classes} classes) and the first epoch's loss): diverged; try a lower lr"
+        )
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
@@ -373,6 +395,7 @@ def train(
             seconds = time.perf_counter() - start
             elapsed = (history[-1]["elapsed_seconds"] if history else 0.0) + seconds
             record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
+            check_divergence(record, history, len(splits.classes))  # before the checkpoint: a resume starts from the last sane epoch
             history.append(record)
             save_checkpoint(epoch)
             if main:

@@ -22,7 +22,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cifarlab.models.registry import register
+from cifarlab.models.registry import finite, flag, layer_widths, positive_int, rate, register
+
+# The whitening stem maps 32x32 to (32 - 2) // stride + 1 pixels a side and three 2x2 max pools
+# follow, which need at least 8: a stride above 4 builds a network that fails on its first image.
+MAX_STEM_STRIDE = 4
 
 
 class FrozenScaleBatchNorm(nn.BatchNorm2d):
@@ -86,12 +90,15 @@ class FastNet(nn.Module):
         num_classes: int = 10,
     ):
         super().__init__()
+        w = layer_widths("widths", widths, 3)
+        bn_momentum, scale = rate("bn_momentum", bn_momentum), finite("scale", scale, positive=True)
+        whiten, num_classes = flag("whiten", whiten), positive_int("num_classes", num_classes)
+        stem_stride = positive_int("stem_stride", stem_stride, most=MAX_STEM_STRIDE)
         # stem_stride=2 whitens non-overlapping 2x2 patches: every later layer then works on a
         # quarter of the pixels, the main lever for speed on a CPU.
         self.whiten = nn.Conv2d(3, 24, kernel_size=2, stride=stem_stride, padding=0, bias=True)
         self.whiten.weight.requires_grad_(not whiten)  # a plain trained conv when whitening is off
         self.use_whitening = whiten
-        w = list(widths)
         self.layers = nn.Sequential(
             nn.GELU(),
             ConvGroup(24, w[0], bn_momentum),
@@ -118,6 +125,4 @@ class FastNet(nn.Module):
 
 @register("fast")
 def fast(**options) -> FastNet:
-    if "widths" in options:
-        options["widths"] = tuple(options["widths"])
-    return FastNet(**options)
+    return FastNet(**options)  # the constructor checks the options and takes a list for widths

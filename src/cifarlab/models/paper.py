@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from cifarlab.models.registry import register
+from cifarlab.models.registry import finite, layer_widths, positive_int, rate, register
 
 
 def _conv(cin: int, cout: int, batchnorm: bool, slope: float) -> list[nn.Module]:
@@ -46,9 +46,12 @@ class PaperNet(nn.Module):
         num_classes: int = 10,
     ):
         super().__init__()
-        if len(widths) != 7:
-            raise ValueError(f"the paper network has 7 conv layers, got {len(widths)} widths")
-        w = [3, *widths]
+        w = [3, *layer_widths("widths", widths, 7)]  # 7 conv layers
+        fc_widths = layer_widths("fc_widths", fc_widths, 2)
+        conv_dropout, dropout2d = rate("conv_dropout", conv_dropout), rate("dropout2d", dropout2d)
+        fc_dropout = rate("fc_dropout", fc_dropout)
+        slope = finite("slope", slope)
+        num_classes = positive_int("num_classes", num_classes)
         self.features = nn.Sequential(
             *_conv(w[0], w[1], True, slope),
             *_conv(w[1], w[2], True, slope),
@@ -79,8 +82,4 @@ class PaperNet(nn.Module):
 
 @register("paper")
 def paper(**options) -> PaperNet:
-    if "widths" in options:
-        options["widths"] = tuple(options["widths"])
-    if "fc_widths" in options:
-        options["fc_widths"] = tuple(options["fc_widths"])
-    return PaperNet(**options)
+    return PaperNet(**options)  # the constructor checks the options and takes lists for widths

@@ -1,8 +1,10 @@
-"""A tiny explicit model registry: `@register("name")` on a builder, then `build_model("name", **options)`."""
+"""A tiny explicit model registry: `@register("name")` on a builder, then `build_model("name", **options)`,
+and the checks model constructors run on their options."""
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -44,3 +46,56 @@ def list_models() -> list[str]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- option checks
+# Options arrive from TOML, JSON or --set: a width of -5 would otherwise surface as a torch
+# RuntimeError deep in a layer (or, at 0, as a model that builds and never learns).
+
+
+# 16x the widest layer of any preset. Far wider is a typo, and one that would surface only when
+# the weights are allocated (a width of 1e12 builds on the meta device the sweep checks on).
+MAX_WIDTH = 4096
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_int(option: str, value: Any, most: int | None = None) -> int:
+    """An integer >= 1 (and <= `most`), else a one-line ModelError naming the option."""
+    if not _is_int(value) or value < 1 or (most is not None and value > most):
+        limit = f" at most {most}" if most is not None else ""
+        raise ModelError(f"{option} must be a positive integer{limit}, got {value!r}")
+    return value
+
+
+def layer_widths(option: str, values: Any, count: int) -> tuple[int, ...]:
+    """Layer widths: exactly `count` integers from 1 to MAX_WIDTH, as a tuple, else a one-line ModelError."""
+    if not isinstance(values, (list, tuple)) or len(values) != count or not all(_is_int(v) and 1 <= v <= MAX_WIDTH for v in values):
+        raise ModelError(f"{option} must be a list of {count} integers from 1 to {MAX_WIDTH}, got {values!r}")
+    return tuple(values)
+
+
+def rate(option: str, value: Any) -> float:
+    """A dropout probability or a momentum: 0 <= value < 1 (at 1 nothing would pass, or nothing update)."""
+    if not _is_number(value) or not 0 <= value < 1:
+        raise ModelError(f"{option} must be a number from 0 up to (not including) 1, got {value!r}")
+    return float(value)
+
+
+def finite(option: str, value: Any, positive: bool = False) -> float:
+    """A finite number (> 0 if `positive`), else a one-line ModelError."""
+    if not _is_number(value) or not math.isfinite(value) or (positive and value <= 0):
+        raise ModelError(f"{option} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
+
+
+def flag(option: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ModelError(f"{option} must be true or false, got {value!r}")
+    return value
