@@ -24,7 +24,7 @@ def test_paper_network_layer_counts_and_output():
     assert kinds.count(nn.BatchNorm2d) == 6
     assert kinds.count(nn.LeakyReLU) == 9  # every conv and fc layer except the output
     pools = [l for l in m.modules() if isinstance(l, nn.MaxPool2d)]
-    assert pools[0].kernel_size == 2 and pools[1].kernel_size == (3, 2)
+    assert nn.modules.utils._pair(pools[0].kernel_size) == (2, 2) and pools[1].kernel_size == (3, 2)
     drops = [l.p for l in m.modules() if isinstance(l, (nn.Dropout, nn.Dropout2d))]
     assert drops == [0.35, 0.48, 0.48, 0.4]
     m.eval()
@@ -65,3 +65,21 @@ def test_bad_model_options_are_one_line_value_errors(model, options, message):
 def test_options_at_the_edges_of_their_ranges_build_and_run():
     assert build_model("fast", widths=[1, 1, 1], stem_stride=4, bn_momentum=0.0, whiten=False)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert build_model("paper", widths=(1,) * 7, fc_widths=[1, 1], fc_dropout=0, num_classes=2)(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_paper_search_space_options():
+    """The report's search axes as model options; the defaults keep the original module names."""
+    import torch
+
+    default = build_model("paper")
+    assert count_parameters(default) == 1_780_650
+    assert [k for k in default.state_dict()][:3] == ["features.0.weight", "features.0.bias", "features.2.weight"]
+    pooled = build_model("paper", pool1=[2, 2], pool2=[2, 2])  # 128 x 8 x 8 into the first fc layer
+    assert pooled.classifier[1].in_features == 128 * 8 * 8
+    assert pooled(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    extra = build_model("paper", extra_dropout=0.2, extra_dropout_after=[1, 5])
+    dropouts = [m for m in extra.features if type(m) is torch.nn.Dropout]
+    assert len(dropouts) == 3 and count_parameters(extra) == 1_780_650
+    for bad in ({"pool2": [9, 2]}, {"pool1": [16, 16], "pool2": [3, 3]}, {"extra_dropout_after": [0]}, {"pool1": [2, 2, 2]}):
+        with pytest.raises(ModelError):
+            build_model("paper", **bad)

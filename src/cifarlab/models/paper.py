@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from cifarlab.models.registry import finite, layer_widths, positive_int, rate, register
+from cifarlab.models.registry import ModelError, finite, layer_widths, positive_int, rate, register
 
 
 def _conv(cin: int, cout: int, batchnorm: bool, slope: float) -> list[nn.Module]:
@@ -34,7 +34,18 @@ def _conv(cin: int, cout: int, batchnorm: bool, slope: float) -> list[nn.Module]
     return layers + [nn.BatchNorm2d(cout)] if batchnorm else layers
 
 
+def pool_kernel(option: str, value) -> tuple[int, int]:
+    """A max-pool kernel: [h, w] (or one int for both), each 1 to 8."""
+    pair = [value, value] if not isinstance(value, (list, tuple)) else list(value)
+    if len(pair) != 2:
+        raise ModelError(f"{option} must be [height, width] or one integer, got {value!r}")
+    return tuple(positive_int(option, v, most=8) for v in pair)
+
+
 class PaperNet(nn.Module):
+    """The report's network; every option below is one axis of the report's own search
+    (dropout probabilities, channel counts, pooling kernel sizes, added dropout between convs)."""
+
     def __init__(
         self,
         widths: tuple[int, ...] = (32, 32, 64, 64, 128, 128, 128),
@@ -44,31 +55,46 @@ class PaperNet(nn.Module):
         fc_dropout: float = 0.4,
         slope: float = 0.01,
         num_classes: int = 10,
+        pool1: tuple[int, int] = (2, 2),  # after the 4th conv
+        pool2: tuple[int, int] = (3, 2),  # after the 7th conv
+        extra_dropout: float = 0.0,  # the report's "further work": more Dropout between convs ...
+        extra_dropout_after: tuple[int, ...] = (),  # ... after these conv layers (1-7; the 3rd has one)
     ):
         super().__init__()
         w = [3, *layer_widths("widths", widths, 7)]  # 7 conv layers
         fc_widths = layer_widths("fc_widths", fc_widths, 2)
         conv_dropout, dropout2d = rate("conv_dropout", conv_dropout), rate("dropout2d", dropout2d)
-        fc_dropout = rate("fc_dropout", fc_dropout)
+        fc_dropout, extra_dropout = rate("fc_dropout", fc_dropout), rate("extra_dropout", extra_dropout)
         slope = finite("slope", slope)
         num_classes = positive_int("num_classes", num_classes)
+        pool1, pool2 = pool_kernel("pool1", pool1), pool_kernel("pool2", pool2)
+        extra = _conv_positions(extra_dropout_after)
+        height, width = 32 // pool1[0] // pool2[0], 32 // pool1[1] // pool2[1]
+        if height < 1 or width < 1:
+            raise ModelError(f"pool1 {list(pool1)} and pool2 {list(pool2)} leave no pixels of a 32x32 image")
+
+        def conv(n: int) -> list[nn.Module]:  # conv layer n (1-7), with an added Dropout if asked
+            layers = _conv(w[n - 1], w[n], n <= 6, slope)
+            return layers + [nn.Dropout(extra_dropout)] if n in extra else layers
+
+        # Default options build exactly the modules (and state-dict names) of the original network.
         self.features = nn.Sequential(
-            *_conv(w[0], w[1], True, slope),
-            *_conv(w[1], w[2], True, slope),
-            *_conv(w[2], w[3], True, slope),
+            *conv(1),
+            *conv(2),
+            *conv(3),
             nn.Dropout(conv_dropout),
-            *_conv(w[3], w[4], True, slope),
-            nn.MaxPool2d(2),
+            *conv(4),
+            nn.MaxPool2d(pool1),
             nn.Dropout2d(dropout2d),
-            *_conv(w[4], w[5], True, slope),
-            *_conv(w[5], w[6], True, slope),
-            *_conv(w[6], w[7], False, slope),
-            nn.MaxPool2d((3, 2)),
+            *conv(5),
+            *conv(6),
+            *conv(7),
+            nn.MaxPool2d(pool2),
             nn.Dropout2d(dropout2d),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(w[7] * 5 * 8, fc_widths[0]),
+            nn.Linear(w[7] * height * width, fc_widths[0]),
             nn.LeakyReLU(slope),
             nn.Dropout(fc_dropout),
             nn.Linear(fc_widths[0], fc_widths[1]),
@@ -78,6 +104,12 @@ class PaperNet(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+def _conv_positions(value) -> set[int]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 7 for v in value):
+        raise ModelError(f"extra_dropout_after must be a list of conv layer numbers from 1 to 7, got {value!r}")
+    return set(value)
 
 
 @register("paper")
