@@ -9,6 +9,7 @@
 
 Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
 run killed at any moment leaves either the old file or the new one, never half of one.
+Files are created with the user's umask, as any other program's files are.
 Checkpoints hold only tensors and plain Python values and load with `weights_only=True`.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ class RunError(CifarlabError):
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,6 +57,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file .NAME.RANDOM.tmp next to `path`, created as open() creates files: mode 0666 less
+    the umask (mkstemp's 0600 would keep teammates from reading a shared run's reports)."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
