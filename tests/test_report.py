@@ -139,6 +139,37 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     assert pct(results["test_accuracy"]) in table[1] and "stopped" in table[2]
 
 
+# Files that parse but have the wrong shape, or do not parse: (file, bytes, what the one-line error says)
+DAMAGED = [
+    ("status.json", b"[1]", "status.json: should hold a JSON object, found a list"),
+    ("status.json", b'{"status": ["running"]}', "status.json: status should be text, found a list"),
+    ("results.json", b"null", "results.json: should hold a JSON object, found null"),
+    ("results.json", b'{"test_accuracy": "high"}', "results.json: test_accuracy should be a number, found text"),
+    ("config.json", b"\xff\xfe{}", "config.json: not valid JSON (not UTF-8 text"),
+    ("config.json", b'{"train": {"epochs": "2"}}', "config.json: train.epochs should be an integer, found text"),
+    ("metrics.jsonl", b'[1]\n{"epoch": 2}\n', "metrics.jsonl: line 1 should be a JSON object, found a list"),
+    ("metrics.jsonl", b'{"epoch": 1, "lr": 0.1}\n{}\n', "metrics.jsonl: line 1 lacks elapsed_seconds"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", DAMAGED, ids=[f"{n}:{c[:12]!r}" for n, c, _ in DAMAGED])
+def test_damaged_run_files_are_reported_per_run(tiny_run, tmp_path, capsys, name, content, message):
+    root = tmp_path / "runs"
+    copy_run(tiny_run, root / "good")
+    bad = copy_run(tiny_run, root / "bad")
+    (bad / name).write_bytes(content)
+    before = snapshot(bad)
+    assert main(["runs", str(root), "--json"]) == 0  # one bad run does not abort the listing
+    out, err = capsys.readouterr()
+    assert [r["name"] for r in json.loads(out)] == ["good"]
+    assert err.count("\n") == 1 and message in err and str(bad) in err
+    for argv in (["report", str(bad), "--quiet"], ["compare", str(root / "good"), str(bad), "--out", str(tmp_path / "cmp")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert snapshot(bad) == before
+
+
 def test_compare_page_in_a_browser(tiny_run, tmp_path, browser):
     first = copy_run(tiny_run, tmp_path / "runs" / "first")
     second = copy_run(tiny_run, tmp_path / "runs" / "second")

@@ -152,3 +152,34 @@ def test_init_from_a_model_that_does_not_fit_is_one_line(tiny_run, tmp_path):
     config = small_config(epochs=1, init_from=str(tiny_run), model_options={"widths": [8, 8, 8, 8, 16, 16, 32]})
     with pytest.raises(RunError, match="do not fit this model"):
         quiet_train(config, tmp_path / "run", tiny_run.parent / "data")
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert message.count("\n") == 0, message
+    return message
+
+
+def test_a_damaged_checkpoint_or_config_is_one_line_on_resume(tiny_run, tmp_path):
+    import shutil
+
+    data = tiny_run.parent / "data"
+    damages = {
+        "history": (lambda state: state.update(history=[1, 2]), "history entry 1 should be a JSON object, found a number"),
+        "epoch": (lambda state: state.update(epoch=5), "says epoch 5 but holds 2 epochs of history"),
+        "optimizer": (lambda state: state["optimizer"].update(param_groups=[]), "does not fit this run's config.json"),
+        "rng": (lambda state: state.update(rng=[0]), "its rng state should be a table, found a list"),
+    }
+    for name, (damage, message) in damages.items():
+        run = shutil.copytree(tiny_run, tmp_path / name)
+        state = load_checkpoint(run)
+        damage(state)
+        torch.save(state, run / "checkpoint.pt")
+        with pytest.raises(RunError) as refused:
+            quiet_train(None, run, data, resume=True)
+        assert message in one_line(refused) and "checkpoint.pt" in str(refused.value), name
+    run = shutil.copytree(tiny_run, tmp_path / "config")
+    (run / "config.json").write_text("[1]")
+    with pytest.raises(RunError) as refused:
+        quiet_train(None, run, data, resume=True)
+    assert "config.json: should hold a JSON object, found a list" in one_line(refused)

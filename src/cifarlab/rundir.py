@@ -11,12 +11,16 @@ Every file but metrics.jsonl is written atomically (temporary file, fsync, renam
 run killed at any moment leaves either the old file or the new one, never half of one.
 Files are created with the user's umask, as any other program's files are.
 Checkpoints hold only tensors and plain Python values and load with `weights_only=True`.
+
+Everything read back is checked for shape, so a damaged or hand-edited file is a one-line
+RunError naming the file (and field), never a traceback or a wrong figure further on.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -89,31 +93,98 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def read_json(path: Path) -> dict:
+    """A file's JSON object; RunError naming the file for anything else: missing, unreadable,
+    not UTF-8, not JSON, or JSON of another shape (`[1]`, `null`)."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path}: should hold a JSON object, found {json_kind(value)}")
+    return value
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise RunError(f"{path}: not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise RunError(f"{path}: not valid JSON (not UTF-8 text: byte {e.start})") from None
+    except OSError as e:  # a folder of that name, no permission
+        raise RunError(f"{path}: cannot be read ({e.strerror})") from None
 
 
 def read_metrics(path: Path) -> tuple[list[dict], bool]:
     """Epoch records and whether the file ended in a partial line (a run killed mid-write)."""
+    path = Path(path)
+    if not path.exists():
+        return [], False
     records, partial = [], False
-    if not Path(path).exists():
-        return records, partial
-    lines = Path(path).read_text().splitlines()
+    lines = _read_text(path).splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if n == len(lines):
                 partial = True  # only the last line may be cut short
-            else:
-                raise RunError(f"{path}: line {n} is not valid JSON") from None
+                continue
+            raise RunError(f"{path}: line {n} is not valid JSON") from None
+        records.append(check_epoch_record(record, f"{path}: line {n}"))
     return records, partial
+
+
+# ---------------------------------------------------------------- shapes of what is read back
+
+NUMBER, INTEGER, TEXT = "a number", "an integer", "text"
+_TYPES = {NUMBER: (int, float), INTEGER: (int,), TEXT: (str,)}
+
+# Only the fields that `runs`, `report`, `compare` and a resume compute with or sort by; others are shown as they are.
+CONFIG_FIELDS = {"params": INTEGER, "train_subset": INTEGER, "train_images": INTEGER, "val_images": INTEGER, "device": TEXT}
+TRAIN_FIELDS = {"preset": TEXT, "model": TEXT, "epochs": INTEGER, "tta": INTEGER}
+STATUS_FIELDS = {"status": TEXT, "reason": TEXT, "pid": INTEGER, "epoch": INTEGER}
+EPOCH_FIELDS = {
+    "epoch": INTEGER, "lr": NUMBER, "train_loss": NUMBER, "train_accuracy": NUMBER, "val_loss": NUMBER,
+    "val_accuracy": NUMBER, "steps": INTEGER, "train_seconds": NUMBER, "epoch_seconds": NUMBER, "elapsed_seconds": NUMBER,
+}
+EPOCH_REQUIRED = ("epoch", "lr", "elapsed_seconds")  # what the curves and tables index directly
+RESULTS_FIELDS = {
+    "test_accuracy": NUMBER, "test_error": NUMBER, "test_loss": NUMBER, "best_val_accuracy": NUMBER,
+    "final_val_accuracy": NUMBER, "params": INTEGER, "epochs": INTEGER, "seconds_per_step": NUMBER,
+    "seconds_per_epoch": NUMBER, "stabilised_epoch": INTEGER, "seconds_to_stabilise": NUMBER,
+    "train_seconds": NUMBER, "eval_seconds": NUMBER, "stop_epoch": INTEGER, "device": TEXT,
+}
+
+
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in a user's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    kinds = {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), type(value).__name__)
+
+
+def check_fields(where: str, record: dict, fields: dict[str, str], prefix: str = "") -> dict:
+    """`record`, or RunError naming `where` and the field whose value (when not null) has the wrong type."""
+    for key, kind in fields.items():
+        value = record.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, _TYPES[kind])):
+            raise RunError(f"{where}: {prefix}{key} should be {kind}, found {json_kind(value)}")
+    return record
+
+
+def check_epoch_record(record: Any, where: str, required: tuple[str, ...] = EPOCH_REQUIRED) -> dict:
+    if not isinstance(record, dict):
+        raise RunError(f"{where} should be a JSON object, found {json_kind(record)}")
+    missing = [key for key in required if key not in record]
+    if missing:
+        raise RunError(f"{where} lacks {', '.join(missing)}")
+    return check_fields(where, record, EPOCH_FIELDS)
 
 
 # ---------------------------------------------------------------- run directory
@@ -137,19 +208,36 @@ class RunDir:
         return self
 
     def config(self) -> dict:
-        return read_json(self.file(CONFIG))
+        path = self.file(CONFIG)
+        config = read_json(path)
+        if not isinstance(config.get("train"), dict):
+            raise RunError(f"{path}: not a cifarlab run config (no 'train' section)")
+        check_fields(str(path), config["train"], TRAIN_FIELDS, prefix="train.")
+        return check_fields(str(path), config, CONFIG_FIELDS)
 
     def metrics(self) -> tuple[list[dict], bool]:
         return read_metrics(self.file(METRICS))
 
     def results(self) -> dict | None:
-        return read_json(self.file(RESULTS)) if self.file(RESULTS).exists() else None
+        path = self.file(RESULTS)
+        if not path.exists():
+            return None
+        results = check_fields(str(path), read_json(path), RESULTS_FIELDS)
+        per_class = results.get("per_class_accuracy")
+        if per_class is not None and not (isinstance(per_class, dict) and all(_is_number(v) for v in per_class.values())):
+            raise RunError(f"{path}: per_class_accuracy should be an object of numbers, found {json_kind(per_class)}")
+        return results
 
     def status(self) -> dict:
-        return read_json(self.file(STATUS)) if self.file(STATUS).exists() else {"status": "unknown"}
+        path = self.file(STATUS)
+        return check_fields(str(path), read_json(path), STATUS_FIELDS) if path.exists() else {"status": "unknown"}
 
     def write_status(self, status: str, **info) -> None:
         atomic_write_json(self.file(STATUS), {"status": status, "pid": os.getpid(), **info})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -172,8 +260,39 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     except Exception as e:  # pickle, zip and weights_only errors all mean: not a usable checkpoint
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: not a readable cifarlab checkpoint ({first_line})") from None
+    problem = _checkpoint_problem(state)
+    if problem:
+        raise RunError(f"{path}: {problem}")
+    return state
+
+
+def _checkpoint_problem(state: Any) -> str | None:
+    """What makes a loaded object unusable as a checkpoint by predict, export, serve or evaluate."""
     if not isinstance(state, dict) or "model" not in state or "meta" not in state:
-        raise RunError(f"{path}: not a cifarlab checkpoint (no model state or metadata)")
+        return "not a cifarlab checkpoint (no model state or metadata)"
+    weights = state["model"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        return f"not a cifarlab checkpoint (its model state should be named tensors, found {json_kind(weights)})"
+    for key, kind, name in (("meta", dict, "a table"), ("config", dict, "a table"), ("history", list, "a list"), ("epoch", int, "an integer")):
+        if key in state and not isinstance(state[key], kind):
+            return f"its {key} should be {name}, found {json_kind(state[key])}"
+    return None
+
+
+def load_training_state(path: Path | str, map_location="cpu") -> dict:
+    """A checkpoint with everything a resume restores, its history checked as metrics.jsonl is."""
+    state = load_checkpoint(path, map_location)
+    path = checkpoint_path(path)
+    for key in ("optimizer", "schedule", "rng", "history"):
+        if key not in state:
+            raise RunError(f"{path}: lacks the {key} state a resume needs (a weights-only checkpoint?)")
+    for key in ("optimizer", "schedule", "rng"):
+        if not isinstance(state[key], dict):
+            raise RunError(f"{path}: its {key} state should be a table, found {json_kind(state[key])}")
+    for n, record in enumerate(state["history"], 1):
+        check_epoch_record(record, f"{path}: history entry {n}", required=tuple(EPOCH_FIELDS))
+    if state.get("epoch") != len(state["history"]):
+        raise RunError(f"{path}: says epoch {state.get('epoch')} but holds {len(state['history'])} epochs of history")
     return state
 
 
@@ -199,18 +318,62 @@ META_KEYS = ("model", "model_options", "classes", "mean", "std")  # what predict
 
 
 def model_from_checkpoint(state: dict, source: str = "checkpoint") -> tuple[nn.Module, dict]:
-    """Rebuild the model a checkpoint describes and load its weights; one-line errors."""
-    meta = state["meta"]
-    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
-    if missing:
-        raise RunError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
+    """Rebuild the model a checkpoint describes and load its weights; one-line errors for metadata
+    that predict, export or serve could not use (rather than an IndexError or NaN output later)."""
+    meta = checked_metadata(state["meta"], source)
     try:
         model = build_model(meta["model"], **meta["model_options"])
         model.load_state_dict(state["model"])
-    except (KeyError, ValueError, RuntimeError) as e:
-        raise RunError(f"{source}: cannot rebuild model {meta.get('model')!r}: {_first_problem(e)}") from None
-    model.eval()
+        model.eval()
+        outputs = output_count(model, meta.get("input_size", [3, 32, 32]))
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:  # a builder or forward pass the metadata breaks
+        raise RunError(f"{source}: cannot rebuild model {meta.get('model')!r}: {first_problem(e)}") from None
+    if outputs != len(meta["classes"]):
+        raise RunError(f"{source}: checkpoint metadata names {len(meta['classes'])} classes but the model has {outputs} outputs")
     return model, meta
+
+
+def checked_metadata(meta: Any, source: str) -> dict:
+    """The metadata, with channels_last defaulted, or RunError naming the field that is unusable."""
+    missing = [k for k in META_KEYS if k not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise RunError(f"{source}: checkpoint metadata lacks {', '.join(missing)}")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise RunError(f"{source}: checkpoint metadata {problem}")
+    return {**meta, "channels_last": meta.get("channels_last", False)}
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    classes, model_options = meta["classes"], meta["model_options"]
+    if not isinstance(meta["model"], str):
+        return f"model should be a name, found {json_kind(meta['model'])}"
+    if not isinstance(model_options, dict) or not all(isinstance(k, str) for k in model_options):
+        return f"model_options should be a table of options, found {json_kind(model_options)}"
+    if not isinstance(classes, (list, tuple)) or not classes or not all(isinstance(c, str) and c for c in classes):
+        return f"classes should be a list of class names, found {json_kind(classes)}"
+    if len(set(classes)) != len(classes):
+        return "classes names a class twice"
+    for key in ("mean", "std"):
+        values = meta[key]
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(_is_number(v) and math.isfinite(v) for v in values):
+            return f"{key} should be 3 numbers (one per colour channel), found {values!r:.60}"
+    if not all(v > 0 for v in meta["std"]):
+        return f"std should be 3 positive numbers (inputs are divided by it), found {meta['std']!r}"
+    if not isinstance(meta.get("channels_last", False), bool):
+        return f"channels_last should be true/false, found {json_kind(meta['channels_last'])}"
+    return None
+
+
+def output_count(model: nn.Module, input_size: Any) -> int:
+    """How many logits the model gives per image (one forward pass of a blank image)."""
+    if not (isinstance(input_size, (list, tuple)) and len(input_size) == 3 and all(isinstance(n, int) and n > 0 for n in input_size)):
+        raise ValueError(f"input_size should be 3 positive integers, found {input_size!r:.60}")
+    with torch.no_grad():
+        logits = model(torch.zeros(1, *input_size))
+    if logits.dim() != 2:
+        raise ValueError(f"the model gives outputs of shape {tuple(logits.shape)}, not one row of logits per image")
+    return logits.shape[1]
 
 
 def load_initial_weights(model: nn.Module, source: Path | str) -> dict:
@@ -221,11 +384,11 @@ def load_initial_weights(model: nn.Module, source: Path | str) -> dict:
     try:
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
-        raise RunError(f"--init-from {ckpt}: its weights do not fit this model: {_first_problem(e)}") from None
+        raise RunError(f"--init-from {ckpt}: its weights do not fit this model: {first_problem(e)}") from None
     return {"checkpoint": str(ckpt.resolve()), "epoch": state.get("epoch"), "model": state["meta"].get("model")}
 
 
-def _first_problem(error: Exception) -> str:
+def first_problem(error: BaseException) -> str:
     """One line for a model-building error; load_state_dict's first line is only a heading."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
     if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):

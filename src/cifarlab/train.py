@@ -42,8 +42,9 @@ from cifarlab.rundir import (
     append_jsonl,
     atomic_torch_save,
     atomic_write_json,
-    load_checkpoint,
+    first_problem,
     load_initial_weights,
+    load_training_state,
     model_metadata,
 )
 from cifarlab.runtime import (
@@ -237,6 +238,14 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _restore(learner: Learner, state: dict, source: Path) -> None:
+    """Load a checkpoint's training state; RunError when it does not fit the run's config.json."""
+    try:
+        learner.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise RunError(f"{source}: does not fit this run's {CONFIG}: {first_problem(e)}") from None
+
+
 def train(
     config: TrainConfig,
     out: Path | str,
@@ -288,8 +297,8 @@ def train(
     history: list[dict] = []
     distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
     if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
-        state = distributed.from_main(load_checkpoint, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
-        learner.load_state_dict(state)
+        state = distributed.from_main(load_training_state, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
+        _restore(learner, state, run.file(CHECKPOINT))
         history = state["history"]
         distributed.restore_process_rng_state(state["rng"].get("processes"), config.seed, len(history))
         # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
