@@ -15,6 +15,7 @@ import cifarlab
 from conftest import open_page
 from cifarlab.cli import main
 from cifarlab.report import FIGURES, REPORT, build_report, calibration, confused_pairs
+from cifarlab.rundir import RunDir
 from cifarlab.runs import list_runs
 
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
@@ -123,16 +124,22 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     (failed / "status.json").write_text(json.dumps({"status": "failed", "reason": "TrainingDiverged: nan", "epoch": 1}))
     alive = copy_run(tiny_run, root / "d-running")
     (alive / "results.json").unlink()
-    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
-    assert main(["runs", str(root), "--json"]) == 0
+    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "epoch": 2}))
+    reused = copy_run(tiny_run, root / "e-reused-pid")  # killed; its PID now belongs to a live process (this one)
+    (reused / "results.json").unlink()
+    (reused / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
+    with RunDir(alive).lock():  # as its training holds it, whatever pid status.json names
+        assert main(["runs", str(root), "--json"]) == 0
+        by_status = [r["name"] for r in list_runs(root, sort="status", reverse=True)]
+    assert by_status == ["e-reused-pid", "b-dead", "d-running", "a-finished", "c-failed"]
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["status"]) for r in rows] == [
-        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running")
+        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running"), ("e-reused-pid", "stopped")
     ]
+    assert "is gone" in rows[4]["reason"]
     results = json.loads((tiny_run / "results.json").read_text())
     assert rows[0]["test_accuracy"] == results["test_accuracy"] and rows[0]["params"] == results["params"]
     assert rows[1]["test_accuracy"] is None and rows[1]["epochs"] == 2
-    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "a-finished", "c-failed"]
     assert main(["runs", str(root), "--sort", "test_accuracy"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["name", "preset", "model"] and table[1].startswith("a-finished")

@@ -1,4 +1,4 @@
-"""The run directory under abuse: file modes, and checkpoints whose metadata lies."""
+"""The run directory under abuse: file modes, the run lock, and checkpoints whose metadata lies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.predict import Predictor
-from cifarlab.rundir import RunError, atomic_torch_save, atomic_write_json, load_checkpoint
+from cifarlab.rundir import LOCK, RunDir, RunError, atomic_torch_save, atomic_write_json, load_checkpoint
 
 
 def current_umask() -> int:
@@ -26,7 +26,7 @@ def mode(path) -> int:
 
 def test_files_are_created_with_the_users_umask(tiny_run, tmp_path):
     expected = 0o666 & ~current_umask()
-    for name in ("config.json", "status.json", "results.json", "checkpoint.pt", "metrics.jsonl"):
+    for name in ("config.json", "status.json", "results.json", "checkpoint.pt", "metrics.jsonl", LOCK):
         assert mode(tiny_run / name) == expected, name  # atomically written files were 0600
     previous = os.umask(0o027)  # a team sharing runs by group
     try:
@@ -35,6 +35,30 @@ def test_files_are_created_with_the_users_umask(tiny_run, tmp_path):
         os.umask(previous)
     assert mode(tmp_path / "shared.json") == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]  # no temporary left
+
+
+def test_the_lock_is_held_once_and_says_by_whom(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.lock_held() is None  # nothing to ask yet
+    with run.lock():
+        assert run.lock_held() is True
+        with pytest.raises(RunError) as refused, RunDir(tmp_path / "run").lock():
+            pass
+        message = str(refused.value)
+        assert message.count("\n") == 0 and "a training is running in this folder" in message and f"pid {os.getpid()}" in message
+        (run.path / "config.json").write_text("{}")  # the training wrote something: its folder and lock stay
+    assert run.lock_held() is False
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "config.json"]
+
+
+def test_a_lock_taken_for_nothing_leaves_the_folder_as_it_was(tmp_path):
+    with RunDir(tmp_path / "new").lock():
+        pass
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with RunDir(tmp_path / "empty").lock():
+        pass
+    assert list((tmp_path / "empty").iterdir()) == []
 
 
 def altered(tiny_run, tmp_path, weights=None, **meta):

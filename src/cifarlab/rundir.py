@@ -6,6 +6,7 @@
     RUNDIR/status.json      running / finished / stopped / failed, with the reason
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
+    RUNDIR/.lock            held (flock) by the one training of the run while it runs
 
 Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
 run killed at any moment leaves either the old file or the new one, never half of one.
@@ -18,13 +19,18 @@ RunError naming the file (and field), never a traceback or a wrong figure furthe
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import fnmatch
 import io
 import json
 import math
 import os
 import secrets
+import socket
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn as nn
@@ -40,6 +46,9 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
     "results.json",
     "evaluation.json",
 )
+LOCK = ".lock"
+TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
+LOCK_WAIT_SECONDS = 1.0  # outwaits a `runs` that only looks at the lock (microseconds), never a training (hours)
 
 
 class RunError(CifarlabError):
@@ -73,6 +82,11 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
         except FileExistsError:
             continue
     raise FileExistsError(f"{path.parent}: no free temporary file name for {path.name}")
+
+
+def _is_temporary_of(name: str, target: str) -> bool:
+    """Whether `name` is an atomic write's temporary file for `target` (one a kill left behind)."""
+    return fnmatch.fnmatchcase(name, f".{target}.*.tmp")
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -234,6 +248,148 @@ class RunDir:
 
     def write_status(self, status: str, **info) -> None:
         atomic_write_json(self.file(STATUS), {"status": status, "pid": os.getpid(), **info})
+
+    # ------------------------------------------------------------ who trains the run
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RUNDIR/.lock for the life of a training (creating the folder if need be).
+
+        A second training into the folder, or a --resume of it, from any process, is then a
+        one-line RunError, and `runs` tells a live run from a dead one whose PID was reused. The
+        kernel drops an flock when its process dies, however it dies: no stale lock outlives a
+        run. The file says who holds it (pid, host, start time), for those messages. A training
+        that fails before writing anything leaves the folder as it found it.
+        """
+        created = not self.path.exists()
+        fd = self._acquire_lock()
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(holder) + "\n").encode())
+            yield
+        finally:
+            self._remove_lock_if_alone(created)
+            os.close(fd)  # lets go of the flock
+
+    def _remove_lock_if_alone(self, created: bool) -> None:
+        """Remove the lock file (while still holding it: a waiting training then locks a new one),
+        and the folder if this training created it, when the training wrote nothing else."""
+        with contextlib.suppress(OSError):
+            if os.listdir(self.path) == [LOCK]:
+                self.file(LOCK).unlink()
+                if created:
+                    self.path.rmdir()
+
+    def _acquire_lock(self) -> int:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.file(LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:  # a file in the way, no permission, a read-only disk
+                raise RunError(f"{self.file(LOCK)}: cannot create it ({e.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() > deadline:
+                    raise RunError(self.busy_message()) from None
+                time.sleep(0.05)
+                continue
+            except OSError as e:
+                os.close(fd)
+                raise RunError(f"{self.file(LOCK)}: cannot lock it ({e.strerror}); this filesystem may not support locks") from None
+            if self._still_the_lock_file(fd):
+                return fd
+            os.close(fd)  # its holder removed it as it let go: lock the file now there
+
+    def _still_the_lock_file(self, fd: int) -> bool:
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.file(LOCK)))
+        except FileNotFoundError:
+            return False
+
+    def lock_held(self) -> bool | None:
+        """Whether a training holds this run's lock now; None when there is no lock file to ask
+        (a run from before run locks) or it cannot be opened."""
+        try:
+            fd = os.open(self.file(LOCK), os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go at once, by the close below
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return False
+
+    def busy_message(self) -> str:
+        try:
+            holder = json.loads(self.file(LOCK).read_text())
+            who = f" (pid {holder['pid']} on {holder['host']}, started {holder['started']})"
+        except (OSError, ValueError, TypeError, KeyError):
+            who = ""  # the holder has not written it yet
+        return f"{self.path}: a training is running in this folder{who}; wait for it to end or stop it first"
+
+    # ------------------------------------------------------------ starting a run here
+
+    def check_new_run(self) -> None:
+        """RunError unless a new training may start here: a folder that does not exist, is empty, or
+        holds a run killed before it saved its first epoch (whose files the new run overwrites).
+        Nothing else is ever overwritten: not a run with a checkpoint, not a folder of other files."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise RunError(f"{self.path}: is a file, not a folder for a run")
+        names = self.entries()
+        if not names:
+            return
+        if CONFIG not in names:
+            raise RunError(f"{self.path}: holds {_listing(names)} but is not a cifarlab run; choose another --out")
+        if CHECKPOINT in names or RESULTS in names:
+            if self.lock_held():
+                raise RunError(self.busy_message())
+            raise RunError(f"{self.path}: already holds a run; pass --resume to continue it or choose another --out")
+        self.check_restartable()
+
+    def check_restartable(self) -> None:
+        """RunError unless this is a run killed before its first checkpoint holding only what a
+        training writes, so that starting it again loses nothing."""
+        foreign = sorted(set(self.entries()) - set(TRAINING_FILES))
+        if foreign:
+            raise RunError(f"{self.path}: a run that saved no epoch, but the folder also holds {_listing(foreign)}; "
+                           "move them away or choose another --out")
+        self.config()  # someone else's config.json is not ours to overwrite
+        records, _ = self.metrics()
+        saved = len(records) or self.status().get("epoch") or 0
+        if saved:
+            epochs = f"{saved} finished epoch" + ("s" if saved != 1 else "")
+            raise RunError(f"{self.path}: records {epochs} but has no {CHECKPOINT} to resume from; choose another --out")
+
+    def entries(self) -> list[str]:
+        """The folder's entries but the lock and the temporaries of a write a kill interrupted."""
+        return sorted(n for n in os.listdir(self.path) if n != LOCK and not self._is_temporary(n))
+
+    @staticmethod
+    def _is_temporary(name: str) -> bool:
+        return any(_is_temporary_of(name, target) for target in TRAINING_FILES)
+
+    def remove_temporaries(self) -> list[str]:
+        """Delete the temporary files of atomic writes a kill interrupted (e.g. `.checkpoint.pt.*.tmp`).
+        Only under the lock: then no training is writing one."""
+        stale = sorted(n for n in os.listdir(self.path) if self._is_temporary(n))
+        for name in stale:
+            self.file(name).unlink(missing_ok=True)
+        return stale
+
+
+def _listing(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _is_number(value: Any) -> bool:
