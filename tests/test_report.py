@@ -15,6 +15,7 @@ import cifarlab
 from conftest import open_page
 from cifarlab.cli import main
 from cifarlab.report import FIGURES, REPORT, build_report, calibration, confused_pairs
+from cifarlab.rundir import RunDir
 from cifarlab.runs import list_runs
 
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
@@ -123,20 +124,57 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     (failed / "status.json").write_text(json.dumps({"status": "failed", "reason": "TrainingDiverged: nan", "epoch": 1}))
     alive = copy_run(tiny_run, root / "d-running")
     (alive / "results.json").unlink()
-    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
-    assert main(["runs", str(root), "--json"]) == 0
+    (alive / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "epoch": 2}))
+    reused = copy_run(tiny_run, root / "e-reused-pid")  # killed; its PID now belongs to a live process (this one)
+    (reused / "results.json").unlink()
+    (reused / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(), "epoch": 2}))
+    with RunDir(alive).lock():  # as its training holds it, whatever pid status.json names
+        assert main(["runs", str(root), "--json"]) == 0
+        by_status = [r["name"] for r in list_runs(root, sort="status", reverse=True)]
+    assert by_status == ["e-reused-pid", "b-dead", "d-running", "a-finished", "c-failed"]
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["status"]) for r in rows] == [
-        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running")
+        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running"), ("e-reused-pid", "stopped")
     ]
+    assert "is gone" in rows[4]["reason"]
     results = json.loads((tiny_run / "results.json").read_text())
     assert rows[0]["test_accuracy"] == results["test_accuracy"] and rows[0]["params"] == results["params"]
     assert rows[1]["test_accuracy"] is None and rows[1]["epochs"] == 2
-    assert [r["name"] for r in list_runs(root, sort="status", reverse=True)] == ["b-dead", "d-running", "a-finished", "c-failed"]
     assert main(["runs", str(root), "--sort", "test_accuracy"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["name", "preset", "model"] and table[1].startswith("a-finished")
     assert pct(results["test_accuracy"]) in table[1] and "stopped" in table[2]
+
+
+# Files that parse but have the wrong shape, or do not parse: (file, bytes, what the one-line error says)
+DAMAGED = [
+    ("status.json", b"[1]", "status.json: should hold a JSON object, found a list"),
+    ("status.json", b'{"status": ["running"]}', "status.json: status should be text, found a list"),
+    ("results.json", b"null", "results.json: should hold a JSON object, found null"),
+    ("results.json", b'{"test_accuracy": "high"}', "results.json: test_accuracy should be a number, found text"),
+    ("config.json", b"\xff\xfe{}", "config.json: not valid JSON (not UTF-8 text"),
+    ("config.json", b'{"train": {"epochs": "2"}}', "config.json: train.epochs should be an integer, found text"),
+    ("metrics.jsonl", b'[1]\n{"epoch": 2}\n', "metrics.jsonl: line 1 should be a JSON object, found a list"),
+    ("metrics.jsonl", b'{"epoch": 1, "lr": 0.1}\n{}\n', "metrics.jsonl: line 1 lacks elapsed_seconds"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", DAMAGED, ids=[f"{n}:{c[:12]!r}" for n, c, _ in DAMAGED])
+def test_damaged_run_files_are_reported_per_run(tiny_run, tmp_path, capsys, name, content, message):
+    root = tmp_path / "runs"
+    copy_run(tiny_run, root / "good")
+    bad = copy_run(tiny_run, root / "bad")
+    (bad / name).write_bytes(content)
+    before = snapshot(bad)
+    assert main(["runs", str(root), "--json"]) == 0  # one bad run does not abort the listing
+    out, err = capsys.readouterr()
+    assert [r["name"] for r in json.loads(out)] == ["good"]
+    assert err.count("\n") == 1 and message in err and str(bad) in err
+    for argv in (["report", str(bad), "--quiet"], ["compare", str(root / "good"), str(bad), "--out", str(tmp_path / "cmp")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert snapshot(bad) == before
 
 
 def test_compare_page_in_a_browser(tiny_run, tmp_path, browser):

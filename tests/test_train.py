@@ -187,3 +187,175 @@ def test_init_from_a_model_that_does_not_fit_is_one_line(tiny_run, tmp_path):
     config = small_config(epochs=1, init_from=str(tiny_run), model_options={"widths": [8, 8, 8, 8, 16, 16, 32]})
     with pytest.raises(RunError, match="do not fit this model"):
         quiet_train(config, tmp_path / "run", tiny_run.parent / "data")
+
+
+# ---------------------------------------------------------------- the run directory under abuse
+
+
+def _interrupt_at(prefix):
+    def log(line):
+        if line.startswith(prefix):
+            raise KeyboardInterrupt
+
+    return log
+
+
+def one_line(error) -> str:
+    message = str(error.value)
+    assert message.count("\n") == 0, message
+    return message
+
+
+def test_a_second_training_or_resume_of_a_running_run_is_one_line(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out = tmp_path / "run"
+    with RunDir(out).lock():  # as a training in another process holds it
+        with pytest.raises(RunError) as second:
+            quiet_train(small_config(epochs=1), out, data)
+        assert "a training is running in this folder" in one_line(second)
+    with pytest.raises(KeyboardInterrupt):  # a run stopped after its first epoch
+        train(small_config(epochs=2), out, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
+    with RunDir(out).lock():
+        with pytest.raises(RunError) as resumed:
+            quiet_train(None, out, data, resume=True)
+        assert "a training is running in this folder" in one_line(resumed)
+    assert load_checkpoint(out)["epoch"] == 1 and len(read_metrics(out / "metrics.jsonl")[0]) == 1  # untouched
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again_in_place(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out = tmp_path / "run"
+    config = small_config(epochs=1)
+    with pytest.raises(KeyboardInterrupt):  # killed once training began, before any epoch was saved
+        train(config, out, data_dir=data, device="cpu", progress=False, log=_interrupt_at("paper:"))
+    assert RunDir(out).status()["status"] == "stopped" and not (out / "checkpoint.pt").exists()
+    (out / ".checkpoint.pt.0badc0de.tmp").write_bytes(b"half a checkpoint")  # a kill during the first save
+    assert quiet_train(config, out, data)["epochs"] == 1  # the same --out, nothing deleted by hand
+    assert not list(out.glob(".*.tmp")) and RunDir(out).status()["status"] == "finished"
+
+    again = tmp_path / "again"  # --resume of such a run starts it again from its config.json
+    with pytest.raises(KeyboardInterrupt):
+        train(config, again, data_dir=data, device="cpu", progress=False, log=_interrupt_at("paper:"))
+    lines = []
+    results = train(None, again, data_dir=data, device="cpu", resume=True, progress=False, log=lines.append)
+    assert results["epochs"] == 1 and "saved no epoch" in lines[0]
+
+
+def test_a_stale_checkpoint_temporary_is_removed_on_resume(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(epochs=2), out, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
+    (out / ".checkpoint.pt.5ca1ab1e.tmp").write_bytes(b"x" * 1000)  # a kill while the next checkpoint was written
+    assert quiet_train(None, out, data, resume=True)["epochs"] == 2
+    assert not list(out.glob(".*.tmp"))
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_folders_that_are_not_resumable_runs_are_never_overwritten(tiny_run, tmp_path):
+    data = tiny_run.parent / "data"
+    cases = {
+        "notes": ({"notes.txt": "mine"}, "holds notes.txt but is not a cifarlab run"),
+        "metrics-only": ({"metrics.jsonl": '{"epoch": 1}\n'}, "holds metrics.jsonl but is not a cifarlab run"),
+        "foreign-config": ({"config.json": '{"name": "my app"}'}, "config.json: not a cifarlab run config"),
+        "extra-file": ({"config.json": '{"train": {}}', "status.json": '{"status": "stopped", "epoch": 0}', "notes.txt": "mine"},
+                       "the folder also holds notes.txt"),
+        "epochs-lost": ({"config.json": '{"train": {}}', "metrics.jsonl": json.dumps({"epoch": 1, "lr": 0.1, "elapsed_seconds": 1.0}) + "\n"},
+                        "records 1 finished epoch but has no checkpoint.pt"),
+    }
+    for name, (files, message) in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for file, text in files.items():
+            (folder / file).write_text(text)
+        with pytest.raises(RunError) as refused:
+            quiet_train(small_config(epochs=1), folder, data)
+        assert message in one_line(refused), name
+        assert _snapshot(folder) == {f: t.encode() for f, t in files.items()}, name  # no lock file left either
+    (tmp_path / "a-file").write_text("mine")
+    with pytest.raises(RunError, match="is a file, not a folder"):
+        quiet_train(small_config(epochs=1), tmp_path / "a-file", data)
+    with pytest.raises(RunError, match="a-file/run/.lock: cannot create it"):
+        quiet_train(small_config(epochs=1), tmp_path / "a-file" / "run", data)
+
+
+def test_a_training_that_fails_before_writing_leaves_no_folder(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    with pytest.raises(Exception, match="val"):  # validation split larger than the data
+        quiet_train(small_config(val_size=10**6), tmp_path / "run", data)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_damaged_checkpoint_or_config_is_one_line_on_resume(tiny_run, tmp_path):
+    import shutil
+
+    data = tiny_run.parent / "data"
+    damages = {
+        "history": (lambda state: state.update(history=[1, 2]), "history entry 1 should be a JSON object, found a number"),
+        "epoch": (lambda state: state.update(epoch=5), "says epoch 5 but holds 2 epochs of history"),
+        "optimizer": (lambda state: state["optimizer"].update(param_groups=[]), "does not fit this run's config.json"),
+        "rng": (lambda state: state.update(rng=[0]), "its rng state should be a table, found a list"),
+    }
+    for name, (damage, message) in damages.items():
+        run = shutil.copytree(tiny_run, tmp_path / name)
+        state = load_checkpoint(run)
+        damage(state)
+        torch.save(state, run / "checkpoint.pt")
+        with pytest.raises(RunError) as refused:
+            quiet_train(None, run, data, resume=True)
+        assert message in one_line(refused) and "checkpoint.pt" in str(refused.value), name
+    run = shutil.copytree(tiny_run, tmp_path / "config")
+    (run / "config.json").write_text("[1]")
+    with pytest.raises(RunError) as refused:
+        quiet_train(None, run, data, resume=True)
+    assert "config.json: should hold a JSON object, found a list" in one_line(refused)
+
+
+def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_then(tmp_path):
+    """A real second process: while it trains, another training, a resume and `runs` see it running;
+    SIGTERM then records `stopped` (the CLI exits as on Ctrl-C) and leaves a resumable run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import cifarlab
+    from cifarlab.runs import list_runs
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "cifarlab", "train", "--out", str(out), "--data-dir", str(data), "--device", "cpu", "--quiet",
+            "--preset", "paper", "--epochs", "1000", "--batch-size", "16", "--val-size", "20",
+            "--set", "model_options.widths=[8, 8, 8, 8, 16, 16, 16]", "--set", "model_options.fc_widths=[16, 16]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cifarlab.__file__).resolve().parents[1])}
+    log = tmp_path / "child.log"
+    with open(log, "w") as sink:
+        child = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180  # generous: the CPU may be shared with other work
+        while not ((out / "metrics.jsonl").exists() and read_metrics(out / "metrics.jsonl")[0]):
+            assert child.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+        with pytest.raises(RunError) as second:
+            quiet_train(small_config(epochs=1), out, data)
+        assert f"a training is running in this folder (pid {child.pid}" in one_line(second)
+        with pytest.raises(RunError, match="a training is running in this folder"):
+            quiet_train(None, out, data, resume=True)
+        assert [r["status"] for r in list_runs(tmp_path)] == ["running"]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 130, log.read_text()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert "cifarlab train: interrupted" in log.read_text() and "Traceback" not in log.read_text()
+    status = RunDir(out).status()
+    assert status["status"] == "stopped" and status["reason"] == "terminated (SIGTERM)"
+    assert [(r["status"], r["reason"]) for r in list_runs(tmp_path)] == [("stopped", "terminated (SIGTERM)")]
+    assert load_checkpoint(out)["epoch"] >= 1 and not list(out.glob(".*.tmp"))

@@ -1,8 +1,10 @@
 """Reading run directories for display: one run's files as a `RunView`, and the runs under a
 folder as table rows for `cifarlab runs`.
 
-A status.json that says "running" while its process is gone means the process died without
-saying so (killed, machine rebooted): such a run is shown as "stopped".
+A run is "running" while a training holds its lock (RUNDIR/.lock), whatever status.json says
+and whatever process now has the PID it recorded. A status.json that says "running" without
+that means the process died without saying so (killed, machine rebooted): the run is shown as
+"stopped". One run whose files are damaged is reported and skipped; it does not stop the listing.
 """
 
 from __future__ import annotations
@@ -66,16 +68,25 @@ def pid_alive(pid: Any) -> bool:
 def load_run(path: Path | str) -> RunView:
     """Read a run directory; RunError (one line, naming the file) if it is not one."""
     run = RunDir(path).require()
-    config = run.config()
-    if not isinstance(config, dict) or not isinstance(config.get("train"), dict):
-        raise RunError(f"{run.file(CONFIG)}: not a cifarlab run config (no 'train' section)")
+    config = run.config()  # its shape checked, as every file's is
     metrics, partial = run.metrics()
     status = run.status()
     state = status.get("status", "unknown")
     reason = status.get("reason")
-    if state == "running" and not pid_alive(status.get("pid")):
-        state, reason = "stopped", f"process {status.get('pid')} is gone (killed or crashed)"
+    if is_training(run, status):
+        state, reason = "running", None
+    elif state == "running":
+        state, reason = "stopped", f"its training process {status.get('pid')} is gone (killed or crashed)"
     return RunView(run.path, config, metrics, partial, state, reason, run.results())
+
+
+def is_training(run: RunDir, status: dict) -> bool:
+    """Whether a training process is working on the run right now: its lock is held. A run from
+    before run locks has only its status.json's pid to go by."""
+    held = run.lock_held()
+    if held is None:
+        return status.get("status") == "running" and pid_alive(status.get("pid"))
+    return held
 
 
 def run_row(view: RunView, root: Path | None = None) -> dict:

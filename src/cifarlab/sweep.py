@@ -294,7 +294,7 @@ def variant_state(spec: SweepSpec, variant: Variant, folder: Path) -> str:
     if not run.path.exists():
         return "pending"
     if not run.exists():
-        if any(run.path.iterdir()):
+        if run.entries():  # its lock file and a killed write's temporaries do not count
             raise SweepError(f"{run.path}: exists but is not a run directory; move it away")
         return "empty"
     saved = run.config()
@@ -311,7 +311,7 @@ def variant_state(spec: SweepSpec, variant: Variant, folder: Path) -> str:
         return "finished"
     if run.file(CHECKPOINT).exists():
         return "interrupted"
-    extra = sorted(p.name for p in run.path.iterdir() if p.name not in (CONFIG, METRICS, STATUS))
+    extra = [name for name in run.entries() if name not in (CONFIG, METRICS, STATUS)]
     if extra:  # restarting would delete these
         raise SweepError(f"{run.path}: holds {', '.join(extra)} but no checkpoint; move it away to rerun variant {variant.name!r}")
     return "empty"

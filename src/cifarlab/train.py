@@ -13,12 +13,15 @@ processes, and rank 0 alone logs and writes the run directory. Those places say 
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -41,9 +44,11 @@ from cifarlab.rundir import (
     RunError,
     append_jsonl,
     atomic_torch_save,
+    atomic_write_bytes,
     atomic_write_json,
-    load_checkpoint,
+    first_problem,
     load_initial_weights,
+    load_training_state,
     model_metadata,
 )
 from cifarlab.runtime import (
@@ -263,6 +268,30 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, a batch scheduler's time limit, torchrun stopping its workers): handled as
+    Ctrl-C is, so the run is recorded as stopped and its last checkpoint resumes it."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_training() -> Iterator[None]:
+    """Turn SIGTERM into Terminated while training; the previous handler afterwards. Python sets
+    signal handlers in the main thread only: elsewhere (a training in a thread) SIGTERM is left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut short recording the first
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def train(
     config: TrainConfig,
     out: Path | str,
@@ -276,29 +305,76 @@ def train(
 ) -> dict:
     """Train `config` into run directory `out` (or continue it with resume=True); returns results.
 
-    Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
+    The run directory stays locked for as long as this runs: a second training into it, or a
+    resume of it, is a one-line RunError. Under torchrun, call `distributed.init_from_env` first
+    and pass the device it returns.
     """
     started = time.perf_counter()
     if train_subset is not None and train_subset < 1:
         raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
     run = RunDir(out)
     dev = resolve_device(device)
-    main = distributed.is_main()  # DDP: rank 0 alone prints and writes the run directory
-    if not main:
+    if not distributed.is_main():  # DDP: rank 0 alone prints and writes the run directory
         log, progress = (lambda line: None), False
-    write_status = run.write_status if main else (lambda *a, **k: None)
     if dev.type == "cpu":
         set_cpu_threads()
-    # DDP: rank 0 alone reads the run directory and tells the others (their machines need not have it)
-    if resume:
-        saved = distributed.from_main(lambda: run.require().config())
-        config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
-        train_subset = saved.get("train_subset")
-    elif distributed.from_main(run.exists):
-        raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or choose another --out")
-    elif config.init_from:  # recorded absolute, so the run still finds its source from anywhere
-        config = config.replace(init_from=str(Path(config.init_from).resolve()))
+    with contextlib.ExitStack() as held:
+        held.enter_context(_sigterm_stops_training())
+        # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
+        config, train_subset, resume = distributed.from_main(_claim_run, held, run, config, resume, train_subset, log)
+        return _train_claimed(run, config, resume, dev, data_dir, data, train_subset, progress, log, started)
 
+
+def _claim_run(
+    held: contextlib.ExitStack, run: RunDir, config: TrainConfig | None, resume: bool, train_subset: int | None, log
+) -> tuple[TrainConfig, int | None, bool]:
+    """Lock the run directory (held until `held` closes) and check this training may use it; returns
+    the config, the train subset and whether to resume. A --resume of a run that saved no epoch
+    starts it again from its config.json."""
+    if resume:
+        run.require()
+    else:
+        run.check_new_run()  # before locking too: a refused folder gets no lock file
+    held.enter_context(run.lock())
+    if not resume:
+        run.check_new_run()  # again, now that no other training can change the folder
+        run.remove_temporaries()
+        if config.init_from:  # recorded absolute, so the run still finds its source from anywhere
+            config = config.replace(init_from=str(Path(config.init_from).resolve()))
+        return config, train_subset, False
+    run.remove_temporaries()
+    saved = run.config()
+    config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
+    if run.file(CHECKPOINT).exists():
+        return config, saved.get("train_subset"), True
+    run.check_restartable()
+    log(f"{run.path} saved no epoch before it stopped: starting it again from its {CONFIG}")
+    return config, saved.get("train_subset"), False
+
+
+def _restore(learner: Learner, state: dict, source: Path) -> None:
+    """Load a checkpoint's training state; RunError when it does not fit the run's config.json."""
+    try:
+        learner.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise RunError(f"{source}: does not fit this run's {CONFIG}: {first_problem(e)}") from None
+
+
+def _train_claimed(
+    run: RunDir,
+    config: TrainConfig,
+    resume: bool,
+    dev: torch.device,
+    data_dir: Path | str | None,
+    data: Cifar10 | None,
+    train_subset: int | None,
+    progress: bool,
+    log: Callable[[str], None],
+    started: float,
+) -> dict:
+    """train() once the run directory is locked: the data, the model, the epochs, the test evaluation."""
+    main = distributed.is_main()
+    write_status = run.write_status if main else (lambda *a, **k: None)
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=dev).manual_seed(config.seed)
     with distributed.main_first():  # DDP: rank 0 downloads, the others then read; a failure fails all
@@ -317,13 +393,13 @@ def train(
     history: list[dict] = []
     distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
     if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
-        state = distributed.from_main(load_checkpoint, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
-        learner.load_state_dict(state)
+        state = distributed.from_main(load_training_state, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
+        _restore(learner, state, run.file(CHECKPOINT))
         history = state["history"]
         distributed.restore_process_rng_state(state["rng"].get("processes"), config.seed, len(history))
         # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
         if main:
-            run.file(METRICS).write_text("".join(_jsonl(h) for h in history))
+            atomic_write_bytes(run.file(METRICS), "".join(_jsonl(h) for h in history).encode())
         log(f"resuming {run.path} after epoch {len(history)} of {config.epochs}")
     elif main:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -347,9 +423,6 @@ def train(
     if distributed.is_distributed():  # DDP: train through the wrapper; evaluate and save the model inside
         learner.trainee = distributed.wrap_model(model, dev, config.sync_bn)
         model = learner.model = distributed.unwrap(learner.trainee)
-    write_status("running", epoch=len(history))
-    across = f" x {world} processes" if world > 1 else ""
-    log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
 
     def save_checkpoint(epoch: int) -> None:
         processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
@@ -374,7 +447,10 @@ def train(
     eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
     stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config) if history else None
     setup_seconds = time.perf_counter() - started  # data onto the device, data-dependent init, resume
-    try:
+    across = f" x {world} processes" if world > 1 else ""
+    write_status("running", epoch=len(history))
+    try:  # from here on, however training ends, status.json says how
+        log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
         epoch = len(history)
         while stop is None and epoch < config.epochs:
             epoch += 1
@@ -402,26 +478,27 @@ def train(
                 append_jsonl(run.file(METRICS), record)
             log(_epoch_line(record, config.epochs))
             stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config)
+
+        eval_start = time.perf_counter()
+        test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
+        results = _results(history, test, splits, config, params, dev)
+        results.update(autocast_dtype=train_dtype, eval_dtype="float32")
+        results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
+        results["eval_seconds"] = time.perf_counter() - eval_start
+        results["timing"] = _timing(history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
+        if main:
+            atomic_write_json(run.file(RESULTS), results)
+        write_status("finished", epoch=len(history))
     except TrainingDiverged as e:
         write_status("failed", reason=str(e), epoch=len(history))
         raise
-    except KeyboardInterrupt:
-        write_status("stopped", reason="interrupted", epoch=len(history))
+    except KeyboardInterrupt as e:
+        write_status("stopped", reason="terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted", epoch=len(history))
         raise
     except Exception as e:
         write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
         raise
 
-    eval_start = time.perf_counter()
-    test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
-    results = _results(history, test, splits, config, params, dev)
-    results.update(autocast_dtype=train_dtype, eval_dtype="float32")
-    results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
-    results["eval_seconds"] = time.perf_counter() - eval_start
-    results["timing"] = _timing(history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
-    if main:
-        atomic_write_json(run.file(RESULTS), results)
-    write_status("finished", epoch=len(history))
     if stop:
         log(f"stopped early after epoch {len(history)}: {stop}")
     log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
