@@ -8,7 +8,7 @@ from cifarlab.cli import main
 
 
 def test_help_lists_every_subcommand(capsys):
-    commands = ("train", "evaluate", "info", "report", "runs", "compare", "sweep", "predict", "export", "serve")
+    commands = ("train", "evaluate", "info", "presets", "models", "report", "runs", "compare", "sweep", "predict", "export", "serve")
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
@@ -115,3 +115,15 @@ def test_end_to_end_on_real_data_subset(real_data, tmp_path):
     done = subprocess.run([sys.executable, "-m", "cifarlab", "evaluate", str(run), "--data-dir", str(real_data), "--device", "cpu"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "test accuracy" in done.stdout
+
+
+def test_presets_shows_resolved_settings(capsys):
+    from cifarlab.config import get_preset
+
+    assert main(["presets", "paper", "airbench94"]) == 0
+    out = capsys.readouterr().out
+    assert "paper:" in out and "airbench94:" in out and "* stop_patience" in out and "'muon'" in out
+    assert main(["presets", "--json"]) == 0
+    presets = json.loads(capsys.readouterr().out)
+    assert presets["fast"] == get_preset("fast").to_dict()
+    assert main(["presets", "nope"]) == 1 and "unknown preset 'nope'" in capsys.readouterr().err

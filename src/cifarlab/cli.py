@@ -214,6 +214,33 @@ def cmd_info(args) -> int:
     return 0
 
 
+def add_presets(sub) -> None:
+    p = sub.add_parser("presets", help="the named recipes and every setting each resolves to",
+                       description="Show presets with all their settings (those a preset changes from the "
+                       "defaults are marked *). Any of them can be changed with train flags or --set.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="presets to show (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args) -> int:
+    from cifarlab.config import PRESETS, TrainConfig, get_preset, inactive_fields
+
+    presets = {name: get_preset(name) for name in (args.names or PRESETS)}
+    if args.json:
+        print(json.dumps({name: c.to_dict() for name, c in presets.items()}, indent=2))
+        return 0
+    defaults = TrainConfig().to_dict()
+    for n, (name, config) in enumerate(presets.items()):
+        values = config.to_dict()
+        unused = inactive_fields(values)
+        print(("\n" if n else "") + f"{name}:")
+        for key, value in values.items():
+            if key not in unused:
+                print(f"  {'*' if value != defaults[key] else ' '} {key:<20} {value!r}")
+    return 0
+
+
 def add_models(sub) -> None:
     p = sub.add_parser("models", help="the registered models: parameters and forward GFLOPs per image",
                        description="List registered models with their parameter count and the GFLOPs of one forward "
@@ -431,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (add_train, add_evaluate, add_info, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    commands = (add_train, add_evaluate, add_info, add_presets, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
     for add in commands:
         add(sub)
     return parser

@@ -154,7 +154,9 @@ def inactive_fields(values: dict[str, Any]) -> set[str]:
     if values.get("optimizer", "sgd") not in ("sgd", "muon"):
         unused |= {"momentum", "nesterov"}
     if values.get("optimizer", "sgd") != "muon":
-        unused |= {"muon_lr", "muon_momentum"}
+        unused |= {"muon_lr", "muon_momentum", "whiten_bias_epochs"}
+    if not values.get("flip"):
+        unused.add("flip_mode")
     if not values.get("stop_patience"):
         unused.add("stop_min_delta")
     return unused
