@@ -171,9 +171,12 @@ def test_fifty_concurrent_requests_are_batched_and_all_correct(server, images, e
     assert after["batches"] - before["batches"] < 50 and after["largest_batch"] > 1  # requests shared forward passes
 
 
-def test_binds_to_loopback_unless_told_otherwise(tiny_run):
-    args = build_parser().parse_args(["serve", str(tiny_run)])
-    assert args.host == "127.0.0.1"
+def test_binds_to_loopback_unless_told_otherwise(tiny_run, monkeypatch):
+    """What `cifarlab serve RUN` hands to the server: the loopback address, whatever the parser says."""
+    seen = {}
+    monkeypatch.setattr("cifarlab.serve.serve", lambda run, **kw: seen.update(kw))
+    assert main(["serve", str(tiny_run)]) == 0
+    assert seen["host"] == "127.0.0.1"
 
 
 def test_port_in_use_is_a_one_line_error(tiny_run, capsys):
@@ -395,3 +398,30 @@ def test_abuse_limits_are_serve_flags(tiny_run, monkeypatch, capsys):
     assert main(["serve", str(tiny_run), "--decode-workers", "0"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--decode-workers must be positive" in err
+
+
+def test_micro_batcher_alone_batches_and_answers_each_caller():
+    """Without HTTP: concurrent submits share forward passes, each gets its own row, max_batch holds."""
+    import asyncio
+
+    import torch
+
+    from cifarlab.serve import MicroBatcher
+
+    sizes = []
+
+    def double(batch: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(batch))
+        return batch.float() * 2
+
+    async def scenario():
+        batcher = MicroBatcher(double, max_batch=4, max_wait_ms=50)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(torch.full((3,), i)) for i in range(10)))
+        finally:
+            await batcher.stop()
+
+    rows = asyncio.run(scenario())
+    assert [row[0].item() for row in rows] == [2.0 * i for i in range(10)]
+    assert sum(sizes) == 10 and max(sizes) <= 4 and len(sizes) < 10

@@ -373,6 +373,8 @@ def cmd_serve(args) -> int:
           max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp,
           max_pixels=args.max_pixels, decode_workers=args.decode_workers, decode_queue=args.decode_queue,
           keep_alive_s=args.keep_alive, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
+    return 0
+
 # ---------------------------------------------------------------- report, runs, compare, sweep
 
 
