@@ -75,3 +75,14 @@ def test_run_records_resolved_dtypes_and_evaluate_matches_results(tiny_run, tmp_
     assert result["test_loss"] == pytest.approx(results["test_loss"], rel=1e-6)
     bf16, _ = evaluate_checkpoint(tiny_run, tiny_run.parent / "data", "cpu", output=tmp_path / "b.json", amp="bf16")
     assert bf16["dtype"] == "bfloat16" and bf16["test_loss"] != result["test_loss"]
+
+
+def test_cudnn_autotuning_is_on_for_cuda_training_unless_determinism_is_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    runtime.tune_for_training(CPU)
+    assert torch.backends.cudnn.benchmark is False  # nothing to tune on a CPU
+    runtime.tune_for_training(torch.device("cuda"))  # only sets a flag: runs without a GPU
+    assert torch.backends.cudnn.benchmark is True
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    runtime.tune_for_training(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False

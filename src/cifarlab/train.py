@@ -52,6 +52,7 @@ from cifarlab.runtime import (
     memory_format,
     resolve_device,
     set_cpu_threads,
+    tune_for_training,
     use_amp,
 )
 
@@ -262,6 +263,7 @@ def train(
     write_status = run.write_status if main else (lambda *a, **k: None)
     if dev.type == "cpu":
         set_cpu_threads()
+    tune_for_training(dev)
     # DDP: rank 0 alone reads the run directory and tells the others (their machines need not have it)
     if resume:
         saved = distributed.from_main(lambda: run.require().config())
