@@ -224,6 +224,54 @@ def train_epoch(learner: Learner, splits: Splits, config: TrainConfig, desc: str
     return {"train_loss": total, "train_accuracy": int(totals[1].item()) / len(order), "steps": steps}
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default; tests use "eager" (tracing only) to stay fast
+
+
+def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> float:
+    """Train through torch.compile of the trained module (the DDP wrapper, if any), and compile it
+    now, so its compile time is not inside the first epoch's; returns those seconds.
+
+    Compiling means one forward and backward pass on each batch shape an epoch has (a full batch
+    and the last, shorter one), each specialised (dynamic=False). Their gradients are thrown away
+    and the BatchNorm statistics and random number generators they moved are put back, so the
+    run is the one it would have been, only compiled.
+    """
+    device = splits.train_x.device
+    learner.trainee = torch.compile(learner.trainee or learner.model, backend=COMPILE_BACKEND, dynamic=False)
+    buffers = [b.detach().clone() for b in learner.model.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    start = time.perf_counter()
+    learner.trainee.train()
+    for size in _batch_sizes(len(splits.train_x), config.batch_size):
+        part = distributed.shard(size)  # DDP: the shard each process trains on
+        x = normalize(splits.train_x[:size], MEAN, STD)[part].contiguous(memory_format=memory_format(config.channels_last))
+        with autocast(device, use_amp(config.amp, device)):
+            logits = learner.trainee(x)
+        F.cross_entropy(logits.float(), splits.train_y[:size][part]).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    learner.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, saved in zip(learner.model.buffers(), buffers):
+            buffer.copy_(saved)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    return seconds
+
+
+def _batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The batch sizes of an epoch of n images, as train_epoch draws them."""
+    world = distributed.world_size()
+    last = n % batch_size
+    sizes = [min(batch_size, n)]
+    if last and n > batch_size and last >= 2 * world:  # train_epoch drops a last batch too small to shard
+        sizes.append(last)
+    return sizes
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
@@ -322,9 +370,12 @@ def train(
     if distributed.is_distributed():  # DDP: train through the wrapper; evaluate and save the model inside
         learner.trainee = distributed.wrap_model(model, dev, config.sync_bn)
         model = learner.model = distributed.unwrap(learner.trainee)
+    compile_seconds = compile_trainee(learner, splits, config) if config.compile else None
     write_status("running", epoch=len(history))
     across = f" x {world} processes" if world > 1 else ""
     log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
+    if compile_seconds is not None:
+        log(f"compiled for training in {compile_seconds:.1f}s (not counted in the training time)")
 
     def save_checkpoint(epoch: int) -> None:
         processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
@@ -391,6 +442,7 @@ def train(
     results.update(autocast_dtype=train_dtype, eval_dtype="float32")
     results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
     results["eval_seconds"] = time.perf_counter() - eval_start
+    results["compile_seconds"] = compile_seconds  # apart from train_seconds; None when not compiled
     if main:
         atomic_write_json(run.file(RESULTS), results)
     write_status("finished", epoch=len(history))
