@@ -9,6 +9,8 @@ Steps, in order (docs/gpu.md says how to stage the data and collect the result):
   paper_epoch       the paper preset's seconds per epoch (its own dtype and float32), against
                     the report's GTX 1070
   throughput        training and inference images/s of every preset's network at its batch size
+  profile           torch.profiler on `fast`'s training step: no host-to-device copy and no
+                    host wait may happen in every step (the step fails if one does); top operators
   time_to_accuracy  `fast` and `airbench94` trained to their final test accuracy (with the
                     preset's TTA), timed with CUDA events as the speed records time theirs:
                     data on the GPU beforehand, one untimed warm-up training per preset (and
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's cifarlab, installed or not
 
 import torch  # noqa: E402
-from measure import Stopwatch, inference_throughput, summary, training_throughput  # noqa: E402
+from measure import Stopwatch, inference_throughput, profile_training_steps, summary, training_throughput  # noqa: E402
 
 import cifarlab  # noqa: E402
 from cifarlab import train as train_module  # noqa: E402
@@ -84,12 +86,13 @@ class Plan:
     throughput_batches: int  # ...or this many of the preset's batches, if more
     throughput_repeats: int
     inference_images: int
+    profile_batch_size: int | None  # None: the preset's
     cuda_tests_seconds: float  # the pytest run's own time limit
     first_run_seconds: float  # time left that a preset's first timed run needs to be started
 
 
-GPU_PLAN = Plan(None, None, None, 3, 5000, None, 10240, 20, 2, 10000, 240, 30)
-SMOKE_PLAN = Plan(200, 64, 1, 1, 20, 64, 64, 0, 1, 64, 120, 0)
+GPU_PLAN = Plan(None, None, None, 3, 5000, None, 10240, 20, 2, 10000, None, 240, 30)
+SMOKE_PLAN = Plan(200, 64, 1, 1, 20, 64, 64, 0, 1, 64, 16, 120, 0)
 
 
 # ---------------------------------------------------------------- the suite: budget and the JSON
@@ -381,6 +384,22 @@ def throughput(data: Cifar10, device: torch.device, plan: Plan) -> dict:
     return result
 
 
+# ---------------------------------------------------------------- the training step's profile
+
+
+def profile_step(data: Cifar10, device: torch.device, plan: Plan) -> dict:
+    """Host traffic in every training step of `fast` (none is expected: no tensor from Python data,
+    no copy to or from the host, no wait for the device) and the top operators by self CPU time."""
+    config = get_preset("fast").replace(val_size=0, batch_size=plan.profile_batch_size)
+    splits = make_splits(data, 0, device, train_subset=4 * config.batch_size)
+    result = profile_training_steps(config, splits, device, steps=(2, 4))
+    found = {name: count for name, count in result["host_traffic_per_step"].items() if count}
+    print(f"   host traffic per step: {found or 'none'}; top op {result['top_ops_by_self_cpu'][0]['op']}", flush=True)
+    if found:
+        raise StepFailed(f"host traffic in every training step: {found}", result)
+    return result
+
+
 # ---------------------------------------------------------------- time to accuracy
 
 
@@ -455,7 +474,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the timed networks (compile time reported apart)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (default: $CIFARLAB_DATA); never downloaded")
-    p.add_argument("--skip", action="append", default=[], choices=["cuda_tests", "paper_epoch", "throughput", "time_to_accuracy"],
+    p.add_argument("--skip", action="append", default=[], choices=["cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"],
                    help="leave a step out (repeatable)")
     args = p.parse_args(argv)
     if args.out is None:
@@ -489,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         "cuda_tests": (10, lambda: cuda_tests(min(plan.cuda_tests_seconds, max(10, suite.remaining() - 60)))),
         "paper_epoch": (15 if device.type == "cuda" else 0, lambda: paper_epoch(data, device, plan)),
         "throughput": (20 if device.type == "cuda" else 0, lambda: throughput(data, device, plan)),
+        "profile": (10 if device.type == "cuda" else 0, lambda: profile_step(data, device, plan)),
         "time_to_accuracy": (plan.first_run_seconds, lambda: time_to_accuracy(suite, data, device, plan, seeds, args.compile)),
     }
     for name, (needs, fn) in steps.items():

@@ -98,3 +98,55 @@ def inference_throughput(model: torch.nn.Module, images: torch.Tensor, batch_siz
             seconds.append(watch.seconds)
     median = statistics.median(seconds)
     return {"batch_size": batch_size, "images": len(images), "pass_seconds": seconds, "images_per_second": len(images) / median}
+
+
+# Calls that move data between host and device, or make the host wait for the device. In a training
+# step on a GPU each one stalls the queue of kernels; on a CPU the first two still show where they would.
+HOST_TRAFFIC = (
+    "aten::lift_fresh",  # a tensor from Python data (torch.tensor): a host-to-device copy on a GPU
+    "aten::_local_scalar_dense",  # .item(), bool(tensor), float(tensor): the host waits for the device
+    "Memcpy HtoD",
+    "Memcpy DtoH",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+)
+
+
+def profile_training_steps(config: TrainConfig, splits: Splits, device: torch.device, steps: tuple[int, int] = (2, 4), top: int = 12) -> dict:
+    """torch.profiler over `train_epoch` on steps[0] and on steps[1] batches (after one unprofiled
+    epoch): the difference of the two counts is what every training step does, without what an
+    epoch does once (its shuffle, its closing sums). Returns the host traffic per step and the top
+    operators by self CPU time of the longer profile."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    learner = build_learner(config.replace(epochs=sum(steps) + 1), splits, device, torch.Generator(device).manual_seed(0))
+    counts = []
+    for i, n in enumerate((steps[0], *steps)):
+        images = n * config.batch_size
+        part = Splits(splits.train_x[:images], splits.train_y[:images], *[t[:0] for t in (splits.val_x, splits.val_y, splits.test_x, splits.test_y)],
+                      splits.classes, splits.source)
+        with profile(activities=activities) as prof:
+            train_epoch(learner, part, config, progress=False)
+        if i:  # the first epoch warms up
+            counts.append(_count_calls(prof.events()))
+    span = steps[1] - steps[0]
+    per_step = {name: (counts[1].get(name, 0) - counts[0].get(name, 0)) / span for name in HOST_TRAFFIC}
+    return {"batch_size": config.batch_size, "profiled_steps": list(steps), "host_traffic_per_step": per_step,
+            "top_ops_by_self_cpu": _top_ops(prof, top)}
+
+
+def _count_calls(events) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        name = next((n for n in HOST_TRAFFIC if event.name.startswith(n)), None)
+        if name:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _top_ops(prof, top: int) -> list[dict]:
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    device_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
+    return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000,
+             "cpu_total_ms": e.cpu_time_total / 1000, "self_device_ms": device_time(e) / 1000} for e in rows]

@@ -13,7 +13,7 @@ from cifarlab.config import PRESETS
 from conftest import write_binary
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["environment", "cuda_tests", "paper_epoch", "throughput", "time_to_accuracy"]
+STEPS = ["environment", "cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"]
 
 
 def run_suite(out: Path, data: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -46,6 +46,10 @@ def test_smoke_run_does_every_step_and_writes_one_json(tmp_path):
     throughput = report["steps"]["throughput"]["result"]["presets"]
     assert set(throughput) == set(PRESETS)
     assert all(p["training"]["images_per_second"] > 0 and p["inference"]["bfloat16"]["images_per_second"] > 0 for p in throughput.values())
+
+    # no tensor from Python data and no wait for the device in any training step (on a GPU: no copy, no sync)
+    profile = report["steps"]["profile"]["result"]
+    assert set(profile["host_traffic_per_step"].values()) == {0} and profile["top_ops_by_self_cpu"]
 
     timed = report["steps"]["time_to_accuracy"]["result"]["presets"]
     assert set(timed) == {"fast", "airbench94"}
