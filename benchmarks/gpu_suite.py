@@ -35,6 +35,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+STARTED = time.monotonic()  # the budget counts from here, before torch is imported
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # this checkout's cifarlab, installed or not
@@ -91,8 +94,16 @@ class Plan:
     first_run_seconds: float  # time left that a preset's first timed run needs to be started
 
 
-GPU_PLAN = Plan(None, None, None, 3, 5000, None, 10240, 20, 2, 10000, None, 240, 30)
-SMOKE_PLAN = Plan(200, 64, 1, 1, 20, 64, 64, 0, 1, 64, 16, 120, 0)
+GPU_PLAN = Plan(
+    train_images=None, test_images=None, epochs=None, seeds=3, val_size=5000, paper_train_images=None,
+    throughput_images=10240, throughput_batches=20, throughput_repeats=2, inference_images=10000,
+    profile_batch_size=None, cuda_tests_seconds=240, first_run_seconds=30,
+)
+SMOKE_PLAN = Plan(
+    train_images=200, test_images=64, epochs=1, seeds=1, val_size=20, paper_train_images=64,
+    throughput_images=64, throughput_batches=0, throughput_repeats=1, inference_images=64,
+    profile_batch_size=16, cuda_tests_seconds=120, first_run_seconds=0,
+)
 
 
 # ---------------------------------------------------------------- the suite: budget and the JSON
@@ -102,10 +113,17 @@ class Suite:
     """Runs steps within a time budget and keeps the JSON file up to date after each."""
 
     def __init__(self, path: Path, budget_seconds: float, header: dict):
-        self.path, self.started = path, time.monotonic()
+        self.path, self.started = path, STARTED
         self.deadline = self.started + budget_seconds
         self.report = {**header, "budget_seconds": budget_seconds, "finished": False, "running": None, "steps": {}}
         self.save()
+        signal.signal(signal.SIGTERM, self._terminated)
+
+    def _terminated(self, signum, frame) -> None:
+        """Killed from outside (a timeout): say so, and during which step, in the JSON."""
+        self.report["terminated"] = f"SIGTERM during {self.report['running'] or 'no step'}"
+        self.save()
+        sys.exit(128 + signum)
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
@@ -196,7 +214,7 @@ def environment(device: torch.device) -> dict:
             gpu_multiprocessors=props.multi_processor_count,
             gpu_count=torch.cuda.device_count(),
             driver_version=_driver_version(),
-            nccl_version=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None,
+            nccl_version=_nccl_version(),
             tf32={"cudnn_conv": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
             bf16_supported=torch.cuda.is_bf16_supported(),
         )
@@ -213,6 +231,16 @@ def _version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _nccl_version() -> str | None:
+    try:
+        import torch.cuda.nccl as nccl
+
+        version = nccl.version()  # a tuple in recent torch, an int in older ones
+    except Exception:  # a build without NCCL
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
 
 
 def _driver_version() -> str | None:
