@@ -237,7 +237,8 @@ def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> fl
     run is the one it would have been, only compiled.
     """
     device = splits.train_x.device
-    learner.trainee = torch.compile(learner.trainee or learner.model, backend=COMPILE_BACKEND, dynamic=False)
+    trained = learner.trainee if learner.trainee is not None else learner.model
+    learner.trainee = torch.compile(trained, backend=COMPILE_BACKEND, dynamic=False)
     buffers = [b.detach().clone() for b in learner.model.buffers()]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
