@@ -275,14 +275,14 @@ def cuda_tests(time_limit: float) -> dict:
         raise Skip("pytest is not installed: the CUDA tests need it")
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "-m", "cuda",
+        command = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-m", "cuda",
                    f"--junitxml={junit}", "tests/test_cuda.py"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
         try:
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=time_limit)
-        except subprocess.TimeoutExpired as e:
-            output = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-            raise RuntimeError(f"pytest did not finish in {time_limit:.0f} s; its output ended: {output[-2000:]}") from None
+        except subprocess.TimeoutExpired as e:  # -v: the output names every test that finished, and the one running
+            output = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+            raise StepFailed(f"pytest did not finish in {time_limit:.0f} s", {"output_tail": output[-3000:]}) from None
         tests = _junit_outcomes(junit) if junit.exists() else []
     counts = {outcome: sum(t["outcome"] == outcome for t in tests) for outcome in ("passed", "failed", "error", "skipped")}
     result = {"command": " ".join(command[1:]), "exit_status": done.returncode, "counts": counts, "tests": tests,
