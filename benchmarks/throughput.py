@@ -5,25 +5,24 @@
 
 Runs the real training step (`cifarlab.train.train_epoch`: gather, normalise, augment,
 forward, backward, SGD step) over `--images` real training images, `--repeats` times after
-one warm-up pass, and reports the median. No accuracy is measured here.
+one warm-up pass, and reports the median (`measure.training_throughput`, which the GPU suite
+uses too). No accuracy is measured here.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
+from measure import training_throughput
 
 from cifarlab.config import get_preset
 from cifarlab.data import load_cifar10
-from cifarlab.models import count_parameters
 from cifarlab.rundir import atomic_write_json
-from cifarlab.runtime import resolve_device, set_cpu_threads, use_amp
-from cifarlab.train import build_learner, make_splits, train_epoch
+from cifarlab.runtime import resolve_device, set_cpu_threads, tune_for_training, use_amp
+from cifarlab.train import make_splits
 
 
 def main() -> int:
@@ -41,20 +40,10 @@ def main() -> int:
     dev = resolve_device(args.device)
     if dev.type == "cpu":
         set_cpu_threads()
+    tune_for_training(dev)
     config = get_preset(args.preset).replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
     splits = make_splits(load_cifar10(args.data_dir), 0, dev, train_subset=args.images)
-    # the timed passes are the run's epochs, so the schedule and lookahead span exactly them
-    learner = build_learner(config.replace(epochs=args.repeats + 1), splits, dev, torch.Generator(dev).manual_seed(0))
-
-    seconds = []
-    for i in range(args.repeats + 1):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        record = train_epoch(learner, splits, config, progress=False)
-        seconds.append(time.perf_counter() - start)  # train_epoch ends with .item(): synchronised
-        print(f"pass {i}: {seconds[-1]:.2f}s ({'warm-up' if i == 0 else 'timed'})", flush=True)
-    median = statistics.median(seconds[1:])
+    measured = training_throughput(config, splits, dev, args.repeats)
     result = {
         "preset": args.preset,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
@@ -62,14 +51,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "amp": use_amp(config.amp, dev),
         "channels_last": config.channels_last,
-        "batch_size": config.batch_size,
-        "params": count_parameters(learner.model),
-        "images_per_pass": len(splits.train_x),
-        "steps_per_pass": record["steps"],
-        "pass_seconds": seconds[1:],
-        "images_per_second": len(splits.train_x) / median,
-        "seconds_per_step": median / record["steps"],
-        "seconds_per_epoch_45k": 45000 / (len(splits.train_x) / median),
+        **measured,
         "command": " ".join(sys.argv),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from measure import summary
 
 from cifarlab.config import get_preset
 from cifarlab.data import load_cifar10
@@ -42,15 +42,6 @@ def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
         else:
             fields[key] = value
     return fields, options
-
-
-def summary(values: list[float]) -> dict:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 def main() -> int:

@@ -48,6 +48,18 @@ def write_python(folder: Path, per_batch: int = 20, test: int = 20) -> Path:
     return folder
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` show as skipped, with the reason, where torch sees no CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    needs_cuda = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(needs_cuda)
+
+
 @pytest.fixture
 def tiny_binary(tmp_path) -> Path:
     """A folder holding a tiny cifar-10-batches-bin (100 training, 20 test images)."""

@@ -36,3 +36,19 @@ def test_augment_off_is_identity_and_seeded_is_reproducible():
     a = augment(x, 4, True, torch.Generator().manual_seed(1))
     b = augment(x, 4, True, torch.Generator().manual_seed(1))
     assert torch.equal(a, b)
+
+
+def test_normalize_builds_its_constants_once_per_device():
+    """No tensor from Python numbers per call: on a GPU that would be a host-to-device copy in every training step."""
+    from cifarlab.augment import pixel_statistics
+
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    normalize(x, [0.5, 0.4, 0.3], (0.2, 0.2, 0.2))  # lists and tuples share one entry
+    before = pixel_statistics.cache_info()
+    with torch.inference_mode():
+        normalize(x, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    normalize(x, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    after = pixel_statistics.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
+    mean, _ = pixel_statistics(x.device, (0.5, 0.4, 0.3), (0.2, 0.2, 0.2))
+    assert not mean.is_inference() and mean.shape == (1, 3, 1, 1)

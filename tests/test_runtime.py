@@ -88,3 +88,14 @@ def test_results_record_processor_and_where_the_seconds_went(tiny_run):
     assert parts <= timing["wall_seconds"] * 1.001 and parts > 0.5 * timing["wall_seconds"]
     assert timing["training_seconds"] == pytest.approx(sum(
         json.loads(line)["train_seconds"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()))
+
+
+def test_cudnn_autotuning_is_on_for_cuda_training_unless_determinism_is_asked(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    runtime.tune_for_training(CPU)
+    assert torch.backends.cudnn.benchmark is False  # nothing to tune on a CPU
+    runtime.tune_for_training(torch.device("cuda"))  # only sets a flag: runs without a GPU
+    assert torch.backends.cudnn.benchmark is True
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    runtime.tune_for_training(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is False

@@ -359,3 +359,18 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
     assert status["status"] == "stopped" and status["reason"] == "terminated (SIGTERM)"
     assert [(r["status"], r["reason"]) for r in list_runs(tmp_path)] == [("stopped", "terminated (SIGTERM)")]
     assert load_checkpoint(out)["epoch"] >= 1 and not list(out.glob(".*.tmp"))
+
+
+def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkeypatch):
+    """torch.compile with the eager backend (tracing only, seconds on a CPU): the compile warm-up must
+    leave weights, BatchNorm statistics and the dropout RNG as they were, so the run is unchanged."""
+    import cifarlab.train as train_module
+
+    monkeypatch.setattr(train_module, "COMPILE_BACKEND", "eager")
+    data = write_binary(tmp_path / "data", per_batch=10, test=20).parent  # 30 training images: batches of 16 and 14
+    config = small_config(epochs=2, amp="off")
+    plain = quiet_train(config, tmp_path / "plain", data)
+    compiled = quiet_train(config.replace(compile=True), tmp_path / "compiled", data)
+    a, b = load_checkpoint(tmp_path / "plain")["model"], load_checkpoint(tmp_path / "compiled")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain["compile_seconds"] is None and compiled["compile_seconds"] > 0

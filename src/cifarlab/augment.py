@@ -6,15 +6,28 @@ batch's device: no per-image Python work anywhere in the training loop.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
 def normalize(images: torch.Tensor, mean, std, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 pixels (N, 3, H, W) -> float tensor with zero mean and unit variance per channel."""
-    mean_t = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1, 1, 1) * 255
+    mean_t, std_t = pixel_statistics(images.device, tuple(map(float, mean)), tuple(map(float, std)))
     return ((images.float() - mean_t) / std_t).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def pixel_statistics(device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std in pixel units (1, C, 1, 1) on `device`, built once per device and values.
+
+    Building them from Python numbers on every call would be a host-to-device copy (and on CUDA a
+    wait for it) in every training step. Callers must not modify them in place.
+    """
+    as_pixels = lambda values: (torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1) * 255).to(device)  # noqa: E731
+    with torch.inference_mode(False):  # ordinary tensors even when first asked for under inference_mode
+        return as_pixels(mean), as_pixels(std)
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -30,6 +30,7 @@ FIELD_HELP = {
     "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
+    "compile": "torch.compile the network for training; the compile time is reported apart in results.json",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch (GPUs only)",
 }
 _SKIPPED_FIELDS = ("preset", "model_options")  # --preset chooses the base; model options go through --set

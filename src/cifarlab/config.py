@@ -80,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     amp: Amp = "auto"  # bfloat16 autocast: auto = where the device computes bf16 natively
     channels_last: bool = True
+    compile: bool = False  # torch.compile the trained network; its compile time is reported apart (results.json)
     tta: int = 0  # 0 none, 1 flip, 2 flip + 1-pixel translations
     eval_batch_size: int = 1000
     # distributed runs (torchrun): BatchNorm statistics over the global batch instead of each

@@ -93,6 +93,17 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def tune_for_training(device: torch.device) -> None:
+    """On CUDA, let cuDNN time its convolution algorithms once per input shape and keep the fastest:
+    a training run repeats the same few shapes thousands of times.
+
+    Left off under torch.use_deterministic_algorithms: the algorithm picked by timing can change
+    from run to run, and the rounding with it.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not torch.are_deterministic_algorithms_enabled()
+
+
 def set_cpu_threads() -> int:
     """Use one intra-op thread per physical core unless the user set OMP_NUM_THREADS."""
     if "OMP_NUM_THREADS" not in os.environ:

@@ -58,6 +58,7 @@ from cifarlab.runtime import (
     processor_name,
     resolve_device,
     set_cpu_threads,
+    tune_for_training,
     use_amp,
 )
 
@@ -254,6 +255,55 @@ def check_divergence(record: dict, history: list[dict], num_classes: int) -> Non
         )
 
 
+COMPILE_BACKEND = "inductor"  # torch.compile's default; tests use "eager" (tracing only) to stay fast
+
+
+def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> float:
+    """Train through torch.compile of the trained module (the DDP wrapper, if any), and compile it
+    now, so its compile time is not inside the first epoch's; returns those seconds.
+
+    Compiling means one forward and backward pass on each batch shape an epoch has (a full batch
+    and the last, shorter one), each specialised (dynamic=False). Their gradients are thrown away
+    and the BatchNorm statistics and random number generators they moved are put back, so the
+    run is the one it would have been, only compiled.
+    """
+    device = splits.train_x.device
+    trained = learner.trainee if learner.trainee is not None else learner.model
+    learner.trainee = torch.compile(trained, backend=COMPILE_BACKEND, dynamic=False)
+    buffers = [b.detach().clone() for b in learner.model.buffers()]
+    cpu_rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    start = time.perf_counter()
+    learner.trainee.train()
+    for size in _batch_sizes(len(splits.train_x), config.batch_size):
+        part = distributed.shard(size)  # DDP: the shard each process trains on
+        x = normalize(splits.train_x[:size], MEAN, STD)[part].contiguous(memory_format=memory_format(config.channels_last))
+        with autocast(device, use_amp(config.amp, device)):
+            logits = learner.trainee(x)
+        F.cross_entropy(logits.float(), splits.train_y[:size][part]).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    learner.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, saved in zip(learner.model.buffers(), buffers):
+            buffer.copy_(saved)
+    torch.set_rng_state(cpu_rng)
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state(cuda_rng, device)
+    return seconds
+
+
+def _batch_sizes(n: int, batch_size: int) -> list[int]:
+    """The batch sizes of an epoch of n images, as train_epoch draws them."""
+    world = distributed.world_size()
+    last = n % batch_size
+    sizes = [min(batch_size, n)]
+    if last and n > batch_size and last >= 2 * world:  # train_epoch drops a last batch too small to shard
+        sizes.append(last)
+    return sizes
+
+
 def _rng_state(generator: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
@@ -318,6 +368,7 @@ def train(
         log, progress = (lambda line: None), False
     if dev.type == "cpu":
         set_cpu_threads()
+    tune_for_training(dev)
     with contextlib.ExitStack() as held:
         held.enter_context(_sigterm_stops_training())
         # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
@@ -446,11 +497,14 @@ def _train_claimed(
     # in float32, exactly as `cifarlab evaluate`, predict, serve and export do.
     eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
     stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config) if history else None
-    setup_seconds = time.perf_counter() - started  # data onto the device, data-dependent init, resume
+    compile_seconds = compile_trainee(learner, splits, config) if config.compile else None
+    setup_seconds = time.perf_counter() - started - (compile_seconds or 0)  # data onto the device, data-dependent init, resume
     across = f" x {world} processes" if world > 1 else ""
     write_status("running", epoch=len(history))
     try:  # from here on, however training ends, status.json says how
         log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
+        if compile_seconds is not None:
+            log(f"compiled for training in {compile_seconds:.1f}s (not counted in the training time)")
         epoch = len(history)
         while stop is None and epoch < config.epochs:
             epoch += 1
@@ -485,6 +539,7 @@ def _train_claimed(
         results.update(autocast_dtype=train_dtype, eval_dtype="float32")
         results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
         results["eval_seconds"] = time.perf_counter() - eval_start
+        results["compile_seconds"] = compile_seconds  # apart from train_seconds; None when not compiled
         results["timing"] = _timing(history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
         if main:
             atomic_write_json(run.file(RESULTS), results)
