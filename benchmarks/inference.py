@@ -34,12 +34,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cifarlab.augment import normalize
-from cifarlab.config import get_preset
+from cifarlab.common.rundir import atomic_torch_save, model_metadata
 from cifarlab.data import CLASSES, MEAN, STD
-from cifarlab.export import export_model
+from cifarlab.data.augment import normalize
+from cifarlab.inference.export import export_model
 from cifarlab.models import build_model, count_parameters
-from cifarlab.rundir import atomic_torch_save, model_metadata
+from cifarlab.training.config import get_preset
 
 
 def write_checkpoint(folder: Path) -> Path:
@@ -91,7 +91,7 @@ def engines(ckpt: Path, ts_path: Path, onnx_path: Path, threads: int) -> dict[st
 
     import onnxruntime as ort
 
-    from cifarlab.predict import Predictor
+    from cifarlab.inference.model import Predictor
 
     torch.set_num_threads(threads)
     model = Predictor(ckpt).model

@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from cifarlab.config import TrainConfig
+from cifarlab.common.metrics import predict_logits
 from cifarlab.data import MEAN, STD
-from cifarlab.evaluate import predict_logits
 from cifarlab.models import count_parameters
-from cifarlab.train import Splits, build_learner, train_epoch
+from cifarlab.training.config import TrainConfig
+from cifarlab.training.train import Splits, build_learner, train_epoch
 
 
 class Stopwatch:

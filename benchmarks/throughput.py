@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from measure import training_throughput
 
-from cifarlab.config import get_preset
+from cifarlab.common.rundir import atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.rundir import atomic_write_json
 from cifarlab.runtime import resolve_device, set_cpu_threads, tune_for_training, use_amp
-from cifarlab.train import make_splits
+from cifarlab.training.config import get_preset
+from cifarlab.training.train import make_splits
 
 
 def main() -> int:

@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from measure import summary
 
-from cifarlab.config import get_preset
+from cifarlab.common.rundir import atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.rundir import atomic_write_json
-from cifarlab.train import train
+from cifarlab.training.config import get_preset
+from cifarlab.training.train import train
 
 
 def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:

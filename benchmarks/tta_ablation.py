@@ -12,10 +12,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from cifarlab.config import TrainConfig
+from cifarlab.common.metrics import evaluate
+from cifarlab.common.rundir import RunDir, atomic_write_json, load_checkpoint, model_from_checkpoint
 from cifarlab.data import load_cifar10, split_train_val
-from cifarlab.evaluate import evaluate
-from cifarlab.rundir import RunDir, atomic_write_json, load_checkpoint, model_from_checkpoint
+from cifarlab.training.config import TrainConfig
 
 
 def main() -> int:

@@ -87,8 +87,8 @@ def tiny_run(tmp_path_factory) -> Path:
     Trained under bf16 autocast on every machine (emulated, only slower, without native bf16), so
     evaluate, predict, serve and export are checked on a bf16-trained model, inferring in float32.
     """
-    from cifarlab.config import get_preset
-    from cifarlab.train import train
+    from cifarlab.training.config import get_preset
+    from cifarlab.training.train import train
 
     root = tmp_path_factory.mktemp("tinyrun")
     data = write_binary(root / "data", per_batch=40, test=40).parent

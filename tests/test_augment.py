@@ -1,6 +1,6 @@
 import torch
 
-from cifarlab.augment import augment, normalize, random_crop, random_flip
+from cifarlab.data.augment import augment, normalize, random_crop, random_flip
 
 
 def test_normalize_uses_channel_statistics():
@@ -40,7 +40,7 @@ def test_augment_off_is_identity_and_seeded_is_reproducible():
 
 def test_normalize_builds_its_constants_once_per_device():
     """No tensor from Python numbers per call: on a GPU that would be a host-to-device copy in every training step."""
-    from cifarlab.augment import pixel_statistics
+    from cifarlab.data.augment import pixel_statistics
 
     x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     normalize(x, [0.5, 0.4, 0.3], (0.2, 0.2, 0.2))  # lists and tuples share one entry

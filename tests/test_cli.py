@@ -23,7 +23,7 @@ def test_help_lists_every_subcommand(capsys):
 def test_every_config_field_is_a_train_flag(capsys):
     import dataclasses
 
-    from cifarlab.config import TrainConfig
+    from cifarlab.training.config import TrainConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -70,7 +70,7 @@ def test_config_file_starts_from_a_run_or_toml(tiny_run, tmp_path):
     config = parsed_config(["--config", str(toml)])
     assert config.lr == 0.02 and config.model_options == {"fc_dropout": 0.3}
     toml.write_text("lr = [")
-    from cifarlab.config import ConfigError
+    from cifarlab.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="not valid TOML"):
         parsed_config(["--config", str(toml)])
@@ -118,7 +118,7 @@ def test_end_to_end_on_real_data_subset(real_data, tmp_path):
 
 
 def test_presets_shows_resolved_settings(capsys):
-    from cifarlab.config import get_preset
+    from cifarlab.training.config import get_preset
 
     assert main(["presets", "paper", "airbench94"]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,6 @@
 import pytest
 
-from cifarlab.config import PRESETS, ConfigError, TrainConfig, get_preset
+from cifarlab.training.config import PRESETS, ConfigError, TrainConfig, get_preset
 
 
 def test_presets_round_trip_through_dict():

@@ -18,17 +18,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
-from cifarlab import distributed
-from cifarlab.config import get_preset
-from cifarlab.data import load_cifar10
-from cifarlab.evaluate import evaluate_checkpoint
-from cifarlab.models import build_model
-from cifarlab.predict import Predictor
-from cifarlab.rundir import RunDir, load_checkpoint
-from cifarlab.runtime import autocast
-from cifarlab.train import build_learner, make_splits, train, train_epoch
 from conftest import write_binary
+
+from cifarlab.common import distributed
+from cifarlab.common.rundir import RunDir, load_checkpoint
+from cifarlab.data import load_cifar10
+from cifarlab.inference.evaluate import evaluate_checkpoint
+from cifarlab.inference.model import Predictor
+from cifarlab.models import build_model
+from cifarlab.runtime import autocast
+from cifarlab.training.config import get_preset
+from cifarlab.training.train import build_learner, make_splits, train, train_epoch
 
 pytestmark = pytest.mark.cuda
 
@@ -171,7 +171,7 @@ def test_export_of_a_cuda_trained_run(cuda_run, data, tmp_path, fmt):
     if fmt == "onnx":
         for package in ("onnx", "onnxruntime", "onnxscript"):
             pytest.importorskip(package)
-    from cifarlab.export import export_model
+    from cifarlab.inference.export import export_model
 
     path, info = export_model(cuda_run, fmt, tmp_path / f"model.{fmt}", data_dir=data, log=lambda s: None)
     assert path.exists() and info["check"]["max_abs_diff"] <= 1e-4 and info["check"]["images"].startswith("CIFAR-10")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fake_batch, write_binary, write_python
 
 from cifarlab.data import (
     ANY_RECORD_COUNT_ENV,
@@ -26,7 +27,6 @@ from cifarlab.data import (
     read_python_batch,
     split_train_val,
 )
-from conftest import fake_batch, write_binary, write_python
 
 
 def test_binary_and_python_layouts_read_the_same_images(tmp_path):
@@ -336,7 +336,7 @@ def test_pickle_memo_index_costs_no_memory(tmp_path):
 def test_pickle_cannot_set_attributes_on_what_it_may_load(tmp_path):
     import codecs
 
-    from cifarlab import data
+    from cifarlab.data import formats as data
 
     # BUILD on _codecs.encode with slot state {'__defaults__': ('x', 'latin1')}
     raw = b"\x80\x02c_codecs\nencode\nN}X\x0c\x00\x00\x00__defaults__X\x01\x00\x00\x00xX\x06\x00\x00\x00latin1\x86s\x86b."
@@ -432,7 +432,7 @@ def test_fuzzed_binary_batches_raise_only_data_error(tmp_path):
 
 
 def test_fuzzed_python_meta_raises_only_data_error(tmp_path):
-    from cifarlab.data import _read_class_names
+    from cifarlab.data.formats import _read_class_names
 
     seed = pickle.dumps({b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": 10000, b"num_vis": 3072}, protocol=2)
     rng = random.Random(0)

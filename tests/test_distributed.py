@@ -20,17 +20,19 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
-
-from cifarlab import distributed
-from cifarlab.augment import augment, normalize
-from cifarlab.config import get_preset
-from cifarlab.data import MEAN, STD, DataError
-from cifarlab.evaluate import evaluate, evaluate_checkpoint, evaluate_sharded
-from cifarlab.models import build_model
-from cifarlab.optim import Schedule, build_optimizer
-from cifarlab.rundir import load_checkpoint, read_metrics
-from cifarlab.train import Learner, Splits, train_epoch
 from conftest import write_binary
+
+from cifarlab.common import distributed
+from cifarlab.common.distributed import evaluate_sharded
+from cifarlab.common.metrics import evaluate
+from cifarlab.common.rundir import load_checkpoint, read_metrics
+from cifarlab.data import MEAN, STD, DataError
+from cifarlab.data.augment import augment, normalize
+from cifarlab.inference.evaluate import evaluate_checkpoint
+from cifarlab.models import build_model
+from cifarlab.training.config import get_preset
+from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.training.train import Learner, Splits, train_epoch
 
 WORLD = 2
 BATCH = 31  # shards of 15 and 16 images: unequal on purpose

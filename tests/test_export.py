@@ -7,10 +7,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from cifarlab import export as export_module
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10
-from cifarlab.predict import Predictor
+from cifarlab.inference import export as export_module
+from cifarlab.inference.model import Predictor
 
 
 @pytest.fixture(scope="module")

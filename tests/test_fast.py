@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cifarlab.config import PRESETS, TrainConfig, get_preset
-from cifarlab.evaluate import tta_logits
+from cifarlab.common.metrics import tta_logits
 from cifarlab.models import build_model
 from cifarlab.models.fast import FrozenScaleBatchNorm, patch_whitening
-from cifarlab.optim import Lookahead, LinearSchedule
+from cifarlab.training.config import TrainConfig, get_preset
+from cifarlab.training.optim import LinearSchedule, Lookahead
 
 
 def test_fast_net_shapes_and_frozen_parts():
@@ -93,7 +93,7 @@ def test_lookahead_finish_puts_the_slow_weights_in():
 
 
 def test_optimizer_groups_and_learning_rates():
-    from cifarlab.optim import build_optimizer
+    from cifarlab.training.optim import build_optimizer
 
     config = get_preset("fast").replace(model_options={"widths": [8, 16, 16]})
     model = build_model(config.model, **config.model_options)
@@ -108,7 +108,7 @@ def test_optimizer_groups_and_learning_rates():
 
 
 def test_plateau_schedule_cuts_after_patience():
-    from cifarlab.optim import Schedule, build_optimizer
+    from cifarlab.training.optim import Schedule, build_optimizer
 
     config = get_preset("paper").replace(plateau_patience=2, plateau_factor=0.1)
     model = nn.Linear(2, 2)
@@ -126,8 +126,9 @@ def test_plateau_schedule_cuts_after_patience():
 
 
 def test_fast_preset_trains_on_tiny_data(tmp_path):
-    from cifarlab.train import train
     from conftest import write_binary
+
+    from cifarlab.training.train import train
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     config = get_preset("fast").replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]})

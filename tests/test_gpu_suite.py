@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cifarlab.config import PRESETS
 from conftest import write_binary
+
+from cifarlab.training.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"]

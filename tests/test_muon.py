@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cifarlab.augment import alternating_flips
-from cifarlab.config import get_preset
+from cifarlab.data.augment import alternating_flips
 from cifarlab.models import build_model
-from cifarlab.optim import Muon, Schedule, build_optimizer, newton_schulz
+from cifarlab.training.config import get_preset
+from cifarlab.training.optim import Muon, Schedule, build_optimizer, newton_schulz
 
 
 def test_newton_schulz_nearly_orthogonalises():

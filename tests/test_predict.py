@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab import predict as predict_module
 from cifarlab.cli import main
+from cifarlab.common.metrics import predict_logits
+from cifarlab.common.rundir import atomic_torch_save, load_checkpoint, model_from_checkpoint
 from cifarlab.data import load_cifar10
-from cifarlab.evaluate import predict_logits
-from cifarlab.predict import ImageError, load_image
-from cifarlab.rundir import atomic_torch_save, load_checkpoint, model_from_checkpoint
+from cifarlab.inference import predict as predict_module
+from cifarlab.inference.predict import ImageError, load_image
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

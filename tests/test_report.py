@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import cifarlab
 from conftest import open_page
+
+import cifarlab.experiments
 from cifarlab.cli import main
-from cifarlab.report import FIGURES, REPORT, build_report, calibration, confused_pairs
-from cifarlab.rundir import RunDir
-from cifarlab.runs import list_runs
+from cifarlab.common.rundir import RunDir
+from cifarlab.experiments.report import FIGURES, REPORT, build_report, calibration, confused_pairs
+from cifarlab.experiments.runs import list_runs
 
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
 
@@ -205,9 +205,9 @@ def test_compare_page_in_a_browser(tiny_run, tmp_path, browser):
 
 def test_without_matplotlib_report_is_a_one_line_error_and_train_still_works(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # the core install: no plotting
-    for name in ("pages", "report", "compare"):  # forget them, as in a fresh process
-        monkeypatch.delitem(sys.modules, f"cifarlab.{name}", raising=False)
-        monkeypatch.delattr(cifarlab, name, raising=False)
+    for name in ("pages", "report", "compare", "figures"):  # forget them, as in a fresh process
+        monkeypatch.delitem(sys.modules, f"cifarlab.experiments.{name}", raising=False)
+        monkeypatch.delattr(cifarlab.experiments, name, raising=False)
     assert main(["report", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'cifarlab[report]'" in err

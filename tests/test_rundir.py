@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.predict import Predictor
-from cifarlab.rundir import LOCK, RunDir, RunError, atomic_torch_save, atomic_write_json, load_checkpoint
+from cifarlab.common.rundir import LOCK, RunDir, RunError, atomic_torch_save, atomic_write_json, load_checkpoint
+from cifarlab.inference.model import Predictor
 
 
 def current_umask() -> int:

@@ -16,9 +16,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from cifarlab.cli import build_parser, main
+from cifarlab.cli import main
 from cifarlab.data import load_cifar10
-from cifarlab.predict import Predictor, load_image
+from cifarlab.inference.model import Predictor
+from cifarlab.inference.predict import load_image
 from cifarlab.serve import MAX_SERVE_PIXELS, create_app, make_server
 
 MAX_UPLOAD = 50_000

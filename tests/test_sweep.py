@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import open_page, write_binary
+
 from cifarlab.cli import main
-from cifarlab.config import apply_overrides, get_preset
-from cifarlab.sweep import LEADERBOARD, STATE, load_spec, run_sweep
+from cifarlab.experiments.sweep import LEADERBOARD, STATE, load_spec, run_sweep
+from cifarlab.training.config import apply_overrides, get_preset
 
 TINY = """
 base = "paper"
@@ -168,7 +168,7 @@ def test_diverging_variant_fails_and_mathtext_names_do_not_break_the_figures(tin
 def test_mathtext_is_escaped_so_labels_draw_as_written():
     from matplotlib.cbook import is_math_text
 
-    from cifarlab import pages
+    from cifarlab.experiments import pages
 
     for name in ("$x^$", "a$\\frac{1}{$b", "\\$5", "$$", "plain"):
         fig = pages.new_figure(3, 1)
@@ -186,7 +186,7 @@ def big_grid(folder: Path, *sizes: int, extra: str = "") -> Path:
 
 
 def test_a_grid_over_the_limit_is_refused_before_it_is_made(tmp_path, capsys, monkeypatch):
-    import cifarlab.sweep as sweep
+    import cifarlab.experiments.sweep as sweep
 
     made = []
     spec = big_grid(tmp_path, 100, 100, 100)
@@ -206,7 +206,7 @@ def test_a_grid_over_the_limit_is_refused_before_it_is_made(tmp_path, capsys, mo
 
 def test_checking_a_large_grid_is_linear_and_per_spec(tmp_path, monkeypatch):
     """40,000 variants (took 16.5 s): each value checked once, each distinct model built once."""
-    import cifarlab.sweep as sweep
+    import cifarlab.experiments.sweep as sweep
 
     checked, built = [], []
     apply, build = sweep.apply_overrides, sweep.build_model

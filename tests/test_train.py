@@ -2,12 +2,12 @@ import json
 
 import pytest
 import torch
-
-from cifarlab.config import get_preset
-from cifarlab.rundir import RunDir, RunError, load_checkpoint, read_metrics
-from cifarlab.optim import early_stop_reason
-from cifarlab.train import TrainingDiverged, check_divergence, seconds_to_stabilise, train
 from conftest import write_binary
+
+from cifarlab.common.rundir import RunDir, RunError, load_checkpoint, read_metrics, seconds_to_stabilise
+from cifarlab.training.config import get_preset
+from cifarlab.training.optim import early_stop_reason
+from cifarlab.training.train import TrainingDiverged, check_divergence, train
 
 SMALL = {"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
 
@@ -325,7 +325,7 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
     from pathlib import Path
 
     import cifarlab
-    from cifarlab.runs import list_runs
+    from cifarlab.experiments.runs import list_runs
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     out = tmp_path / "run"
@@ -364,7 +364,7 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
 def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkeypatch):
     """torch.compile with the eager backend (tracing only, seconds on a CPU): the compile warm-up must
     leave weights, BatchNorm statistics and the dropout RNG as they were, so the run is unchanged."""
-    import cifarlab.train as train_module
+    import cifarlab.training.train as train_module
 
     monkeypatch.setattr(train_module, "COMPILE_BACKEND", "eager")
     data = write_binary(tmp_path / "data", per_batch=10, test=20).parent  # 30 training images: batches of 16 and 14

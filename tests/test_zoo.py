@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import write_binary
+
 from cifarlab.cli import build_parser, config_from_args, main
-from cifarlab.config import ConfigError, get_preset
 from cifarlab.models import ModelError, build_model, count_parameters, list_models
 from cifarlab.models.measure import build_on_meta, forward_flops
-from cifarlab.optim import CosineSchedule, OneCycleSchedule, Schedule, StepSchedule, build_optimizer
+from cifarlab.training.config import ConfigError, get_preset
+from cifarlab.training.optim import CosineSchedule, OneCycleSchedule, Schedule, StepSchedule, build_optimizer
 
 # Published parameter counts: (figure, decimals in millions) where a paper gives millions, an exact
 # integer where the reference implementation prints one.
@@ -84,7 +84,7 @@ def test_options_and_bad_values():
 
 
 def one_image_batch_splits(n: int):
-    from cifarlab.train import Splits
+    from cifarlab.training.train import Splits
 
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(n) % 10
@@ -95,7 +95,7 @@ def one_image_batch_splits(n: int):
 def test_one_training_step_on_the_cpu(name):
     """The training code's own step (augmentation, channels_last, bf16 autocast, the optimizer and
     schedule of the standard recipe) on 2 images: one step, finite loss, every weight moved."""
-    from cifarlab.train import build_learner, train_epoch
+    from cifarlab.training.train import build_learner, train_epoch
 
     config = get_preset("standard").replace(model=name, batch_size=2, epochs=1, val_size=0, amp="bf16")
     splits = one_image_batch_splits(2)
@@ -109,7 +109,7 @@ def test_one_training_step_on_the_cpu(name):
 
 def test_he2016_resnet20_exports_to_onnx(tmp_path, capsys):
     """A 1-epoch he2016 run (ResNet-20, zero-padded shortcuts, step schedule) through `cifarlab export`."""
-    from cifarlab.train import train
+    from cifarlab.training.train import train
 
     data = write_binary(tmp_path / "data", per_batch=8, test=16).parent
     config = get_preset("he2016").replace(epochs=1, batch_size=32, val_size=10)
@@ -217,7 +217,7 @@ def test_bad_model_option_is_a_one_line_train_error(tmp_path, capsys):
 
 
 def test_sweep_spec_varies_model_options(tmp_path):
-    from cifarlab.sweep import load_spec
+    from cifarlab.experiments.sweep import load_spec
 
     spec = tmp_path / "spec.toml"
     spec.write_text('base = "he2016"\n[fixed]\nmodel = "wrn"\n"model_options.depth" = 10\n'

@@ -41,7 +41,7 @@ def add_config_flags(p) -> None:
     import dataclasses
     import typing
 
-    from cifarlab.config import TrainConfig
+    from cifarlab.training.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
@@ -63,7 +63,7 @@ def config_from_args(args):
     """The preset (or --config file), then the flags, then every --set, checked like config.json."""
     import dataclasses
 
-    from cifarlab.config import TrainConfig, apply_overrides, get_preset, load_config_file, parse_assignment
+    from cifarlab.training.config import TrainConfig, apply_overrides, get_preset, load_config_file, parse_assignment
 
     config = load_config_file(args.config) if args.config else get_preset(args.preset)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIPPED_FIELDS}
@@ -72,7 +72,7 @@ def config_from_args(args):
 
 
 def add_train(sub) -> None:
-    from cifarlab.config import PRESETS
+    from cifarlab.training.config import PRESETS
 
     p = sub.add_parser("train", help="train a model into a run directory",
                        description="Train a preset, overriding any of its settings: each setting is a flag, "
@@ -93,7 +93,7 @@ def add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from cifarlab import distributed
+    from cifarlab.common import distributed
 
     # Under torchrun (docs/scaling.md) every process runs this; outside it, these are no-ops.
     device = str(distributed.init_from_env(args.device))
@@ -105,8 +105,8 @@ def cmd_train(args) -> int:
 
 
 def _train(args, device: str) -> None:
-    from cifarlab import distributed
-    from cifarlab.train import train
+    from cifarlab.common import distributed
+    from cifarlab.training.train import train
 
     if args.resume:
         with _train_log(args, args.resume) as log:
@@ -122,12 +122,12 @@ def _train(args, device: str) -> None:
 @contextlib.contextmanager
 def _train_log(args, run: Path):
     """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
-    from cifarlab import distributed
+    from cifarlab.common import distributed
 
     if not args.tensorboard or not distributed.is_main():  # DDP: rank 0 alone writes the run directory
         yield print
         return
-    from cifarlab.tblog import TensorBoardMirror
+    from cifarlab.training.tblog import TensorBoardMirror
 
     mirror = TensorBoardMirror(run)
     try:
@@ -158,7 +158,7 @@ def add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from cifarlab.evaluate import EvaluateError, evaluate_checkpoint, format_evaluation
+    from cifarlab.inference.evaluate import EvaluateError, evaluate_checkpoint, format_evaluation
 
     if args.output and len(args.runs) > 1:
         raise EvaluateError(f"--output names one file but {len(args.runs)} runs were given; leave it out to write RUNDIR/evaluation.json each")
@@ -200,7 +200,7 @@ def add_info(sub) -> None:
 
 
 def cmd_info(args) -> int:
-    from cifarlab.info import gather_info
+    from cifarlab.training.info import gather_info
 
     info = gather_info(args.data_dir)
     if args.json:
@@ -225,7 +225,7 @@ def add_presets(sub) -> None:
 
 
 def cmd_presets(args) -> int:
-    from cifarlab.config import PRESETS, TrainConfig, get_preset, inactive_fields
+    from cifarlab.training.config import PRESETS, TrainConfig, get_preset, inactive_fields
 
     presets = {name: get_preset(name) for name in (args.names or PRESETS)}
     if args.json:
@@ -290,9 +290,9 @@ def add_predict(sub) -> None:
 
 
 def cmd_predict(args) -> int:
-    from cifarlab.predict import (
+    from cifarlab.inference.model import Predictor
+    from cifarlab.inference.predict import (
         PredictError,
-        Predictor,
         check_output_name,
         format_report,
         predict_paths,
@@ -313,7 +313,7 @@ def cmd_predict(args) -> int:
 
 
 def add_export(sub) -> None:
-    from cifarlab.export import CHECK_IMAGES, FORMATS, TOLERANCE
+    from cifarlab.inference.export import CHECK_IMAGES, FORMATS, TOLERANCE
 
     p = sub.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch",
                        description="Export a run's model (float32, dynamic batch size) and write its preprocessing "
@@ -329,7 +329,7 @@ def add_export(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from cifarlab.export import export_model, sidecar
+    from cifarlab.inference.export import export_model, sidecar
 
     check_output_folder(args.output)
     path, info = export_model(args.run, args.format, args.output, args.data_dir, args.tolerance, args.check_images)
@@ -343,8 +343,17 @@ def cmd_export(args) -> int:
 
 
 def add_serve(sub) -> None:
-    from cifarlab.serve import (BODY_TIMEOUT_S, DECODE_QUEUE, DECODE_WORKERS, HEADER_TIMEOUT_S, KEEP_ALIVE_S, MAX_BATCH,
-                                MAX_SERVE_PIXELS, MAX_UPLOAD_BYTES, MAX_WAIT_MS)
+    from cifarlab.serve import (
+        BODY_TIMEOUT_S,
+        DECODE_QUEUE,
+        DECODE_WORKERS,
+        HEADER_TIMEOUT_S,
+        KEEP_ALIVE_S,
+        MAX_BATCH,
+        MAX_SERVE_PIXELS,
+        MAX_UPLOAD_BYTES,
+        MAX_WAIT_MS,
+    )
 
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, upload page at /",
                        description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
@@ -389,7 +398,7 @@ def add_report(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from cifarlab.report import build_report
+    from cifarlab.experiments.report import build_report
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     print(build_report(args.run, args.data_dir, args.device, log=log, progress=not args.quiet))
@@ -397,7 +406,7 @@ def cmd_report(args) -> int:
 
 
 def add_runs(sub) -> None:
-    from cifarlab.runs import COLUMNS
+    from cifarlab.experiments.runs import COLUMNS
 
     p = sub.add_parser("runs", help="list the runs under a folder as a table")
     p.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder to search (default: %(default)s)")
@@ -408,7 +417,7 @@ def add_runs(sub) -> None:
 
 
 def cmd_runs(args) -> int:
-    from cifarlab.runs import format_runs, list_runs, runs_json
+    from cifarlab.experiments.runs import format_runs, list_runs, runs_json
 
     rows = list_runs(args.folder, args.sort, args.reverse, warn=lambda s: print(f"cifarlab runs: {s}", file=sys.stderr))
     print(runs_json(rows) if args.json else format_runs(rows))
@@ -423,7 +432,7 @@ def add_compare(sub) -> None:
 
 
 def cmd_compare(args) -> int:
-    from cifarlab.compare import compare_runs
+    from cifarlab.experiments.compare import compare_runs
 
     print(compare_runs(args.runs, args.out))
     return 0
@@ -443,7 +452,7 @@ def add_sweep(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from cifarlab.sweep import MAX_VARIANTS, format_leaderboard, list_variants, load_spec, run_sweep
+    from cifarlab.experiments.sweep import MAX_VARIANTS, format_leaderboard, list_variants, load_spec, run_sweep
 
     spec = load_spec(args.spec, max_variants=None if args.yes else MAX_VARIANTS)
     if args.list:

@@ -27,15 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cifarlab import distributed
-from cifarlab.augment import alternating_flips, augment, normalize
-from cifarlab.config import ConfigError, TrainConfig
-from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
-from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import evaluate_sharded
-from cifarlab.models import build_model, count_parameters
-from cifarlab.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
-from cifarlab.rundir import (
+from cifarlab.common import distributed
+from cifarlab.common.distributed import evaluate_sharded
+from cifarlab.common.rundir import (
     CHECKPOINT,
     CONFIG,
     METRICS,
@@ -50,7 +44,12 @@ from cifarlab.rundir import (
     load_initial_weights,
     load_training_state,
     model_metadata,
+    seconds_to_stabilise,
 )
+from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
+from cifarlab.data.augment import alternating_flips, augment, normalize
+from cifarlab.errors import CifarlabError
+from cifarlab.models import build_model, count_parameters
 from cifarlab.runtime import (
     autocast,
     autocast_dtype,
@@ -61,9 +60,10 @@ from cifarlab.runtime import (
     tune_for_training,
     use_amp,
 )
+from cifarlab.training.config import ConfigError, TrainConfig
+from cifarlab.training.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
 
 INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
-STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
 
 
 class TrainingDiverged(CifarlabError, RuntimeError):
@@ -103,19 +103,6 @@ def make_splits(data: Cifar10, val_size: int, device: torch.device, train_subset
         data.classes,
         data.source,
     )
-
-
-def seconds_to_stabilise(history: list[dict]) -> tuple[int | None, float | None]:
-    """First epoch after which validation accuracy stays within STABLE_BAND of its final value,
-    and the cumulative seconds at the end of that epoch. (None, None) without validation."""
-    accs = [h.get("val_accuracy") for h in history]
-    if not accs or accs[-1] is None:
-        return None, None
-    final = accs[-1]
-    stable = len(accs) - 1
-    while stable > 0 and abs(accs[stable - 1] - final) <= STABLE_BAND:
-        stable -= 1
-    return history[stable]["epoch"], history[stable]["elapsed_seconds"]
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -2,9 +2,8 @@
 
 Every image goes through one path: Pillow decodes it (with decompression-bomb protection),
 it becomes 32x32 RGB uint8 (see `to_model_input` for exactly how), and the logits come from
-`cifarlab.evaluate.predict_logits` with the checkpoint's own normalisation, autocast and
-memory format. Because `evaluate` uses the same function, a 32x32 PNG of a test image gets
-bit-for-bit the logits `evaluate` computes for it.
+the one loaded-model class, `inference.model.Predictor`, that `cifarlab evaluate` uses too: a
+32x32 PNG of a test image gets bit-for-bit the logits `evaluate` computes for it.
 """
 
 from __future__ import annotations
@@ -20,18 +19,11 @@ from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from cifarlab.common.rundir import atomic_write_bytes
 from cifarlab.errors import CifarlabError
+from cifarlab.inference.model import Predictor
 from cifarlab.text import plural
-from cifarlab.evaluate import predict_logits
-from cifarlab.rundir import (
-    atomic_write_bytes,
-    checkpoint_path,
-    load_checkpoint,
-    model_from_checkpoint,
-)
-from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 try:
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -171,45 +163,6 @@ def folder_labels(folder: Path, files: list[Path], classes: list[str]) -> dict[P
             return {}
         labels[file] = parts[0]
     return labels
-
-
-# ---------------------------------------------------------------- the model
-
-
-class Predictor:
-    """A checkpoint's model with its preprocessing, ready to turn uint8 images into logits."""
-
-    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
-        self.checkpoint = checkpoint_path(checkpoint)
-        model, self.meta = model_from_checkpoint(load_checkpoint(self.checkpoint), str(self.checkpoint))
-        self.device = resolve_device(device)
-        self.channels_last = bool(self.meta.get("channels_last", False))
-        # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
-        self.amp = use_amp(amp, self.device)
-        self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
-        self.classes: list[str] = list(self.meta["classes"])
-        self.batch_size = batch_size
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """float32 logits on the CPU for uint8 images (N, 3, 32, 32): the evaluate code path."""
-        return predict_logits(
-            self.model,
-            images.to(self.device),
-            self.meta["mean"],
-            self.meta["std"],
-            batch_size=self.batch_size,
-            amp=self.amp,
-            channels_last=self.channels_last,
-        ).cpu()
-
-    def top_k(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
-        """The k most probable (class, probability) pairs of each row of logits."""
-        probs = F.softmax(logits.float(), dim=1)
-        values, indices = probs.topk(min(k, len(self.classes)), dim=1)
-        return [
-            [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-            for row_i, row_p in zip(indices, values)
-        ]
 
 
 # ---------------------------------------------------------------- files

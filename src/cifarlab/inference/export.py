@@ -27,18 +27,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cifarlab.augment import normalize
-from cifarlab.data import DataError, load_cifar10
-from cifarlab.errors import CifarlabError
-from cifarlab.evaluate import predict_logits
-from cifarlab.rundir import (
+from cifarlab.common.rundir import (
     RunDir,
     RunError,
     atomic_write_json,
-    checkpoint_path,
-    load_checkpoint,
-    model_from_checkpoint,
 )
+from cifarlab.data import DataError, load_cifar10
+from cifarlab.data.augment import normalize
+from cifarlab.errors import CifarlabError
+from cifarlab.inference.model import Predictor
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4  # max absolute difference in logits
@@ -157,18 +154,17 @@ def export_model(
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if images < 1:
         raise ExportError("--check-images must be at least 1")
-    ckpt = checkpoint_path(run)
-    model, meta = model_from_checkpoint(load_checkpoint(ckpt), str(ckpt))
-    # Exported graphs are float32 and contiguous, in eval mode (dropout off, BatchNorm running stats).
-    model = model.float().to("cpu", memory_format=torch.contiguous_format).eval()
+    predictor = Predictor(run, device="cpu")
+    ckpt, meta = predictor.checkpoint, predictor.meta
     output = Path(output) if output else ckpt.parent / FORMATS[fmt]
     if not output.parent.is_dir():
         raise ExportError(f"{output.parent}: no such folder for the exported model")
 
     pixels, source = check_images(data_dir if data_dir is not None else run_data_dir(ckpt), images, log)
     x = normalize(pixels, meta["mean"], meta["std"])
-    # The reference is what `cifarlab predict` computes (float32, the checkpoint's memory format).
-    reference = predict_logits(model, pixels, meta["mean"], meta["std"], channels_last=meta.get("channels_last", False)).numpy()
+    reference = predictor.logits(pixels).numpy()  # exactly what `cifarlab predict` computes
+    # Exported graphs are float32 and contiguous, in eval mode (dropout off, BatchNorm running stats).
+    model = predictor.model.float().to("cpu", memory_format=torch.contiguous_format).eval()
     tmp = output.with_name(f".{output.name}.tmp")
     try:
         runner = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, x[:2], tmp)

@@ -21,20 +21,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cifarlab.config import inactive_fields
-from cifarlab import pages
-from cifarlab.data import DataError, load_cifar10
-from cifarlab.evaluate import predict_logits
-from cifarlab.rundir import (
+from cifarlab.common.rundir import (
     CHECKPOINT,
     METRICS,
+    RESULTS,
     RunError,
-    load_checkpoint,
-    model_from_checkpoint,
+    seconds_to_stabilise,
 )
-from cifarlab.runs import RunView, load_run
-from cifarlab.runtime import memory_format, resolve_device
-from cifarlab.train import seconds_to_stabilise
+from cifarlab.data import DataError, load_cifar10
+from cifarlab.experiments import pages
+from cifarlab.experiments.figures import run_curves_figure
+from cifarlab.experiments.runs import RunView, flatten_config, load_run
+from cifarlab.inference.model import Predictor
+from cifarlab.training.config import inactive_fields
 
 REPORT = "report.html"
 FIGURES = {
@@ -83,36 +82,26 @@ def test_predictions(
     if not view.has_checkpoint:
         return None, [f"no {CHECKPOINT} in the run directory (error analysis and calibration need it)"]
     try:
-        state = load_checkpoint(view.path / CHECKPOINT)
-        model, meta = model_from_checkpoint(state, str(view.path / CHECKPOINT))
+        model = Predictor(view.path / CHECKPOINT, device=device, batch_size=1000)
     except RunError as e:
         return None, [f"checkpoint unusable: {e}"]
     try:
         data = load_cifar10(data_dir, download=False)
     except DataError as e:
         return None, [f"test data not available ({e}); pass --data-dir"]
-    dev = resolve_device(device)
     tta = int(view.train.get("tta", 0))
-    model = model.to(dev, memory_format=memory_format(meta["channels_last"]))
     images = data.test_images
-    log(f"predicting {len(images):,} test images with the epoch-{state.get('epoch')} checkpoint on {dev}")
-    chunk = 1000
+    log(f"predicting {len(images):,} test images with the epoch-{model.epoch} checkpoint on {model.device}")
+    chunk = 10 * model.batch_size  # chunks only to move a progress bar
     logits = []
     from tqdm import tqdm
 
-    bar = tqdm(total=len(images), desc="test set", unit="img", leave=False, disable=not (progress and sys.stderr.isatty()))
-    with bar:
+    with tqdm(total=len(images), desc="test set", unit="img", leave=False, disable=not (progress and sys.stderr.isatty())) as bar:
         for start in range(0, len(images), chunk):
-            batch = images[start : start + chunk].to(dev)
-            logits.append(
-                predict_logits(
-                    model, batch, meta["mean"], meta["std"], batch_size=chunk, tta=tta,
-                    amp=False, channels_last=meta["channels_last"],
-                ).cpu()
-            )
-            bar.update(len(batch))
-    probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, len(meta["classes"])))
-    return Predictions(probs, data.test_labels.numpy(), images.numpy(), list(meta["classes"]), state.get("epoch"), tta), []
+            logits.append(model.logits(images[start : start + chunk], tta))
+            bar.update(len(logits[-1]))
+    probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, len(model.classes)))
+    return Predictions(probs, data.test_labels.numpy(), images.numpy(), model.classes, model.epoch, tta), []
 
 
 # ---------------------------------------------------------------- analysis
@@ -156,38 +145,6 @@ def most_confident_errors(pred: Predictions, top: int = WRONG_SHOWN) -> np.ndarr
 
 
 # ---------------------------------------------------------------- figures
-
-
-def curves_figure(metrics: list[dict]):
-    fig = pages.new_figure(12, 3.6)
-    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
-    epochs = [m["epoch"] for m in metrics]
-    style = dict(marker="o", markersize=3)
-    for key, label, ax in (
-        ("train_loss", "train", ax_loss),
-        ("val_loss", "validation", ax_loss),
-        ("train_accuracy", "train", ax_acc),
-        ("val_accuracy", "validation", ax_acc),
-    ):
-        points = [(e, m.get(key)) for e, m in zip(epochs, metrics) if m.get(key) is not None]
-        if points:
-            x, y = zip(*points)
-            ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, label=label, **style)
-    ax_lr.plot(epochs, [m["lr"] for m in metrics], color="tab:green", **style)
-    lrs = [m["lr"] for m in metrics if m["lr"] > 0]
-    if lrs and max(lrs) / min(lrs) > 10:
-        ax_lr.set_yscale("log")
-    else:
-        ax_lr.ticklabel_format(axis="y", useOffset=False)
-    for ax, title, ylabel in ((ax_loss, "Loss", "cross-entropy"), (ax_acc, "Accuracy", "%"), (ax_lr, "Learning rate", "lr")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_loss.legend()
-    ax_acc.legend()
-    return fig
 
 
 def per_class_figure(classes: list[str], accuracy: list[float]):
@@ -264,20 +221,6 @@ def calibration_figure(cal: dict):
 
 
 # ---------------------------------------------------------------- the page
-
-
-def flatten_config(view: RunView) -> dict[str, object]:
-    """The run's settings as one flat mapping: TrainConfig fields (model options dotted) and data facts."""
-    flat: dict[str, object] = {}
-    for key, value in view.train.items():
-        if key == "model_options" and isinstance(value, dict):
-            flat.update({f"model_options.{k}": v for k, v in sorted(value.items())})
-        else:
-            flat[key] = value
-    for key in ("train_subset", "train_images", "val_images", "data", "device", "torch_version"):
-        if key in view.config:
-            flat[key] = view.config[key]
-    return flat
 
 
 def smoothing_note(train: dict) -> str:
@@ -369,7 +312,7 @@ def build_report(
         return pages.image(pages.save_png(fig, view.path / FIGURES[key]), alt)
 
     if view.metrics:
-        sections.append("<h2>Training curves</h2>" + figure("curves", curves_figure(view.metrics), "loss, accuracy and learning rate per epoch"))
+        sections.append("<h2>Training curves</h2>" + figure("curves", run_curves_figure(view.metrics), "loss, accuracy and learning rate per epoch"))
         sections.append(_epoch_table(view.metrics))
     else:
         sections.append("<h2>Training curves</h2>" + pages.note("No epoch has finished yet."))
@@ -381,7 +324,7 @@ def build_report(
     elif view.results and view.results.get("per_class_accuracy"):
         confusion, classes = None, list(view.results["per_class_accuracy"])
         per_class = list(view.results["per_class_accuracy"].values())
-        source = "results.json"
+        source = RESULTS
     else:
         confusion = classes = None
     if classes is not None:

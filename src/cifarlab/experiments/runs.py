@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cifarlab.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunError
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunError
 
 COLUMNS = ("name", "preset", "model", "params", "epochs", "best_val_accuracy", "test_accuracy", "train_seconds", "status")
 
@@ -162,3 +162,17 @@ def format_runs(rows: list[dict]) -> str:
 
 def runs_json(rows: list[dict]) -> str:
     return json.dumps(rows, indent=2)
+
+
+def flatten_config(view: RunView) -> dict[str, object]:
+    """The run's settings as one flat mapping: TrainConfig fields (model options dotted) and data facts."""
+    flat: dict[str, object] = {}
+    for key, value in view.train.items():
+        if key == "model_options" and isinstance(value, dict):
+            flat.update({f"model_options.{k}": v for k, v in sorted(value.items())})
+        else:
+            flat[key] = value
+    for key in ("train_subset", "train_images", "val_images", "data", "device", "torch_version"):
+        if key in view.config:
+            flat[key] = view.config[key]
+    return flat

@@ -1,4 +1,4 @@
-"""CIFAR-10 on disk: find it, verify it, download it, read it into uint8 tensors.
+"""CIFAR-10's official file formats: find a data set on disk, verify it, read it into uint8 tensors.
 
 Both official layouts are read:
 - binary  (`cifar-10-batches-bin/*.bin`): records of 1 label byte + 3,072 pixel bytes
@@ -10,22 +10,18 @@ Both official layouts are read:
 Every official file, training and test, holds exactly 10,000 records; anything else, and any file
 that cannot be read or unpickled, is a one-line DataError that names the file.
 
-Either may sit in a folder or in the official `.tar.gz` archive. When nothing is found,
-the official binary archive is downloaded, its published MD5 checked, and only then
-extracted and moved into place, so a partial or corrupt download never becomes the data.
+Either may sit in a folder or in the official `.tar.gz` archive (download.py fetches one,
+cifar10.py's load_cifar10 puts finding, reading and downloading together).
 """
 
 from __future__ import annotations
 
 import codecs
-import hashlib
 import io
 import os
 import pickle
-import shutil
 import tarfile
 import tempfile
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,19 +121,6 @@ def _layout(folder: Path) -> tuple[list[str], str] | None:
         if any(os.path.lexists(folder / name) for name in [*train_names, test_name]):
             return train_names, test_name
     return None
-
-
-def load_cifar10(root: Path | str | None = None, download: bool = True, archive: Archive = BINARY_ARCHIVE) -> Cifar10:
-    """Read CIFAR-10 from `root` (default: `default_data_dir()`), downloading it if absent."""
-    root = Path(root) if root is not None else default_data_dir()
-    found = find_dataset(root)
-    if found is None:
-        if not download:
-            raise DataError(f"no CIFAR-10 data in {root}: expected {BIN_DIR}/, {PY_DIR}/ or an official .tar.gz archive")
-        found = download_cifar10(root, archive)
-    if found.is_file():
-        return _read_archive(found)
-    return read_folder(found)
 
 
 # ---------------------------------------------------------------- reading
@@ -383,92 +366,3 @@ def _safe_extract(archive: Path, dest: Path) -> None:
         raise DataError(f"{archive}: cannot extract ({_one_line(e)})") from None
 
 
-# ---------------------------------------------------------------- download
-
-
-def md5sum(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download_cifar10(root: Path, archive: Archive = BINARY_ARCHIVE, progress: bool = True) -> Path:
-    """Download, verify and extract the official archive into `root`; returns the batches folder.
-
-    Everything happens in a temporary folder inside `root`; only a verified, fully extracted
-    folder is renamed into place, so an interrupted or corrupt download leaves nothing behind.
-    """
-    root = Path(root)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
-    except OSError as e:
-        raise DataError(f"no CIFAR-10 data in {root} and cannot create it ({e})") from None
-    try:
-        target = staging / archive.filename
-        _fetch(archive.url, target, progress)
-        digest = md5sum(target)
-        if digest != archive.md5:
-            raise DataError(f"{archive.url}: MD5 {digest} does not match the published {archive.md5}; download discarded")
-        _safe_extract(target, staging / "x")
-        found = find_dataset(staging / "x")
-        if found is None or found.is_file():
-            raise DataError(f"{archive.url}: archive holds neither {BIN_DIR}/ nor {PY_DIR}/")
-        read_folder(found)  # verify before it becomes the data set
-        final = root / found.name
-        try:
-            os.replace(found, final)
-        except OSError as e:  # a non-empty folder of that name that holds no batch files
-            raise DataError(f"cannot move the downloaded data into {final} ({e.strerror or _one_line(e)})") from None
-        return final
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _fetch(url: str, target: Path, progress: bool) -> None:
-    from tqdm import tqdm
-
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress) as bar:
-                for block in iter(lambda: response.read(1 << 20), b""):
-                    out.write(block)
-                    bar.update(len(block))
-    except OSError as e:  # URLError, timeouts and refused connections are all OSErrors
-        raise DataError(
-            f"no CIFAR-10 data in {target.parent.parent} and the download from {url} failed ({e}); "
-            f"put {BIN_DIR}/ or {archive_names()} there, or point --data-dir / CIFARLAB_DATA at it"
-        ) from None
-
-
-def archive_names() -> str:
-    return f"{BINARY_ARCHIVE.filename} / {PYTHON_ARCHIVE.filename}"
-
-
-# ---------------------------------------------------------------- splits
-
-
-def split_train_val(labels: torch.Tensor, val_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic class-balanced split: (train indices, validation indices), both sorted.
-
-    Each class gives val_size // 10 images (the first val_size % 10 classes one more),
-    chosen by a generator seeded with `seed` that is independent of the training seed.
-    """
-    num_classes = int(labels.max()) + 1 if len(labels) else 10
-    if not 0 <= val_size < len(labels):
-        raise DataError(f"--val-size {val_size} must be between 0 and {len(labels) - 1}")
-    gen = torch.Generator().manual_seed(seed)
-    val = []
-    for c in range(num_classes):
-        members = torch.nonzero(labels == c).flatten()
-        take = val_size // num_classes + (1 if c < val_size % num_classes else 0)
-        if take > len(members):
-            raise DataError(f"--val-size {val_size} asks for {take} images of class {c}, only {len(members)} exist")
-        val.append(members[torch.randperm(len(members), generator=gen)[:take]])
-    val_idx = torch.cat(val).sort().values
-    mask = torch.ones(len(labels), dtype=torch.bool)
-    mask[val_idx] = False
-    return torch.nonzero(mask).flatten(), val_idx

@@ -34,7 +34,8 @@ from typing import Callable
 import torch
 
 from cifarlab.errors import CifarlabError
-from cifarlab.predict import ImageError, Predictor, load_image
+from cifarlab.inference.model import Predictor
+from cifarlab.inference.predict import ImageError, load_image
 
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 MULTIPART_OVERHEAD = 16 * 1024  # boundaries and part headers around the file

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.config import PRESETS
 from cifarlab.data import DataError, default_data_dir, find_dataset, load_cifar10
 from cifarlab.models import count_parameters, list_models
 from cifarlab.models.measure import build_on_meta
 from cifarlab.runtime import resolve_device, set_cpu_threads
+from cifarlab.training.config import PRESETS
 
 
 def data_status(data_dir: Path | None) -> dict:

@@ -37,10 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from cifarlab.config import ConfigError, TrainConfig, apply_overrides, get_preset
-from cifarlab.errors import CifarlabError
-from cifarlab.models import ModelError, build_model
-from cifarlab.rundir import (
+from cifarlab.common.rundir import (
     CHECKPOINT,
     CONFIG,
     METRICS,
@@ -50,7 +47,10 @@ from cifarlab.rundir import (
     RunError,
     atomic_write_json,
 )
-from cifarlab.runs import load_run
+from cifarlab.errors import CifarlabError
+from cifarlab.experiments.runs import load_run
+from cifarlab.models import ModelError, build_model
+from cifarlab.training.config import ConfigError, TrainConfig, apply_overrides, get_preset
 
 STATE = "sweep.json"
 LEADERBOARD = "leaderboard.html"
@@ -328,7 +328,7 @@ def _device_for(index: int, device: str) -> str:
 def _run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
     """Train one variant (resuming if interrupted) on `data` (None: train loads it from the task's
     data_dir); never raises except KeyboardInterrupt."""
-    from cifarlab.train import train
+    from cifarlab.training.train import train
 
     out = Path(task["out"])
     try:
@@ -371,8 +371,8 @@ def run_sweep(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Run every variant not yet finished, then write the leaderboard; returns its rows."""
-    from cifarlab import pages  # noqa: F401  (without matplotlib: fail now, not after training)
     from cifarlab.data import load_cifar10
+    from cifarlab.experiments import pages  # noqa: F401  (without matplotlib: fail now, not after training)
 
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
@@ -486,10 +486,8 @@ def leaderboard_rows(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
 
 def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
     """Write leaderboard.json, leaderboard.html and its PNGs into the sweep folder."""
-    from cifarlab import (
-        pages,  # matplotlib only here: SweepError stays importable without it
-    )
-    from cifarlab.compare import curves_figure
+    from cifarlab.experiments import pages  # matplotlib only here: SweepError stays importable without it
+    from cifarlab.experiments.figures import curves_figure
 
     rows = leaderboard_rows(spec, folder, state)
     atomic_write_json(folder / LEADERBOARD_JSON, rows)
@@ -520,7 +518,7 @@ def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
 
 
 def _ranking_figure(rows: list[dict]):
-    from cifarlab import pages
+    from cifarlab.experiments import pages
 
     fig = pages.new_figure(8, 0.8 + 0.32 * len(rows))
     ax = fig.subplots()

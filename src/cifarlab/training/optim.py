@@ -7,7 +7,7 @@ import math
 import torch
 import torch.nn as nn
 
-from cifarlab.config import TrainConfig
+from cifarlab.training.config import TrainConfig
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

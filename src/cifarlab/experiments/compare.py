@@ -10,10 +10,10 @@ import shutil
 import time
 from pathlib import Path
 
-from cifarlab import pages
-from cifarlab.report import flatten_config
-from cifarlab.rundir import CONFIG, RunError
-from cifarlab.runs import RunView, load_run
+from cifarlab.common.rundir import CONFIG, RunError
+from cifarlab.experiments import pages
+from cifarlab.experiments.figures import curves_figure, lr_time_figure
+from cifarlab.experiments.runs import RunView, flatten_config, load_run
 
 COMPARE = "compare.html"
 FIGURES = {"curves": "compare-curves.png", "time": "compare-lr-time.png"}
@@ -26,49 +26,6 @@ def run_labels(views: list[RunView]) -> list[str]:
         if len(set(labels)) == len(labels):
             return labels
     return [str(v.path) for v in views]
-
-
-def curves_figure(views: list[RunView], labels: list[str]):
-    """Train/validation loss and accuracy per epoch, one line per run."""
-    fig = pages.new_figure(12, 7.5)
-    axes = fig.subplots(2, 2)
-    panels = (("train_loss", "Training loss"), ("val_loss", "Validation loss"),
-              ("train_accuracy", "Training accuracy (%)"), ("val_accuracy", "Validation accuracy (%)"))
-    for ax, (key, title) in zip(axes.ravel(), panels):
-        for view, label in zip(views, labels):
-            points = [(m["epoch"], m.get(key)) for m in view.metrics if m.get(key) is not None]
-            if points:
-                x, y = zip(*points)
-                ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, marker="o", markersize=3, label=pages.plain(label))
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1, 1].legend(fontsize=8)
-    return fig
-
-
-def lr_time_figure(views: list[RunView], labels: list[str]):
-    """Learning rate per epoch, and validation accuracy against wall-clock training time."""
-    fig = pages.new_figure(12, 3.8)
-    ax_lr, ax_time = fig.subplots(1, 2)
-    for view, label in zip(views, labels):
-        if not view.metrics:
-            continue
-        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, label=pages.plain(label))
-        points = [(m["elapsed_seconds"], 100 * m["val_accuracy"]) for m in view.metrics if m.get("val_accuracy") is not None]
-        if points:
-            ax_time.plot(*zip(*points), marker="o", markersize=3, label=pages.plain(label))
-    ax_lr.set_title("Learning rate")
-    ax_lr.set_xlabel("epoch")
-    ax_lr.ticklabel_format(axis="y", useOffset=False)
-    ax_lr.xaxis.get_major_locator().set_params(integer=True)
-    ax_time.set_title("Validation accuracy (%) against training time")
-    ax_time.set_xlabel("seconds")
-    for ax in (ax_lr, ax_time):
-        ax.grid(alpha=0.3)
-    ax_time.legend(fontsize=8)
-    return fig
 
 
 def results_rows(views: list[RunView]) -> list[list[str]]:

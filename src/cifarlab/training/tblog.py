@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from cifarlab.common.rundir import METRICS, read_metrics
 from cifarlab.errors import CifarlabError
-from cifarlab.rundir import METRICS, read_metrics
 
 LOGDIR = "tensorboard"
 SCALARS = {

@@ -396,6 +396,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# ---------------------------------------------------------------- what a run's history says
+
+STABLE_BAND = 0.005  # validation accuracy within 0.5 points of its final value counts as stabilised
+
+
+def seconds_to_stabilise(history: list[dict]) -> tuple[int | None, float | None]:
+    """First epoch after which validation accuracy stays within STABLE_BAND of its final value,
+    and the cumulative seconds at the end of that epoch. (None, None) without validation."""
+    accs = [h.get("val_accuracy") for h in history]
+    if not accs or accs[-1] is None:
+        return None, None
+    final = accs[-1]
+    stable = len(accs) - 1
+    while stable > 0 and abs(accs[stable - 1] - final) <= STABLE_BAND:
+        stable -= 1
+    return history[stable]["epoch"], history[stable]["elapsed_seconds"]
+
+
 # ---------------------------------------------------------------- checkpoints
 
 

@@ -1,0 +1,65 @@
+"""One loaded model: a checkpoint's network with its preprocessing, turning uint8 images into logits.
+
+Every inference path goes through this class and `common.metrics.predict_logits`: `cifarlab
+evaluate`, predict, serve, the report's error analysis and the export check. So a 32x32 PNG of a
+test image gets exactly the logits `evaluate` computes for it, on any machine: inference computes
+in float32 unless bf16 autocast is asked for, whatever dtype the run trained in.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cifarlab.common.metrics import predict_logits
+from cifarlab.common.rundir import checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.runtime import memory_format, resolve_device, use_amp
+
+
+class Predictor:
+    """A checkpoint's model with its preprocessing, ready to turn uint8 images into logits."""
+
+    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
+        self.checkpoint = checkpoint_path(checkpoint)
+        self.state = load_checkpoint(self.checkpoint)
+        model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
+        self.device = resolve_device(device)
+        self.channels_last = bool(self.meta.get("channels_last", False))
+        # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
+        self.amp = use_amp(amp, self.device)
+        self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
+        self.classes: list[str] = list(self.meta["classes"])
+        self.batch_size = batch_size
+
+    @property
+    def epoch(self) -> int | None:
+        return self.state.get("epoch")
+
+    @property
+    def trained_tta(self) -> int:
+        """The test-time augmentation the run was configured with (results.json used it)."""
+        return self.state.get("config", {}).get("tta", 0)
+
+    def logits(self, images: torch.Tensor, tta: int = 0) -> torch.Tensor:
+        """float32 logits on the CPU for uint8 images (N, 3, 32, 32), in batches of `batch_size`."""
+        return predict_logits(
+            self.model,
+            images.to(self.device),
+            self.meta["mean"],
+            self.meta["std"],
+            batch_size=self.batch_size,
+            tta=tta,
+            amp=self.amp,
+            channels_last=self.channels_last,
+        ).cpu()
+
+    def top_k(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """The k most probable (class, probability) pairs of each row of logits."""
+        probs = F.softmax(logits.float(), dim=1)
+        values, indices = probs.topk(min(k, len(self.classes)), dim=1)
+        return [
+            [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
+            for row_i, row_p in zip(indices, values)
+        ]
