@@ -28,7 +28,7 @@ from cifarlab.inference.model import Predictor
 from cifarlab.models import build_model
 from cifarlab.runtime import autocast
 from cifarlab.training.config import get_preset
-from cifarlab.training.train import build_learner, make_splits, train, train_epoch
+from cifarlab.training.train import build_learner, make_splits, resume, train, train_epoch
 
 pytestmark = pytest.mark.cuda
 
@@ -123,7 +123,7 @@ def test_resume_on_cuda_equals_an_uninterrupted_run(tmp_path, data, deterministi
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "stopped", data_dir=data, device="cuda", progress=False, log=stop_after_epoch_1)
     assert load_checkpoint(tmp_path / "stopped")["epoch"] == 1
-    quiet_train(None, tmp_path / "stopped", data, resume=True)
+    resume(tmp_path / "stopped", data_dir=data, device="cuda", progress=False, log=lambda s: None)
     assert same_weights(tmp_path / "straight", tmp_path / "stopped")
 
 

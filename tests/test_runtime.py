@@ -99,3 +99,19 @@ def test_cudnn_autotuning_is_on_for_cuda_training_unless_determinism_is_asked(mo
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     runtime.tune_for_training(torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is False
+
+
+def test_deterministic_training_is_recorded_and_repeatable(tiny_binary, tmp_path):
+    from cifarlab.training.config import get_preset
+    from cifarlab.training.train import train
+
+    config = get_preset("fast").replace(epochs=1, batch_size=32, val_size=20, deterministic=True, amp="off",
+                                        model_options={"widths": [8, 16, 16]})
+    lines = []
+    first = train(config, tmp_path / "a", data_dir=tiny_binary, device="cpu", progress=False, log=lines.append)
+    second = train(config, tmp_path / "b", data_dir=tiny_binary, device="cpu", progress=False, log=lambda s: None)
+    assert first["deterministic"] is True and first["test_loss"] == second["test_loss"]
+    assert sum(line.startswith("deterministic: ") for line in lines) == 1  # one line on what could not be
+    assert not torch.are_deterministic_algorithms_enabled()  # switched back off afterwards
+    a, b = load_checkpoint(tmp_path / "a")["model"], load_checkpoint(tmp_path / "b")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

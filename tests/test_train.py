@@ -7,7 +7,7 @@ from conftest import write_binary
 from cifarlab.common.rundir import RunDir, RunError, load_checkpoint, read_metrics, seconds_to_stabilise
 from cifarlab.training.config import get_preset
 from cifarlab.training.optim import early_stop_reason
-from cifarlab.training.train import TrainingDiverged, check_divergence, train
+from cifarlab.training.train import TrainingDiverged, check_divergence, resume, train
 
 SMALL = {"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
 
@@ -19,6 +19,10 @@ def small_config(**kw):
 
 def quiet_train(config, out, data, **kw):
     return train(config, out, data_dir=data, device="cpu", progress=False, log=lambda s: None, **kw)
+
+
+def quiet_resume(out, data, **kw):
+    return resume(out, data_dir=data, device="cpu", progress=False, log=lambda s: None, **kw)
 
 
 def test_run_directory_contents(tiny_run):
@@ -53,7 +57,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, preset)
         train(config, stopped, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
     assert RunDir(stopped).status()["status"] == "stopped"
     assert load_checkpoint(stopped)["epoch"] == 1
-    quiet_train(None, stopped, data, resume=True)
+    quiet_resume(stopped, data)
     a, b = load_checkpoint(tmp_path / "straight")["model"], load_checkpoint(stopped)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [m["epoch"] for m in read_metrics(stopped / "metrics.jsonl")[0]] == [1, 2, 3]
@@ -152,7 +156,7 @@ def test_early_stop_ends_the_run_and_resumes_to_the_same_epoch(tmp_path):
     stopped = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt):
         train(config, stopped, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(2))
-    resumed = quiet_train(None, stopped, data, resume=True)
+    resumed = quiet_resume(stopped, data)
     assert resumed["epochs"] == straight["epochs"] and resumed["stop_reason"] == straight["stop_reason"]
     a, b = load_checkpoint(tmp_path / "straight")["model"], load_checkpoint(stopped)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -217,7 +221,7 @@ def test_a_second_training_or_resume_of_a_running_run_is_one_line(tmp_path):
         train(small_config(epochs=2), out, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
     with RunDir(out).lock():
         with pytest.raises(RunError) as resumed:
-            quiet_train(None, out, data, resume=True)
+            quiet_resume(out, data)
         assert "a training is running in this folder" in one_line(resumed)
     assert load_checkpoint(out)["epoch"] == 1 and len(read_metrics(out / "metrics.jsonl")[0]) == 1  # untouched
 
@@ -237,7 +241,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_in_place(tmp_path
     with pytest.raises(KeyboardInterrupt):
         train(config, again, data_dir=data, device="cpu", progress=False, log=_interrupt_at("paper:"))
     lines = []
-    results = train(None, again, data_dir=data, device="cpu", resume=True, progress=False, log=lines.append)
+    results = resume(again, data_dir=data, device="cpu", progress=False, log=lines.append)
     assert results["epochs"] == 1 and "saved no epoch" in lines[0]
 
 
@@ -247,7 +251,7 @@ def test_a_stale_checkpoint_temporary_is_removed_on_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(small_config(epochs=2), out, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
     (out / ".checkpoint.pt.5ca1ab1e.tmp").write_bytes(b"x" * 1000)  # a kill while the next checkpoint was written
-    assert quiet_train(None, out, data, resume=True)["epochs"] == 2
+    assert quiet_resume(out, data)["epochs"] == 2
     assert not list(out.glob(".*.tmp"))
 
 
@@ -305,12 +309,12 @@ def test_a_damaged_checkpoint_or_config_is_one_line_on_resume(tiny_run, tmp_path
         damage(state)
         torch.save(state, run / "checkpoint.pt")
         with pytest.raises(RunError) as refused:
-            quiet_train(None, run, data, resume=True)
+            quiet_resume(run, data)
         assert message in one_line(refused) and "checkpoint.pt" in str(refused.value), name
     run = shutil.copytree(tiny_run, tmp_path / "config")
     (run / "config.json").write_text("[1]")
     with pytest.raises(RunError) as refused:
-        quiet_train(None, run, data, resume=True)
+        quiet_resume(run, data)
     assert "config.json: should hold a JSON object, found a list" in one_line(refused)
 
 
@@ -346,7 +350,7 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
             quiet_train(small_config(epochs=1), out, data)
         assert f"a training is running in this folder (pid {child.pid}" in one_line(second)
         with pytest.raises(RunError, match="a training is running in this folder"):
-            quiet_train(None, out, data, resume=True)
+            quiet_resume(out, data)
         assert [r["status"] for r in list_runs(tmp_path)] == ["running"]
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 130, log.read_text()

@@ -106,32 +106,31 @@ def cmd_train(args) -> int:
 
 def _train(args, device: str) -> None:
     from cifarlab.common import distributed
-    from cifarlab.training.train import train
+    from cifarlab.training.train import resume, train
 
     if args.resume:
-        with _train_log(args, args.resume) as log:
-            train(None, args.resume, data_dir=args.data_dir, device=device, resume=True, progress=not args.quiet, log=log)
+        with _epoch_callback(args, args.resume) as on_epoch:
+            resume(args.resume, data_dir=args.data_dir, device=device, progress=not args.quiet, on_epoch=on_epoch)
         return
     config = config_from_args(args)
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = distributed.broadcast_object(out)  # one run directory, named by rank 0's clock
-    with _train_log(args, out) as log:
-        train(config, out, data_dir=args.data_dir, device=device, progress=not args.quiet, train_subset=args.train_subset, log=log)
+    with _epoch_callback(args, out) as on_epoch:
+        train(config, out, train_subset=args.train_subset, data_dir=args.data_dir, device=device,
+              progress=not args.quiet, on_epoch=on_epoch)
 
 
 @contextlib.contextmanager
-def _train_log(args, run: Path):
-    """print, or print and mirror each finished epoch to TensorBoard (--tensorboard)."""
-    from cifarlab.common import distributed
-
-    if not args.tensorboard or not distributed.is_main():  # DDP: rank 0 alone writes the run directory
-        yield print
+def _epoch_callback(args, run: Path):
+    """None, or (--tensorboard) a callback mirroring each finished epoch to TensorBoard."""
+    if not args.tensorboard:
+        yield None
         return
     from cifarlab.training.tblog import TensorBoardMirror
 
-    mirror = TensorBoardMirror(run)
+    mirror = TensorBoardMirror(run)  # before training: a missing package fails before anything is written
     try:
-        yield mirror.logger(print)
+        yield mirror.add  # DDP: train() calls it on rank 0 only
     finally:
         mirror.close()
 

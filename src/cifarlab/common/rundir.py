@@ -47,6 +47,7 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
     "evaluation.json",
 )
 LOCK = ".lock"
+TENSORBOARD = "tensorboard"  # the event files of `train --tensorboard`
 TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
 LOCK_WAIT_SECONDS = 1.0  # outwaits a `runs` that only looks at the lock (microseconds), never a training (hours)
 
@@ -248,6 +249,45 @@ class RunDir:
 
     def write_status(self, status: str, **info) -> None:
         atomic_write_json(self.file(STATUS), {"status": status, "pid": os.getpid(), **info})
+
+    # ------------------------------------------------------------ what a training writes
+
+    def start(self, facts: dict) -> None:
+        """A new run: config.json (the config and the facts of its data and device), no epochs yet."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.file(CONFIG), facts)
+        self.file(METRICS).write_text("")
+
+    def append_epoch(self, record: dict) -> None:
+        append_jsonl(self.file(METRICS), record)
+
+    def rewrite_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl as the checkpoint's history has it (a resume drops epochs it never saved)."""
+        atomic_write_bytes(self.file(METRICS), "".join(json.dumps(h) + "\n" for h in history).encode())
+
+    def has_checkpoint(self) -> bool:
+        return self.file(CHECKPOINT).exists()
+
+    def save_checkpoint(self, state: dict) -> None:
+        atomic_torch_save(self.file(CHECKPOINT), state)
+
+    def load_training_state(self) -> dict:
+        return load_training_state(self.file(CHECKPOINT), map_location="cpu")
+
+    def write_results(self, results: dict) -> None:
+        atomic_write_json(self.file(RESULTS), results)
+
+    def tensorboard_dir(self) -> Path:
+        return self.file(TENSORBOARD)
+
+    def describe_config(self) -> str:
+        return str(self.file(CONFIG))
+
+    def describe_checkpoint(self) -> str:
+        return str(self.file(CHECKPOINT))
+
+    def describe_results(self) -> str:
+        return str(self.file(RESULTS))
 
     # ------------------------------------------------------------ who trains the run
 

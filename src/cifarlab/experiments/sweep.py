@@ -328,17 +328,17 @@ def _device_for(index: int, device: str) -> str:
 def _run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
     """Train one variant (resuming if interrupted) on `data` (None: train loads it from the task's
     data_dir); never raises except KeyboardInterrupt."""
-    from cifarlab.training.train import train
+    from cifarlab.training.train import resume, train
 
     out = Path(task["out"])
+    io = dict(data_dir=task["data_dir"], device=task["device"], progress=progress, log=log, data=data)
     try:
         if task["action"] == "restart":
             shutil.rmtree(out)  # holds only config/metrics/status of a run that saved no epoch
-        config = TrainConfig.from_dict(task["config"])
-        train(
-            config, out, data_dir=task["data_dir"], device=task["device"], resume=task["action"] == "resume",
-            progress=progress, log=log, data=data, train_subset=task["train_subset"],
-        )
+        if task["action"] == "resume":
+            resume(out, **io)
+        else:
+            train(TrainConfig.from_dict(task["config"]), out, train_subset=task["train_subset"], **io)
         return {"name": task["name"], "status": "finished", "reason": None}
     except KeyboardInterrupt:
         raise

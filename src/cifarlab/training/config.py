@@ -86,6 +86,9 @@ class TrainConfig:
     # distributed runs (torchrun): BatchNorm statistics over the global batch instead of each
     # process's shard; torch's SyncBatchNorm runs on GPUs only (docs/scaling.md)
     sync_bn: bool = False
+    # PyTorch's deterministic algorithms (slower; cudnn autotuning off); operations without a
+    # deterministic implementation are named in one line at the end, not refused
+    deterministic: bool = False
 
     def __post_init__(self):
         choices = lambda kind: "one of " + ", ".join(typing.get_args(kind))  # noqa: E731

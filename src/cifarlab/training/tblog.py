@@ -1,20 +1,17 @@
-"""Optional TensorBoard logging (`cifarlab train --tensorboard`): a mirror of metrics.jsonl.
-
-The run directory stays the source of truth: after each epoch line the training loop logs,
-the epochs newly appended to RUNDIR/metrics.jsonl are written as scalars to RUNDIR/tensorboard/
-(`tensorboard --logdir RUNDIR`). Needs the `tensorboard` package (`pip install "cifarlab[tensorboard]"`),
-used through torch.utils.tensorboard.
+"""Optional TensorBoard logging (`cifarlab train --tensorboard`): each finished epoch's record,
+handed over by the training loop's per-epoch callback, written as scalars to RUNDIR/tensorboard/
+(`tensorboard --logdir RUNDIR`). The run directory's metrics.jsonl stays the source of truth.
+Needs the `tensorboard` package (`pip install "cifarlab[tensorboard]"`), used through
+torch.utils.tensorboard.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
-from cifarlab.common.rundir import METRICS, read_metrics
+from cifarlab.common.rundir import RunDir
 from cifarlab.errors import CifarlabError
 
-LOGDIR = "tensorboard"
 SCALARS = {
     "loss/train": "train_loss",
     "loss/validation": "val_loss",
@@ -30,6 +27,8 @@ class TensorBoardError(CifarlabError, RuntimeError):
 
 
 class TensorBoardMirror:
+    """`add` is the training's on_epoch callback; a resumed run appends to the same event folder."""
+
     def __init__(self, run: Path | str):
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -38,37 +37,17 @@ class TensorBoardMirror:
                 f"--tensorboard needs the tensorboard package ({e}); install it with pip install 'cifarlab[tensorboard]'"
             ) from None
         self._writer_class = SummaryWriter
-        self.run = Path(run)
-        self.writer = None
-        records, _ = read_metrics(self.run / METRICS)
-        self.written = {r["epoch"] for r in records}  # a resumed run: those are in the event files already
+        self.run = RunDir(run)
+        self.writer = None  # created with the first epoch: a training that fails to start leaves no folder
 
-    def sync(self) -> int:
-        """Write the epochs not yet mirrored; returns how many."""
-        records, _ = read_metrics(self.run / METRICS)
-        new = [r for r in records if r.get("epoch") not in self.written]
-        if not new:
-            return 0
+    def add(self, record: dict) -> None:
         if self.writer is None:
-            self.writer = self._writer_class(log_dir=str(self.run / LOGDIR))
-        for record in new:
-            for tag, key in SCALARS.items():
-                if record.get(key) is not None:
-                    self.writer.add_scalar(tag, record[key], global_step=record["epoch"])
-            self.written.add(record["epoch"])
+            self.writer = self._writer_class(log_dir=str(self.run.tensorboard_dir()))
+        for tag, key in SCALARS.items():
+            if record.get(key) is not None:
+                self.writer.add_scalar(tag, record[key], global_step=record["epoch"])
         self.writer.flush()
-        return len(new)
-
-    def logger(self, log: Callable[[str], None]) -> Callable[[str], None]:
-        """`log`, followed by a sync (the training loop logs right after appending an epoch)."""
-
-        def log_and_sync(line: str) -> None:
-            log(line)
-            self.sync()
-
-        return log_and_sync
 
     def close(self) -> None:
         if self.writer is not None:
-            self.sync()
             self.writer.close()

@@ -14,11 +14,14 @@ processes, and rank 0 alone logs and writes the run directory. Those places say 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -30,19 +33,10 @@ import torch.nn.functional as F
 from cifarlab.common import distributed
 from cifarlab.common.distributed import evaluate_sharded
 from cifarlab.common.rundir import (
-    CHECKPOINT,
-    CONFIG,
-    METRICS,
-    RESULTS,
     RunDir,
     RunError,
-    append_jsonl,
-    atomic_torch_save,
-    atomic_write_bytes,
-    atomic_write_json,
     first_problem,
     load_initial_weights,
-    load_training_state,
     model_metadata,
     seconds_to_stabilise,
 )
@@ -329,228 +323,279 @@ def _sigterm_stops_training() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
-def train(
-    config: TrainConfig,
-    out: Path | str,
-    data_dir: Path | str | None = None,
-    device: str = "auto",
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    data: Cifar10 | None = None,
-    train_subset: int | None = None,
-) -> dict:
-    """Train `config` into run directory `out` (or continue it with resume=True); returns results.
+@dataclass
+class Io:
+    """Where a training reads its data and reports: not part of the run's config."""
 
-    The run directory stays locked for as long as this runs: a second training into it, or a
-    resume of it, is a one-line RunError. Under torchrun, call `distributed.init_from_env` first
-    and pass the device it returns.
+    data_dir: Path | str | None = None
+    device: str = "auto"
+    progress: bool = True
+    log: Callable[[str], None] = print
+    data: Cifar10 | None = None  # already loaded (sweeps load it once); else read from data_dir
+    on_epoch: Callable[[dict], None] | None = None  # each finished epoch's record (TensorBoard, tests)
+
+
+def train(config: TrainConfig, out: Path | str, train_subset: int | None = None, **io) -> dict:
+    """Train `config` into a new run directory `out`; returns what results.json holds.
+
+    `io`: the fields of Io (data_dir, device, progress, log, data, on_epoch). The run directory
+    stays locked while this runs: a second training into it, or a resume of it, is a one-line
+    RunError. Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
     """
-    started = time.perf_counter()
     if train_subset is not None and train_subset < 1:
         raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
-    run = RunDir(out)
-    dev = resolve_device(device)
+    return _run(RunDir(out), config, train_subset, Io(**io))
+
+
+def resume(out: Path | str, **io) -> dict:
+    """Continue the run in `out` from its last checkpoint to its end, exactly as if it had never
+    stopped (a run that saved no epoch starts again from its config.json); returns results."""
+    return _run(RunDir(out), None, None, Io(**io))
+
+
+@dataclass
+class Job:
+    """One training once its run directory is claimed: everything the epochs and the test need."""
+
+    run: RunDir
+    config: TrainConfig
+    splits: Splits
+    learner: Learner
+    history: list[dict]
+    meta: dict  # what the checkpoint carries for inference
+    params: int
+    train_dtype: str  # "bfloat16" or "float32", resolved for this device
+
+
+def _run(run: RunDir, config: TrainConfig | None, train_subset: int | None, io: Io) -> dict:
+    """Claim the run directory, then prepare, train and test; `config` None means resume."""
+    started = time.perf_counter()
+    dev = resolve_device(io.device)
     if not distributed.is_main():  # DDP: rank 0 alone prints and writes the run directory
-        log, progress = (lambda line: None), False
+        io = dataclasses.replace(io, log=lambda line: None, progress=False, on_epoch=None)
     if dev.type == "cpu":
         set_cpu_threads()
-    tune_for_training(dev)
     with contextlib.ExitStack() as held:
         held.enter_context(_sigterm_stops_training())
         # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
-        config, train_subset, resume = distributed.from_main(_claim_run, held, run, config, resume, train_subset, log)
-        return _train_claimed(run, config, resume, dev, data_dir, data, train_subset, progress, log, started)
+        config, train_subset, resume = distributed.from_main(_claim_run, held, run, config, train_subset, io.log)
+        held.enter_context(_determinism(config, io.log))
+        tune_for_training(dev)  # after _determinism: autotuned kernels are not reproducible
+        job = _prepare(run, config, resume, train_subset, dev, io)
+        return _train_and_test(job, io, started)
 
 
 def _claim_run(
-    held: contextlib.ExitStack, run: RunDir, config: TrainConfig | None, resume: bool, train_subset: int | None, log
+    held: contextlib.ExitStack, run: RunDir, config: TrainConfig | None, train_subset: int | None, log
 ) -> tuple[TrainConfig, int | None, bool]:
     """Lock the run directory (held until `held` closes) and check this training may use it; returns
-    the config, the train subset and whether to resume. A --resume of a run that saved no epoch
-    starts it again from its config.json."""
-    if resume:
-        run.require()
-    else:
+    the config, the train subset and whether to resume from a checkpoint. A resume of a run that
+    saved no epoch starts it again from its config.json."""
+    if config is not None:
         run.check_new_run()  # before locking too: a refused folder gets no lock file
-    held.enter_context(run.lock())
-    if not resume:
+        held.enter_context(run.lock())
         run.check_new_run()  # again, now that no other training can change the folder
         run.remove_temporaries()
         if config.init_from:  # recorded absolute, so the run still finds its source from anywhere
             config = config.replace(init_from=str(Path(config.init_from).resolve()))
         return config, train_subset, False
+    run.require()
+    held.enter_context(run.lock())
     run.remove_temporaries()
     saved = run.config()
-    config = TrainConfig.from_dict(saved["train"], source=str(run.file(CONFIG)))
-    if run.file(CHECKPOINT).exists():
+    config = TrainConfig.from_dict(saved["train"], source=run.describe_config())
+    if run.has_checkpoint():
         return config, saved.get("train_subset"), True
     run.check_restartable()
-    log(f"{run.path} saved no epoch before it stopped: starting it again from its {CONFIG}")
+    log(f"{run.path} saved no epoch before it stopped: starting it again from its config")
     return config, saved.get("train_subset"), False
 
 
-def _restore(learner: Learner, state: dict, source: Path) -> None:
-    """Load a checkpoint's training state; RunError when it does not fit the run's config.json."""
-    try:
-        learner.load_state_dict(state)
-    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
-        raise RunError(f"{source}: does not fit this run's {CONFIG}: {first_problem(e)}") from None
-
-
-def _train_claimed(
-    run: RunDir,
-    config: TrainConfig,
-    resume: bool,
-    dev: torch.device,
-    data_dir: Path | str | None,
-    data: Cifar10 | None,
-    train_subset: int | None,
-    progress: bool,
-    log: Callable[[str], None],
-    started: float,
-) -> dict:
-    """train() once the run directory is locked: the data, the model, the epochs, the test evaluation."""
-    main = distributed.is_main()
-    write_status = run.write_status if main else (lambda *a, **k: None)
+def _prepare(run: RunDir, config: TrainConfig, resume: bool, train_subset: int | None, dev: torch.device, io: Io) -> Job:
+    """Data onto the device, the learner, and the run directory started or its checkpoint restored."""
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=dev).manual_seed(config.seed)
     with distributed.main_first():  # DDP: rank 0 downloads, the others then read; a failure fails all
-        data = data if data is not None else load_cifar10(data_dir)
+        data = io.data if io.data is not None else load_cifar10(io.data_dir)
     splits = make_splits(data, config.val_size, dev, train_subset)
     world = distributed.world_size()
     if config.batch_size < 2 * world:
         raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
-
     learner = build_learner(config, splits, dev, generator, warm_start=not resume)
-    model, optimizer = learner.model, learner.optimizer
     train_dtype = autocast_dtype(config.amp, dev)
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD, train_dtype)
-    params = count_parameters(model)
-
-    history: list[dict] = []
+    job = Job(run, config, splits, learner, [], meta, count_parameters(learner.model), train_dtype)
     distributed.seed_per_process(config.seed)  # DDP: own dropout masks per process
-    if resume:  # DDP: rank 0 reads the checkpoint, every process loads it
-        state = distributed.from_main(load_training_state, run.file(CHECKPOINT), map_location="cpu")  # RNG states stay CPU tensors
-        _restore(learner, state, run.file(CHECKPOINT))
-        history = state["history"]
-        distributed.restore_process_rng_state(state["rng"].get("processes"), config.seed, len(history))
-        # metrics.jsonl may hold an epoch the checkpoint never saw (killed in between): rewrite it
-        if main:
-            atomic_write_bytes(run.file(METRICS), "".join(_jsonl(h) for h in history).encode())
-        log(f"resuming {run.path} after epoch {len(history)} of {config.epochs}")
-    elif main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(
-            run.file(CONFIG),
-            {
-                "train": config.to_dict(),
-                "data": str(Path(splits.source).resolve()),  # absolute: export and report find it from anywhere
-                "train_subset": train_subset,
-                "train_images": len(splits.train_x),
-                "val_images": len(splits.val_x),
-                "device": str(dev),
-                "autocast_dtype": train_dtype,
-                "world_size": world,
-                "torch_version": torch.__version__,
-                "params": params,
-                "init_from": learner.init_source,
-            },
-        )
-        run.file(METRICS).write_text("")
+    if resume:
+        _restore(job, io.log)
+    elif distributed.is_main():
+        run.start(_run_facts(job, train_subset, dev))
     if distributed.is_distributed():  # DDP: train through the wrapper; evaluate and save the model inside
-        learner.trainee = distributed.wrap_model(model, dev, config.sync_bn)
-        model = learner.model = distributed.unwrap(learner.trainee)
+        learner.trainee = distributed.wrap_model(learner.model, dev, config.sync_bn)
+        learner.model = distributed.unwrap(learner.trainee)
+    return job
 
-    def save_checkpoint(epoch: int) -> None:
-        processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
-        if not main:
-            return
-        state = learner.state_dict()
-        if processes is not None:
-            state["rng"]["processes"] = processes  # DDP: every process's dropout RNG, for an exact resume
-        atomic_torch_save(
-            run.file(CHECKPOINT),
-            {
-                **state,
-                "history": history,
-                "epoch": epoch,
-                "config": config.to_dict(),
-                "meta": meta,
-            },
-        )
 
-    # Validation computes in the training dtype (it is part of training); the final test evaluation
-    # in float32, exactly as `cifarlab evaluate`, predict, serve and export do.
-    eval_kwargs = dict(batch_size=config.eval_batch_size, channels_last=config.channels_last)
-    stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config) if history else None
-    compile_seconds = compile_trainee(learner, splits, config) if config.compile else None
-    setup_seconds = time.perf_counter() - started - (compile_seconds or 0)  # data onto the device, data-dependent init, resume
-    across = f" x {world} processes" if world > 1 else ""
-    write_status("running", epoch=len(history))
-    try:  # from here on, however training ends, status.json says how
-        log(f"{config.preset}: {config.model} with {params:,} parameters on {dev}{across}, {len(splits.train_x):,} training images")
+def _run_facts(job: Job, train_subset: int | None, dev: torch.device) -> dict:
+    """What config.json records besides the config: the data, the device, the dtype, the sizes."""
+    return {
+        "train": job.config.to_dict(),
+        "data": str(Path(job.splits.source).resolve()),  # absolute: export and report find it from anywhere
+        "train_subset": train_subset,
+        "train_images": len(job.splits.train_x),
+        "val_images": len(job.splits.val_x),
+        "device": str(dev),
+        "autocast_dtype": job.train_dtype,
+        "world_size": distributed.world_size(),
+        "torch_version": torch.__version__,
+        "params": job.params,
+        "init_from": job.learner.init_source,
+    }
+
+
+def _restore(job: Job, log: Callable[[str], None]) -> None:
+    """Load the run's checkpoint into the learner (DDP: rank 0 reads it, every process loads it);
+    RunError when it does not fit the run's config."""
+    state = distributed.from_main(job.run.load_training_state)  # RNG states stay CPU tensors
+    try:
+        job.learner.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+        config_name = Path(job.run.describe_config()).name
+        raise RunError(f"{job.run.describe_checkpoint()}: does not fit this run's {config_name}: {first_problem(e)}") from None
+    job.history = state["history"]
+    distributed.restore_process_rng_state(state["rng"].get("processes"), job.config.seed, len(job.history))
+    if distributed.is_main():  # the metrics may hold an epoch the checkpoint never saw (killed in between)
+        job.run.rewrite_metrics(job.history)
+    log(f"resuming {job.run.path} after epoch {len(job.history)} of {job.config.epochs}")
+
+
+def _train_and_test(job: Job, io: Io, started: float) -> dict:
+    """The epochs to the stop, then the test set; status.json says how it ended, whatever happens."""
+    config, learner, main = job.config, job.learner, distributed.is_main()
+    write_status = job.run.write_status if main else (lambda *a, **k: None)
+    compile_seconds = compile_trainee(learner, job.splits, config) if config.compile else None
+    setup_seconds = time.perf_counter() - started - (compile_seconds or 0)  # data to the device, init, resume
+    write_status("running", epoch=len(job.history))
+    try:
+        io.log(_start_line(job))
         if compile_seconds is not None:
-            log(f"compiled for training in {compile_seconds:.1f}s (not counted in the training time)")
-        epoch = len(history)
-        while stop is None and epoch < config.epochs:
-            epoch += 1
-            start = time.perf_counter()
-            record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
-            if epoch == config.epochs and learner.lookahead is not None:
-                learner.lookahead.finish()  # evaluate and keep the slow weights
-            distributed.broadcast_buffers(model)  # DDP: rank 0's BatchNorm statistics everywhere
-            train_seconds = time.perf_counter() - start
-            lr = optimizer.param_groups[0]["lr"]
-            if len(splits.val_x):  # DDP: split exactly over the processes; the same loss on all drives the schedule
-                val = evaluate_sharded(model, splits.val_x, splits.val_y, MEAN, STD, amp=train_dtype == "bfloat16", **eval_kwargs)
-                record.update(val_loss=val.loss, val_accuracy=val.accuracy)
-                learner.schedule.after_epoch(val.loss)
-            else:
-                record.update(val_loss=None, val_accuracy=None)
-                learner.schedule.after_epoch(record["train_loss"])
-            seconds = time.perf_counter() - start
-            elapsed = (history[-1]["elapsed_seconds"] if history else 0.0) + seconds
-            record = {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
-            check_divergence(record, history, len(splits.classes))  # before the checkpoint: a resume starts from the last sane epoch
-            history.append(record)
-            save_checkpoint(epoch)
-            if main:
-                append_jsonl(run.file(METRICS), record)
-            log(_epoch_line(record, config.epochs))
-            stop = early_stop_reason(history, optimizer.param_groups[0]["lr"], config)
-
-        eval_start = time.perf_counter()
-        test = evaluate_sharded(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, **eval_kwargs)
-        results = _results(history, test, splits, config, params, dev)
-        results.update(autocast_dtype=train_dtype, eval_dtype="float32")
-        results.update(stopped_early=stop is not None, stop_epoch=len(history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
-        results["eval_seconds"] = time.perf_counter() - eval_start
-        results["compile_seconds"] = compile_seconds  # apart from train_seconds; None when not compiled
-        results["timing"] = _timing(history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
+            io.log(f"compiled for training in {compile_seconds:.1f}s (not counted in the training time)")
+        stop = _train_to_stop(job, io)
+        results = _test(job, stop, compile_seconds, setup_seconds, started)
         if main:
-            atomic_write_json(run.file(RESULTS), results)
-        write_status("finished", epoch=len(history))
+            job.run.write_results(results)
+        write_status("finished", epoch=len(job.history))
     except TrainingDiverged as e:
-        write_status("failed", reason=str(e), epoch=len(history))
+        write_status("failed", reason=str(e), epoch=len(job.history))
         raise
     except KeyboardInterrupt as e:
-        write_status("stopped", reason="terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted", epoch=len(history))
+        write_status("stopped", reason="terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted", epoch=len(job.history))
         raise
     except Exception as e:
-        write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(history))
+        write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(job.history))
         raise
-
     if stop:
-        log(f"stopped early after epoch {len(history)}: {stop}")
-    log(f"test accuracy {test.accuracy:.2%} (error {test.error:.2%}, tta={config.tta}); results in {run.file(RESULTS)}")
+        io.log(f"stopped early after epoch {len(job.history)}: {stop}")
+    io.log(f"test accuracy {results['test_accuracy']:.2%} (error {results['test_error']:.2%}, tta={config.tta}); "
+           f"results in {job.run.describe_results()}")
     return results
 
 
-def _jsonl(record: dict) -> str:
-    import json
+def _start_line(job: Job) -> str:
+    world = distributed.world_size()
+    across = f" x {world} processes" if world > 1 else ""
+    return (f"{job.config.preset}: {job.config.model} with {job.params:,} parameters on {job.splits.train_x.device}{across}, "
+            f"{len(job.splits.train_x):,} training images")
 
-    return json.dumps(record) + "\n"
+
+def _train_to_stop(job: Job, io: Io) -> str | None:
+    """Epochs until the early stop or the epoch limit, a checkpoint after each; returns why it
+    stopped early (None: the limit)."""
+    config, optimizer = job.config, job.learner.optimizer
+    stop = early_stop_reason(job.history, optimizer.param_groups[0]["lr"], config) if job.history else None
+    while stop is None and len(job.history) < config.epochs:
+        record = _epoch(job, len(job.history) + 1, io.progress)
+        check_divergence(record, job.history, len(job.splits.classes))  # before the checkpoint: a resume starts sane
+        job.history.append(record)
+        _save_checkpoint(job)
+        if distributed.is_main():
+            job.run.append_epoch(record)
+        if io.on_epoch is not None:
+            io.on_epoch(record)
+        io.log(_epoch_line(record, config.epochs))
+        stop = early_stop_reason(job.history, optimizer.param_groups[0]["lr"], config)
+    return stop
+
+
+def _epoch(job: Job, epoch: int, progress: bool) -> dict:
+    """Train one epoch and validate; the epoch's record for metrics.jsonl."""
+    config, learner, splits = job.config, job.learner, job.splits
+    start = time.perf_counter()
+    record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
+    if epoch == config.epochs and learner.lookahead is not None:
+        learner.lookahead.finish()  # evaluate and keep the slow weights
+    distributed.broadcast_buffers(learner.model)  # DDP: rank 0's BatchNorm statistics everywhere
+    train_seconds = time.perf_counter() - start
+    lr = learner.optimizer.param_groups[0]["lr"]
+    if len(splits.val_x):  # validation computes in the training dtype: it is part of training
+        val = evaluate_sharded(learner.model, splits.val_x, splits.val_y, MEAN, STD, amp=job.train_dtype == "bfloat16",
+                               batch_size=config.eval_batch_size, channels_last=config.channels_last)
+        record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+        learner.schedule.after_epoch(val.loss)  # DDP: the same loss on every process
+    else:
+        record.update(val_loss=None, val_accuracy=None)
+        learner.schedule.after_epoch(record["train_loss"])
+    seconds = time.perf_counter() - start
+    elapsed = (job.history[-1]["elapsed_seconds"] if job.history else 0.0) + seconds
+    return {"epoch": epoch, "lr": lr, **record, "train_seconds": train_seconds, "epoch_seconds": seconds, "elapsed_seconds": elapsed}
+
+
+def _save_checkpoint(job: Job) -> None:
+    processes = distributed.process_rng_states()  # DDP: a collective, so every process calls it
+    if not distributed.is_main():
+        return
+    state = job.learner.state_dict()
+    if processes is not None:
+        state["rng"]["processes"] = processes  # DDP: every process's dropout RNG, for an exact resume
+    job.run.save_checkpoint({**state, "history": job.history, "epoch": len(job.history), "config": job.config.to_dict(), "meta": job.meta})
+
+
+def _test(job: Job, stop: str | None, compile_seconds: float | None, setup_seconds: float, started: float) -> dict:
+    """The final test evaluation, in float32 exactly as `cifarlab evaluate`, predict, serve and
+    export compute, with the preset's TTA; returns results.json's contents."""
+    config, splits = job.config, job.splits
+    eval_start = time.perf_counter()
+    test = evaluate_sharded(job.learner.model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta,
+                            batch_size=config.eval_batch_size, channels_last=config.channels_last)
+    results = _results(job.history, test, splits, config, job.params, splits.test_x.device)
+    results.update(autocast_dtype=job.train_dtype, eval_dtype="float32", deterministic=config.deterministic)
+    results.update(stopped_early=stop is not None, stop_epoch=len(job.history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
+    results["eval_seconds"] = time.perf_counter() - eval_start
+    results["compile_seconds"] = compile_seconds  # apart from train_seconds; None when not compiled
+    results["timing"] = _timing(job.history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
+    return results
+
+
+@contextlib.contextmanager
+def _determinism(config: TrainConfig, log: Callable[[str], None]) -> Iterator[None]:
+    """--deterministic: PyTorch's deterministic algorithms for the training; at the end, one line
+    naming the operations that have no deterministic implementation (warned, not refused)."""
+    if not config.deterministic:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        ops = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
+                      if "does not have a deterministic" in str(w.message)})
+        log("deterministic: every operation ran deterministically" if not ops else
+            f"deterministic: no deterministic implementation for {', '.join(ops)} (ran anyway)")
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
