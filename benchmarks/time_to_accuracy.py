@@ -1,14 +1,18 @@
-"""Train a preset with several seeds; write each run's accuracy and seconds, and their summary.
+"""Train presets with several seeds in one benchmark run; write every run's accuracy and seconds,
+their summary, each preset's training time as a fraction of the anchor's, and (--plot) a figure.
 
-    python benchmarks/time_to_accuracy.py --preset quick --seeds 3 --device cpu \\
-        --data-dir ../shared/cifar10 --output benchmarks/results/quick-cpu.json
+    python benchmarks/time_to_accuracy.py --preset airbench94 --seeds 1 --preset fast --seeds 3 \\
+        --device cpu --data-dir ../shared/cifar10 --output benchmarks/results/time-to-accuracy-cpu.json \\
+        --plot docs/time-to-accuracy.png
 
-Per run: test accuracy (with the preset's TTA), validation accuracy, training seconds (the
-epoch loop, per-epoch validation included), evaluation seconds (final test evaluation) and
-set-up seconds (data to device, model build and data-dependent init) listed separately, and
-the validation accuracy after every epoch with its elapsed seconds, for time-to-accuracy
-curves. `--set FIELD=VALUE` overrides any config field (JSON values; `model_options.X=...`
-sets one model option), which is how the ablations run.
+`--seeds` after a `--preset` applies to it (default 3). The first preset named `airbench94` (or
+`--anchor NAME`) is the anchor: every preset's mean training time is also given as a fraction of
+the anchor's, measured in the same process on the same machine. Per run: test accuracy (with the
+preset's TTA), final validation accuracy, and results.json's timing (set-up, training, per-epoch
+validation, final test evaluation, wall clock; the records time training plus the final TTA
+evaluation, `training_plus_test_evaluation_seconds`), and the validation accuracy after every epoch
+with the training seconds so far. `--set FIELD=VALUE` (the `train --set` syntax, one parser)
+overrides settings of every preset. Nothing else should run on the machine while this times.
 """
 
 from __future__ import annotations
@@ -23,85 +27,132 @@ from pathlib import Path
 import torch
 from measure import summary
 
-from cifarlab.common.rundir import atomic_write_json
+from cifarlab.common.rundir import RunDir, atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.training.config import get_preset
+from cifarlab.runtime import autocast_dtype, processor_name, resolve_device
+from cifarlab.training.config import apply_overrides, get_preset, parse_assignment
 from cifarlab.training.train import train
 
 
-def parse_overrides(pairs: list[str]) -> tuple[dict, dict]:
-    fields, options = {}, {}
-    for pair in pairs:
-        key, _, raw = pair.partition("=")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if key.startswith("model_options."):
-            options[key.split(".", 1)[1]] = value
+class PresetSeeds(argparse.Action):
+    """--preset NAME [--seeds N]: a list of [name, seeds] pairs, seeds defaulting to 3."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        plan = getattr(namespace, "plan", None) or []
+        if option_string == "--preset":
+            plan.append([value, 3])
+        elif plan:
+            plan[-1][1] = int(value)
         else:
-            fields[key] = value
-    return fields, options
+            parser.error("--seeds comes after the --preset it applies to")
+        namespace.plan = plan
+
+
+def one_run(config, seed: int, data, device: str, train_subset: int | None) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        results = train(config.replace(seed=seed), out, train_subset=train_subset, data=data, device=device, progress=False)
+        history, _ = RunDir(out).metrics()
+    training = 0.0
+    curve = []
+    for h in history:
+        training += h["train_seconds"]
+        curve.append({"epoch": h["epoch"], "training_seconds": training, "val_accuracy": h["val_accuracy"]})
+    return {
+        "seed": seed,
+        "test_accuracy": results["test_accuracy"],
+        "val_accuracy": results["final_val_accuracy"],
+        "epochs": results["epochs"],
+        "timing": results["timing"],
+        "curve": curve,
+    }
+
+
+def preset_report(name: str, seeds: int, overrides: dict, data, args) -> dict:
+    config = apply_overrides(get_preset(name), overrides, source="--set")
+    runs = []
+    for seed in range(args.first_seed, args.first_seed + seeds):
+        runs.append(one_run(config, seed, data, args.device, args.train_subset))
+        r = runs[-1]
+        print(f"{name} seed {seed}: test {r['test_accuracy']:.2%}, training {r['timing']['training_seconds']:.1f}s", flush=True)
+    return {
+        "config": config.to_dict(),
+        "autocast_dtype": autocast_dtype(config.amp, resolve_device(args.device)),
+        "runs": runs,
+        "test_accuracy": summary([r["test_accuracy"] for r in runs]),
+        "training_seconds": summary([r["timing"]["training_seconds"] for r in runs]),
+        "training_plus_test_evaluation_seconds": summary([r["timing"]["training_plus_test_evaluation_seconds"] for r in runs]),
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="fast")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--preset", action=PresetSeeds, dest="plan", required=True, help="a preset to time (repeatable)")
+    p.add_argument("--seeds", action=PresetSeeds, dest="plan", help="seeds for the preset before it (default 3)")
+    p.add_argument("--anchor", default="airbench94", help="the preset others are measured against (default: %(default)s)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", type=Path)
+    p.add_argument("--train-subset", type=int, help="only the first N training images (dry runs)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--output", type=Path, required=True)
-    p.add_argument("--keep-runs", type=Path, help="keep each run directory under this folder (default: discard)")
+    p.add_argument("--plot", type=Path, help="also draw accuracy against training seconds into this PNG")
     args = p.parse_args()
 
-    fields, options = parse_overrides(args.set)
-    base = get_preset(args.preset)
-    config = base.replace(**fields, model_options={**base.model_options, **options})
+    overrides = dict(parse_assignment(a) for a in args.set)
     data = load_cifar10(args.data_dir)
-    runs = []
-    for seed in range(args.first_seed, args.first_seed + args.seeds):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = args.keep_runs / f"{args.output.stem}-seed{seed}" if args.keep_runs else Path(tmp) / "run"
-            started = time.perf_counter()
-            results = train(config.replace(seed=seed), out, data=data, device=args.device, progress=False)
-            total = time.perf_counter() - started
-            history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        runs.append(
-            {
-                "seed": seed,
-                "test_accuracy": results["test_accuracy"],
-                "val_accuracy": results["final_val_accuracy"],
-                "train_seconds": results["train_seconds"],
-                "eval_seconds": results["eval_seconds"],
-                "setup_seconds": total - results["train_seconds"] - results["eval_seconds"],
-                "curve": [
-                    {"epoch": h["epoch"], "elapsed_seconds": h["elapsed_seconds"], "val_accuracy": h["val_accuracy"]}
-                    for h in history
-                ],
-            }
-        )
-        print(f"seed {seed}: test {results['test_accuracy']:.2%} val {results['final_val_accuracy']} "
-              f"train {results['train_seconds']:.1f}s", flush=True)
+    device = resolve_device(args.device)
     report = {
-        "preset": args.preset,
-        "overrides": args.set,
-        "config": config.to_dict(),
-        "device": results["device"],
+        "command": " ".join(sys.argv),
+        "processor": processor_name(device),
+        "device": str(device),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
-        "command": " ".join(sys.argv),
-        "runs": runs,
-        "test_accuracy": summary([r["test_accuracy"] for r in runs]),
-        "train_seconds": summary([r["train_seconds"] for r in runs]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "presets": {},
     }
-    if all(r["val_accuracy"] is not None for r in runs):
-        report["val_accuracy"] = summary([r["val_accuracy"] for r in runs])
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.output, report)
-    print(json.dumps({k: report[k] for k in ("test_accuracy", "train_seconds")}, indent=1))
+    for name, seeds in args.plan:
+        report["presets"][name] = preset_report(name, seeds, overrides, data, args)
+        add_anchor_ratios(report, args.anchor)
+        atomic_write_json(args.output, report)  # after every preset: a long benchmark keeps what it measured
+    if args.plot:
+        plot(report, args.plot)
+    print(json.dumps({n: {k: r[k]["mean"] for k in ("test_accuracy", "training_seconds")} for n, r in report["presets"].items()}, indent=1))
     return 0
+
+
+def add_anchor_ratios(report: dict, anchor: str) -> None:
+    """Each preset's mean training seconds as a fraction of the anchor's, when the anchor ran."""
+    if anchor not in report["presets"]:
+        return
+    reference = report["presets"][anchor]["training_seconds"]["mean"]
+    for entry in report["presets"].values():
+        entry[f"training_time_vs_{anchor}"] = entry["training_seconds"]["mean"] / reference
+
+
+def plot(report: dict, path: Path) -> None:
+    """Validation accuracy against training seconds per run, and each run's final test accuracy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=110)
+    ax = fig.subplots()
+    for index, (name, entry) in enumerate(report["presets"].items()):
+        colour = f"C{index}"
+        for n, run in enumerate(entry["runs"]):
+            points = [(c["training_seconds"], 100 * c["val_accuracy"]) for c in run["curve"] if c["val_accuracy"] is not None]
+            if points:
+                ax.plot(*zip(*points), color=colour, alpha=0.5, marker=".", label=f"{name} validation" if n == 0 else None)
+            ax.plot(run["timing"]["training_seconds"], 100 * run["test_accuracy"], "*", color=colour, markersize=11,
+                    label=f"{name} test (mean {100 * entry['test_accuracy']['mean']:.2f}%)" if n == 0 else None)
+    ax.axhline(94, color="gray", linestyle=":", linewidth=1)
+    ax.set_xlabel("training seconds (per-epoch validation and final evaluation not counted)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"Time to accuracy on {report['processor']} ({report['threads']} threads, torch {report['torch_version']})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""benchmarks/time_to_accuracy.py end to end on tiny fake data: several presets in one run, the anchor ratio, the plot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import write_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out, png = tmp_path / "tta.json", tmp_path / "tta.png"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"),
+           "--preset", "airbench94", "--seeds", "1", "--preset", "quick", "--seeds", "2",
+           "--set", "epochs=1", "--set", "val_size=20", "--set", "batch_size=40", "--set", "model_options.widths=[8,16,16]",
+           "--device", "cpu", "--data-dir", str(data), "--output", str(out), "--plot", str(png)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert list(report["presets"]) == ["airbench94", "quick"] and report["processor"]
+    anchor, quick = report["presets"]["airbench94"], report["presets"]["quick"]
+    assert len(anchor["runs"]) == 1 and len(quick["runs"]) == 2 and [r["seed"] for r in quick["runs"]] == [0, 1]
+    assert anchor["training_time_vs_airbench94"] == 1.0
+    ratio = quick["training_seconds"]["mean"] / anchor["training_seconds"]["mean"]
+    assert abs(quick["training_time_vs_airbench94"] - ratio) < 1e-9
+    assert quick["config"]["model_options"]["widths"] == [8, 16, 16] and quick["config"]["epochs"] == 1
+    assert quick["autocast_dtype"] in ("bfloat16", "float32")
+    run = quick["runs"][0]
+    assert set(run["timing"]) >= {"training_seconds", "test_evaluation_seconds", "setup_seconds"}
+    assert run["curve"][0]["training_seconds"] == run["timing"]["training_seconds"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
