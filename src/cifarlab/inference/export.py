@@ -67,7 +67,9 @@ def run_data_dir(ckpt: Path) -> Path | None:
         data = run.config().get("data")
     except RunError:
         return None
-    return Path(data).parent if isinstance(data, str) and Path(data).exists() else None
+    # The recorded folder or archive itself, not its parent: find_dataset takes either, and parquet
+    # files may lie in the data folder's root, whose parent holds no data set.
+    return Path(data) if isinstance(data, str) and Path(data).exists() else None
 
 
 @contextlib.contextmanager
