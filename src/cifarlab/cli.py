@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -146,7 +147,8 @@ def add_inference_amp(p) -> None:
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of runs")
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR|CHECKPOINT", help="one or more (each writes its own evaluation.json)")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR|CHECKPOINT|EXPORT",
+                   help="one or more runs, checkpoints or safetensors exports (each writes its own evaluation.json into its folder)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
@@ -173,8 +175,6 @@ def cmd_evaluate(args) -> int:
 
 def check_output_folder(output: Path | None) -> None:
     """Before any work: the folder an --output file goes into exists and is writable."""
-    import os
-
     from cifarlab.errors import CifarlabError
 
     if output is None:
@@ -277,7 +277,7 @@ def add_predict(sub) -> None:
                        "recursively. Images that are not 32x32 RGB are converted (centre square, bicubic resize) "
                        "and flagged. A folder laid out as FOLDER/CLASS_NAME/... also gets accuracy. Exit status "
                        "1 if any file could not be read (each is reported on its own line; the rest still run).")
-    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT|EXPORT", help="a run, a checkpoint or a safetensors export folder")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: %(default)s)")
     p.add_argument("--output", type=Path, metavar="FILE.csv|FILE.json", help="also write one row (CSV) or object (JSON) per file")
@@ -314,25 +314,35 @@ def cmd_predict(args) -> int:
 def add_export(sub) -> None:
     from cifarlab.inference.export import CHECK_IMAGES, FORMATS, TOLERANCE
 
-    p = sub.add_parser("export", help="export a model to ONNX or TorchScript, checked against PyTorch",
+    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or a safetensors folder, checked against PyTorch",
                        description="Export a run's model (float32, dynamic batch size) and write its preprocessing "
                        "to MODEL.json beside it. The export is loaded back and compared with PyTorch on real test "
-                       "images; if the logits differ by more than --tolerance, nothing is written.")
+                       "images; if the logits differ by more than --tolerance, nothing is written. --format "
+                       "safetensors writes a folder (model.safetensors, config.json, a README.md model card) that "
+                       "predict, evaluate and serve take as they take a run; its logits must be identical.")
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
     p.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
-    p.add_argument("--output", type=Path, help="model file (default: RUNDIR/model.onnx or RUNDIR/model.torchscript.pt)")
+    p.add_argument("--output", type=Path, help="model file, or folder for safetensors "
+                   "(default: RUNDIR/model.onnx, RUNDIR/model.torchscript.pt or RUNDIR/safetensors/)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 for the check (default: the run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max absolute logit difference (default: %(default)g)")
+    p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max absolute logit difference, ONNX and TorchScript (default: %(default)g)")
     p.add_argument("--check-images", type=int, default=CHECK_IMAGES, help="test images to check on (default: %(default)s)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args) -> int:
-    from cifarlab.inference.export import export_model, sidecar
+    from cifarlab.common.rundir import EXPORT_CARD
+    from cifarlab.inference.export import FOLDER_FORMATS, export_model, sidecar
 
-    check_output_folder(args.output)
+    if args.format not in FOLDER_FORMATS:
+        check_output_folder(args.output)
     path, info = export_model(args.run, args.format, args.output, args.data_dir, args.tolerance, args.check_images)
     check = info["check"]
+    if args.format in FOLDER_FORMATS:
+        print(f"exported {info['model']} to {path}/ ({', '.join(sorted(os.listdir(path)))})")
+        print(f"checked on {check['count']} images ({check['images']}): loaded back, logits identical to the run's")
+        print(f"model card: {path / EXPORT_CARD}; predict, evaluate and serve take {path} as they take a run")
+        return 0
     print(f"exported {info['model']} to {path} ({args.format}, float32 input N x 3 x 32 x 32)")
     print(f"checked on {check['count']} images ({check['images']}), batch sizes {check['batch_sizes']}: "
           f"max |logit difference| {check['max_abs_diff']:.2e} <= {check['tolerance']:g}, "
@@ -357,7 +367,7 @@ def add_serve(sub) -> None:
     p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, upload page at /",
                        description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
                        "(curl -F file=@img.png URL/predict) returns JSON top-k; GET / is an upload page.")
-    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
+    p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT|EXPORT", help="a run, a checkpoint or a safetensors export folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")

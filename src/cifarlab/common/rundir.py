@@ -7,6 +7,16 @@
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
     RUNDIR/.lock            held (flock) by the one training of the run while it runs
+    RUNDIR/robustness.json  figures of a robustness measurement, when one was made
+    RUNDIR/calibration.json figures of a calibration measurement, when one was made
+
+A model exported to travel (`cifarlab export --format safetensors`, common/exported.py) is a
+folder of its own, by default RUNDIR/safetensors/:
+
+    EXPORT/model.safetensors  the weights
+    EXPORT/config.json        what rebuilds the model and feeds it (model, options, classes, normalisation)
+    EXPORT/README.md          the model card
+    EXPORT/evaluation.json    written by `cifarlab evaluate EXPORT`, as in a run
 
 Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
 run killed at any moment leaves either the old file or the new one, never half of one.
@@ -48,6 +58,10 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
 )
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"  # the event files of `train --tensorboard`
+ROBUSTNESS, CALIBRATION = "robustness.json", "calibration.json"
+# The exported folder. Its config file shares the run's name on purpose: config.json is what
+# model hubs look for. A run is told apart by its 'train' section, an export by its 'format'.
+EXPORT_DIR, EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_CARD = "safetensors", "model.safetensors", CONFIG, "README.md"
 TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
 LOCK_WAIT_SECONDS = 1.0  # outwaits a `runs` that only looks at the lock (microseconds), never a training (hours)
 
@@ -242,6 +256,11 @@ class RunDir:
         if per_class is not None and not (isinstance(per_class, dict) and all(_is_number(v) for v in per_class.values())):
             raise RunError(f"{path}: per_class_accuracy should be an object of numbers, found {json_kind(per_class)}")
         return results
+
+    def measured(self, name: str) -> dict | None:
+        """A measurement's JSON object (EVALUATION, ROBUSTNESS, CALIBRATION), or None when not made."""
+        path = self.file(name)
+        return check_fields(str(path), read_json(path), RESULTS_FIELDS) if path.exists() else None
 
     def status(self) -> dict:
         path = self.file(STATUS)

@@ -1,4 +1,5 @@
-"""CIFAR-10: the official files (formats), their download, the validation split and augmentation.
+"""CIFAR-10: the official files (formats), Hugging Face parquet files (parquet), their download, the
+validation split and augmentation.
 
 The names most code needs are importable from here: `from cifarlab.data import load_cifar10, MEAN, STD`.
 """
@@ -12,7 +13,9 @@ from cifarlab.data.formats import (
     BIN_TRAIN,
     BINARY_ARCHIVE,
     CLASSES,
+    HF_DIR,
     MEAN,
+    PARQUET_SPLITS,
     PY_DIR,
     PY_TEST,
     PY_TRAIN,
@@ -20,6 +23,8 @@ from cifarlab.data.formats import (
     RECORD_BYTES,
     RECORDS_PER_FILE,
     STD,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
     Archive,
     Cifar10,
     DataError,
@@ -29,11 +34,13 @@ from cifarlab.data.formats import (
     read_folder,
     read_python_batch,
 )
+from cifarlab.data.parquet import read_parquet_folder
 from cifarlab.data.splits import split_train_val
 
 __all__ = [
-    "ANY_RECORD_COUNT_ENV", "BIN_DIR", "BIN_TEST", "BIN_TRAIN", "BINARY_ARCHIVE", "CLASSES", "MEAN", "PY_DIR", "PY_TEST",
-    "PY_TRAIN", "PYTHON_ARCHIVE", "RECORD_BYTES", "RECORDS_PER_FILE", "STD", "Archive", "Cifar10", "DataError",
-    "archive_names", "default_data_dir", "download_cifar10", "find_dataset", "load_cifar10", "md5sum",
-    "read_binary_batch", "read_folder", "read_python_batch", "split_train_val",
+    "ANY_RECORD_COUNT_ENV", "BIN_DIR", "BIN_TEST", "BIN_TRAIN", "BINARY_ARCHIVE", "CLASSES", "HF_DIR", "MEAN",
+    "PARQUET_SPLITS", "PY_DIR", "PY_TEST", "PY_TRAIN", "PYTHON_ARCHIVE", "RECORD_BYTES", "RECORDS_PER_FILE", "STD",
+    "TEST_IMAGES", "TRAIN_IMAGES", "Archive", "Cifar10", "DataError", "archive_names", "default_data_dir",
+    "download_cifar10", "find_dataset", "load_cifar10", "md5sum", "read_binary_batch", "read_folder",
+    "read_parquet_folder", "read_python_batch", "split_train_val",
 ]

@@ -12,6 +12,9 @@ that cannot be read or unpickled, is a one-line DataError that names the file.
 
 Either may sit in a folder or in the official `.tar.gz` archive (download.py fetches one,
 cifar10.py's load_cifar10 puts finding, reading and downloading together).
+
+A folder of the Hugging Face `cifar10` data set's parquet files (`train-*.parquet`,
+`test-*.parquet`, in `plain_text/` or the folder itself) is found here too, and read by parquet.py.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ BIN_DIR, PY_DIR = "cifar-10-batches-bin", "cifar-10-batches-py"
 BIN_TRAIN = [f"data_batch_{i}.bin" for i in range(1, 6)]
 PY_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 BIN_TEST, PY_TEST = "test_batch.bin", "test_batch"
+TRAIN_IMAGES, TEST_IMAGES = 5 * RECORDS_PER_FILE, RECORDS_PER_FILE
+# The Hugging Face `cifar10` data set: its parquet files, sharded train-00000-of-00001.parquet and
+# so on, lie in plain_text/ (its configuration's name) or in the folder given.
+HF_DIR = "plain_text"
+PARQUET_SPLITS = {"train": "train-*.parquet", "test": "test-*.parquet"}
 
 
 @dataclass(frozen=True)
@@ -97,12 +105,12 @@ def default_data_dir() -> Path:
 def find_dataset(root: Path) -> Path | None:
     """The batches folder or archive under `root` (or `root` itself), or None."""
     root = Path(root)
-    candidates = [root / BIN_DIR, root / PY_DIR, root, root / BINARY_ARCHIVE.filename, root / PYTHON_ARCHIVE.filename]
+    candidates = [root / BIN_DIR, root / PY_DIR, root / HF_DIR, root, root / BINARY_ARCHIVE.filename, root / PYTHON_ARCHIVE.filename]
     try:
         if root.is_file():
             return root
         for path in candidates:
-            if path.is_dir() and _layout(path) is not None:
+            if path.is_dir() and (_layout(path) is not None or has_parquet(path)):
                 return path
             if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
                 return path
@@ -123,6 +131,27 @@ def _layout(folder: Path) -> tuple[list[str], str] | None:
     return None
 
 
+def parquet_files(folder: Path, split: str) -> list[Path]:
+    """A split's parquet shards in `folder`, in order."""
+    return sorted(Path(folder).glob(PARQUET_SPLITS[split]))
+
+
+def has_parquet(folder: Path) -> bool:
+    """Whether `folder` holds parquet files of either split: one is enough to be found, and then
+    named as incomplete, as with the official files."""
+    return any(parquet_files(folder, split) for split in PARQUET_SPLITS)
+
+
+def is_parquet_folder(folder: Path) -> bool:
+    """A folder of parquet files and no official batch files (those win where both are)."""
+    return _layout(folder) is None and has_parquet(folder)
+
+
+def required_count(official: int) -> int | None:
+    """The record count a file or split must have: the official one, or any (None) in the test suite."""
+    return None if os.environ.get(ANY_RECORD_COUNT_ENV) == "1" else official
+
+
 # ---------------------------------------------------------------- reading
 
 
@@ -138,7 +167,7 @@ def read_folder(folder: Path) -> Cifar10:
         raise DataError(f"{folder}: incomplete CIFAR-10 folder, missing {', '.join(missing)}")
     binary = test_name == BIN_TEST
     reader = read_binary_batch if binary else read_python_batch
-    records = None if os.environ.get(ANY_RECORD_COUNT_ENV) == "1" else RECORDS_PER_FILE
+    records = required_count(RECORDS_PER_FILE)
     parts = [reader(folder / n, records) for n in train_names]
     test_x, test_y = reader(folder / test_name, records)
     return Cifar10(

@@ -25,8 +25,11 @@ def evaluate_checkpoint(
     batch_size: int = 1000,
     amp: str = "off",
 ) -> tuple[dict, Path]:
-    """Evaluate a run directory's (or a checkpoint file's) model on the test set; write JSON.
+    """Evaluate a run directory's (or a checkpoint file's, or an export folder's) model on the test set; write JSON.
 
+    The JSON goes beside the model by default: RUNDIR/evaluation.json, or EXPORT/evaluation.json for
+    an exported folder, which is that model's home as a run directory is a checkpoint's (and which
+    an export written over it then replaces along with the weights it measured).
     `tta=None` uses the test-time augmentation the run was configured with, and `amp="off"`
     (float32) is how training computes its final test figure, so the result matches results.json.
     """

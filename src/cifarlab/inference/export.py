@@ -1,4 +1,4 @@
-"""Export a checkpoint's model to ONNX or TorchScript, checked against PyTorch before it is kept.
+"""Export a checkpoint's model to ONNX, TorchScript or a safetensors folder, checked before it is kept.
 
 The exported graph takes normalised float32 images (N, 3, 32, 32), RGB, any batch size N,
 and returns float32 logits (N, classes). How to get from pixels to that input is written
@@ -12,6 +12,12 @@ Nothing is kept unless the exported model, loaded back fresh (onnxruntime or
 torch.jit.load), gives the same logits as the PyTorch model within `tolerance` on a batch
 of real test images (random images, with a warning, when no data set is found), at
 several batch sizes.
+
+`--format safetensors` writes a folder instead (default RUNDIR/safetensors/): the weights as
+model.safetensors, config.json (what rebuilds and feeds the model, common/exported.py) and a model
+card, README.md (inference/card.py). cifarlab reads that folder wherever it reads a run, so it is
+checked by loading it back through `Predictor` and asking for logits identical to the run's, bit
+for bit: the same weights in the same code can give nothing else.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -27,17 +35,27 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from cifarlab import __version__
+from cifarlab.common.exported import read_export_config, write_export
 from cifarlab.common.rundir import (
+    EVALUATION,
+    EXPORT_CARD,
+    EXPORT_CONFIG,
+    EXPORT_DIR,
+    EXPORT_WEIGHTS,
     RunDir,
     RunError,
+    atomic_write_bytes,
     atomic_write_json,
 )
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.augment import normalize
 from cifarlab.errors import CifarlabError
+from cifarlab.inference.card import model_card, run_measurements
 from cifarlab.inference.model import Predictor
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": EXPORT_DIR}
+FOLDER_FORMATS = ("safetensors",)  # written as a folder of files, not one model file
 TOLERANCE = 1e-4  # max absolute difference in logits
 CHECK_IMAGES = 256
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -67,7 +85,9 @@ def run_data_dir(ckpt: Path) -> Path | None:
         data = run.config().get("data")
     except RunError:
         return None
-    return Path(data).parent if isinstance(data, str) and Path(data).exists() else None
+    # The recorded folder or archive itself, not its parent: find_dataset takes either, and parquet
+    # files may lie in the data folder's root, whose parent holds no data set.
+    return Path(data) if isinstance(data, str) and Path(data).exists() else None
 
 
 @contextlib.contextmanager
@@ -154,6 +174,8 @@ def export_model(
         raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if images < 1:
         raise ExportError("--check-images must be at least 1")
+    if fmt in FOLDER_FORMATS:
+        return export_safetensors(run, output, data_dir, images, log)
     predictor = Predictor(run, device="cpu")
     ckpt, meta = predictor.checkpoint, predictor.meta
     output = Path(output) if output else ckpt.parent / FORMATS[fmt]
@@ -220,3 +242,95 @@ def describe(fmt: str, output: Path, ckpt: Path, meta: dict, check: dict) -> dic
         info["onnx_opset"] = opsets.get("ai.onnx")
         info["onnxruntime_version"] = onnxruntime.__version__
     return info
+
+
+# ---------------------------------------------------------------- safetensors folder
+
+
+def export_safetensors(
+    run: Path | str,
+    output: Path | str | None = None,
+    data_dir: Path | str | None = None,
+    images: int = CHECK_IMAGES,
+    log: Callable[[str], None] = print,
+) -> tuple[Path, dict]:
+    """Write a run's model as a folder (model.safetensors, config.json, README.md) and check it.
+
+    The folder is built beside its destination and moved into place only when, loaded back, it
+    gives logits identical to the run's; an earlier export there is replaced, anything else refused.
+    Returns the folder and what `cifarlab export` reports.
+    """
+    predictor = Predictor(run, device="cpu")
+    ckpt = predictor.checkpoint
+    output = Path(output) if output else ckpt.parent / EXPORT_DIR
+    check_export_folder(output)
+    pixels, source = check_images(data_dir if data_dir is not None else run_data_dir(ckpt), images, log)
+    reference = predictor.logits(pixels)  # exactly what `cifarlab predict` computes from the run
+    staging = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
+    staging.mkdir()
+    try:
+        config = _write_folder(staging, predictor)
+        exported = Predictor(staging, device="cpu").logits(pixels)
+        if not torch.equal(exported, reference):
+            diff = float((exported - reference).abs().max())
+            raise ExportError(f"the exported folder's logits differ from the run's by up to {diff:.3g}; nothing was written")
+        _replace_folder(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    check = {"against": "cifarlab predict on the run (PyTorch eager, float32, CPU)", "images": source,
+             "count": len(pixels), "identical": True}
+    return output, {**config, "file": output.name, "check": check}
+
+
+def _write_folder(folder: Path, predictor: Predictor) -> dict:
+    """The three files of an export; returns config.json's contents."""
+    state, meta = predictor.state, predictor.meta
+    model = predictor.model.float().to("cpu", memory_format=torch.contiguous_format)
+    config = write_export(folder, model.state_dict(), {
+        **{key: meta[key] for key in ("model", "model_options", "classes", "mean", "std")},
+        "input_size": meta.get("input_size", [3, 32, 32]),
+        "channels_last": meta["channels_last"],
+        "train_dtype": meta.get("train_dtype", "float32"),
+        "epoch": state.get("epoch"),
+        "recipe": state.get("config") or None,
+        "source": {"checkpoint": str(predictor.checkpoint), "cifarlab_version": __version__, "torch_version": torch.__version__},
+    })
+    params = sum(p.numel() for p in model.parameters())
+    card = model_card(config, params, run_measurements(predictor.checkpoint.parent, state.get("epoch")))
+    atomic_write_bytes(folder / EXPORT_CARD, card.encode())
+    return config
+
+
+def check_export_folder(output: Path) -> None:
+    """ExportError unless `output` may become the export: absent, empty, or an earlier export."""
+    if not output.parent.is_dir():
+        raise ExportError(f"{output.parent}: no such folder for the exported model")
+    if output.is_file():
+        raise ExportError(f"--output {output}: is a file; name a folder for the export")
+    if output.is_dir() and os.listdir(output) and not _is_earlier_export(output):
+        raise ExportError(f"--output {output}: holds files that are not a cifarlab export; choose another folder")
+
+
+def _is_earlier_export(folder: Path) -> bool:
+    """A folder holding nothing but an export's files (and its evaluation), config.json saying so."""
+    if not set(os.listdir(folder)) <= {EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_CARD, EVALUATION}:
+        return False
+    try:
+        read_export_config(folder)
+    except RunError:
+        return False
+    return True
+
+
+def _replace_folder(new: Path, output: Path) -> None:
+    """Move the checked export into place; an earlier export there goes only once the new one is in."""
+    old = output.with_name(f".{output.name}.{secrets.token_hex(4)}.old")
+    if output.exists():
+        os.replace(output, old)
+    try:
+        os.replace(new, output)
+    except BaseException:
+        if old.exists():
+            os.replace(old, output)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -4,6 +4,9 @@ Every inference path goes through this class and `common.metrics.predict_logits`
 evaluate`, predict, serve, the report's error analysis and the export check. So a 32x32 PNG of a
 test image gets exactly the logits `evaluate` computes for it, on any machine: inference computes
 in float32 unless bf16 autocast is asked for, whatever dtype the run trained in.
+
+The model comes from a run directory, a checkpoint file, or a folder exported with
+`cifarlab export --format safetensors` (common/exported.py reads it into a checkpoint's shape).
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.common.metrics import predict_logits
-from cifarlab.common.rundir import checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.common.exported import load_model_state, model_file
+from cifarlab.common.rundir import model_from_checkpoint
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 
 class Predictor:
-    """A checkpoint's model with its preprocessing, ready to turn uint8 images into logits."""
+    """A checkpoint's (or an export's) model with its preprocessing, ready to turn uint8 images into logits."""
 
     def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
-        self.checkpoint = checkpoint_path(checkpoint)
-        self.state = load_checkpoint(self.checkpoint)
+        self.checkpoint = model_file(checkpoint)  # checkpoint.pt, or an export's model.safetensors
+        self.state = load_model_state(self.checkpoint)
         model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))

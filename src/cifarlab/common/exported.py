@@ -1,0 +1,158 @@
+"""A model exported to travel: a folder with model.safetensors, config.json and a model card.
+
+The folder is read back into the same (weights, metadata) state a checkpoint gives, so that
+`model_from_checkpoint` validates it and `Predictor` (hence predict, evaluate and serve) takes
+an exported folder wherever it takes a run. `model_file` and `load_model_state` are the two
+entry points: they accept a run directory, a checkpoint file, an exported folder or its
+model.safetensors.
+
+safetensors holds only named tensors (no pickle, no code), so an export from anyone is safe to
+load. config.json records the weights' SHA-256: weights that were corrupted, or replaced by
+another model's, are a one-line RunError rather than a model that quietly answers wrongly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifarlab.common.rundir import (
+    CHECKPOINT,
+    EXPORT_CONFIG,
+    EXPORT_WEIGHTS,
+    RunError,
+    atomic_write_bytes,
+    atomic_write_json,
+    checked_metadata,
+    checkpoint_path,
+    json_kind,
+    load_checkpoint,
+    read_json,
+)
+
+FORMAT, FORMAT_VERSION = "cifarlab-safetensors", 1
+SUFFIX = ".safetensors"
+# config.json's fields that make a checkpoint's metadata (rundir.model_metadata writes the same ones)
+MODEL_FIELDS = ("model", "model_options", "classes", "mean", "std", "input_size", "channels_last", "train_dtype")
+
+
+def _safetensors():
+    """The safetensors.torch module; it is the `safetensors` extra, not a core dependency."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise RunError("safetensors is not installed: pip install 'cifarlab[safetensors]'") from None
+    return safetensors.torch
+
+
+def is_export(path: Path | str) -> bool:
+    """Whether `path` is an exported folder or the weights file of one."""
+    path = Path(path)
+    return (path / EXPORT_WEIGHTS).is_file() if path.is_dir() else path.suffix == SUFFIX
+
+
+def model_file(path: Path | str) -> Path:
+    """The file holding the weights: an export's model.safetensors, else the run's checkpoint."""
+    path = Path(path)
+    if path.is_dir() and not (path / CHECKPOINT).exists() and not is_export(path):
+        raise RunError(f"{path}: no checkpoint there (neither a run's {CHECKPOINT} nor an export's {EXPORT_WEIGHTS})")
+    if not is_export(path):
+        return checkpoint_path(path)
+    weights = path / EXPORT_WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise RunError(f"{weights}: no such file")
+    return weights
+
+
+def load_model_state(path: Path | str) -> dict:
+    """A checkpoint's state, or an export's read into the same shape (weights, meta, epoch, config)."""
+    weights = model_file(path)
+    return read_export(weights.parent) if weights.suffix == SUFFIX else load_checkpoint(weights)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def float32_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights as safetensors stores them: contiguous, each in its own memory (it refuses shared
+    storage), floating point as float32; integer buffers (BatchNorm's batch count) keep their type."""
+    return {
+        name: (t.float() if t.is_floating_point() else t).detach().cpu().contiguous().clone()
+        for name, t in state_dict.items()
+    }
+
+
+def write_export(folder: Path, state_dict: dict[str, torch.Tensor], config: dict) -> dict:
+    """Write model.safetensors and config.json into `folder`; returns config.json's contents."""
+    data = _safetensors().save(float32_state(state_dict), metadata={"format": "pt"})
+    atomic_write_bytes(folder / EXPORT_WEIGHTS, data)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **config,
+        "weights": {"file": EXPORT_WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "dtype": "float32"},
+    }
+    atomic_write_json(folder / EXPORT_CONFIG, config)
+    return config
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_export(folder: Path | str) -> dict:
+    """An exported folder as a checkpoint-shaped state; RunError naming the file for anything unusable."""
+    folder = Path(folder)
+    config = read_export_config(folder)
+    weights_path = folder / EXPORT_WEIGHTS
+    try:
+        data = weights_path.read_bytes()
+    except OSError as e:
+        raise RunError(f"{weights_path}: cannot be read ({e.strerror})") from None
+    expected = config["weights"]["sha256"]
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise RunError(f"{weights_path}: does not match {EXPORT_CONFIG} (its SHA-256 differs: corrupted, or another model's weights)")
+    try:
+        tensors = _safetensors().load(data)
+    except Exception as e:  # safetensors' own error type, or a Rust panic: either way not usable
+        raise RunError(f"{weights_path}: not a readable safetensors file ({_first_line(e)})") from None
+    meta = {key: config[key] for key in MODEL_FIELDS if key in config}
+    return {"model": tensors, "meta": meta, "epoch": config.get("epoch"), "config": config.get("recipe") or {}}
+
+
+def read_export_config(folder: Path) -> dict:
+    """config.json of an export, its format and every field read here checked, the model's
+    metadata as a checkpoint's is (so that errors name config.json, not the weights)."""
+    path = folder / EXPORT_CONFIG
+    config = read_json(path)
+    if config.get("format") != FORMAT:
+        raise RunError(f"{path}: not a cifarlab model export (format should be {FORMAT!r}, found {config.get('format')!r:.40})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunError(f"{path}: format_version should be a positive integer, found {json_kind(version)}")
+    if version > FORMAT_VERSION:
+        raise RunError(f"{path}: format version {version} is newer than this cifarlab reads ({FORMAT_VERSION}); upgrade cifarlab")
+    problem = _config_problem(config)
+    if problem:
+        raise RunError(f"{path}: {problem}")
+    checked_metadata({key: config[key] for key in MODEL_FIELDS if key in config}, str(path))
+    return config
+
+
+def _config_problem(config: dict) -> str | None:
+    weights = config.get("weights")
+    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
+        return "weights.sha256 should be the weights file's SHA-256 as text"
+    checks: tuple[tuple[str, Any, str], ...] = (("epoch", int, "an integer"), ("recipe", dict, "a table"))
+    for key, kind, name in checks:
+        value = config.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+            return f"{key} should be {name}, found {json_kind(value)}"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
