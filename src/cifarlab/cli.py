@@ -453,10 +453,10 @@ def add_sweep(sub) -> None:
     p.add_argument("--out", type=Path, help="sweep folder (default: next to the spec, named after it)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto (variant i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes")
-    p.add_argument("--list", action="store_true", help="only list the variants and their state")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes (not a tpe search's trials)")
+    p.add_argument("--list", action="store_true", help="only list the variants (a search's trials, with their values) and their state")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--yes", action="store_true", help="accept a spec of more than 1,000 variants")
+    p.add_argument("--yes", action="store_true", help="accept a spec of more than 1,000 variants or trials")
     p.set_defaults(func=cmd_sweep)
 
 

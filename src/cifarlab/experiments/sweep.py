@@ -12,6 +12,9 @@ time), each in its own run directory under one sweep folder, and rank them on a 
     name = "wide"
     "model_options.widths" = [64, 64, 128, 128, 256, 256, 256]
 
+Instead of [grid] and [[variants]], a [search] table asks for a random or TPE search with a trial
+budget (space.py has its format; search.py runs TPE); a trial is a variant named trial-NNN.
+
 Every variant is checked (TrainConfig field names and values, and that its model builds with
 its options) before anything runs; errors name the spec file and the field. A spec of more than
 1,000 variants is refused unless --yes. Restarting a sweep skips the variants that finished
@@ -49,6 +52,7 @@ from cifarlab.common.rundir import (
 )
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.runs import load_run
+from cifarlab.experiments.space import Search, SpaceError, parse_search, require_optuna, trial_name
 from cifarlab.models import ModelError, build_model
 from cifarlab.training.config import ConfigError, TrainConfig, apply_overrides, get_preset
 
@@ -56,7 +60,7 @@ STATE = "sweep.json"
 LEADERBOARD = "leaderboard.html"
 LEADERBOARD_JSON = "leaderboard.json"
 FIGURES = {"ranking": "leaderboard-ranking.png", "curves": "leaderboard-curves.png"}
-SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants")
+SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants", "search")
 # A larger spec needs --yes: at minutes per variant, a grid one list too long would queue months.
 MAX_VARIANTS = 1000
 
@@ -78,7 +82,22 @@ class SweepSpec:
     base: str
     train_subset: int | None
     fixed: dict[str, Any]
-    variants: list[Variant]
+    variants: list[Variant]  # a tpe search's grow as its study asks for trials: none in the spec itself
+    base_config: TrainConfig  # the base preset with [fixed] applied
+    search: Search | None = None
+
+    @property
+    def method(self) -> str:
+        return self.search.method if self.search else "grid"
+
+    @property
+    def unit(self) -> str:
+        return "trial" if self.search else "variant"
+
+    def describe(self, count: int) -> str:
+        """'5 variants of the paper preset', '20 trials of a random search over the paper preset'."""
+        of = f"of a {self.method} search over" if self.search else "of"
+        return f"{plural(count, self.unit)} {of} the {self.base} preset"
 
 
 # ---------------------------------------------------------------- the spec
@@ -196,13 +215,13 @@ def _grid_variants(path: Path, base: TrainConfig, grid: dict[str, list], built: 
     return variants
 
 
-def _check_model_combinations(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str]) -> None:
+def _check_model_combinations(path: Path, base: TrainConfig, grid: dict[str, list], built: set[str], section: str = "[grid]") -> None:
     """Options of one model can clash where each alone is fine (widths for the other model): build
     every combination of the grid's values that reach the model, and only those."""
     keys = [key for key in grid if key == "model" or key.partition(".")[0] == "model_options"]
     for combo in itertools.product(*(grid[key] for key in keys)):
         overrides = dict(zip(keys, combo))
-        _check_model(_combine(base, overrides), f"{path} [grid] {variant_name(overrides, keys)}", built)
+        _check_model(_combine(base, overrides), f"{path} {section} {variant_name(overrides, keys)}", built)
 
 
 def _combine(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
@@ -260,8 +279,11 @@ def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> Swee
     listed = raw.get("variants", [])
     if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
         raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
+    search = _search(path, raw, grid, listed)
+    if search:
+        return _search_spec(path, base_name, subset, fixed, base_config, search, max_variants, built)
     if not grid and not listed:
-        raise SweepError(f"{path}: nothing to sweep; add a [grid] table or [[variants]] tables")
+        raise SweepError(f"{path}: nothing to sweep; add a [grid] table, [[variants]] tables or a [search] table")
     _check_size(path, grid, listed, max_variants)
     for key, values in grid.items():
         for value in values:
@@ -273,7 +295,67 @@ def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> Swee
         if v.name in seen:
             raise SweepError(f"{path}: two variants are named {v.name!r}; give [[variants]] distinct names")
         seen.add(v.name)
-    return SweepSpec(path, base_name, subset, fixed, variants)
+    return SweepSpec(path, base_name, subset, fixed, variants, base_config)
+
+
+# ---------------------------------------------------------------- a [search] spec
+
+
+def _search(path: Path, raw: dict, grid: dict, listed: list) -> Search | None:
+    if "search" not in raw:
+        return None
+    if grid or listed:
+        raise SweepError(f"{path}: a [search] makes its own trials; put [grid] and [[variants]] in another spec")
+    try:
+        search = parse_search(raw["search"], default_study=path.stem)
+        if search.method == "tpe":
+            require_optuna()  # now, not after the first trial's training
+    except SpaceError as e:
+        raise SweepError(f"{path} {e}") from None
+    return search
+
+
+def _search_spec(path: Path, base_name: str, subset: int | None, fixed: dict, base_config: TrainConfig, search: Search,
+                 max_variants: int | None, built: set[str]) -> SweepSpec:
+    if max_variants is not None and search.trials > max_variants:
+        raise SweepError(f"{path}: [search] trials = {search.trials:,} is more than {max_variants:,}; pass --yes to run them all")
+    _check_space(path, base_config, search, built)
+    # a tpe study asks for its trials as it goes; random ones are known now
+    trials = _random_trials(path, base_config.to_dict(), search, built) if search.method == "random" else []
+    return SweepSpec(path, base_name, subset, fixed, trials, base_config, search)
+
+
+def _check_space(path: Path, base_config: TrainConfig, search: Search, built: set[str]) -> None:
+    """Check the space as a grid is checked: each axis's bounds and middle (or each choice) alone,
+    then the combinations of choices and bounds that reach the model. Trials rank by validation accuracy, so each
+    needs validation images."""
+    base = base_config.to_dict()
+    values = {axis.key: axis.checked_values() for axis in search.axes}
+    if "val_size" not in values and base_config.val_size < 1:
+        raise SweepError(f"{path} [fixed]: val_size = {base_config.val_size} leaves no validation images to rank the trials by")
+    for key, candidates in values.items():
+        for value in candidates:
+            where = f"{path} [search.space] {key} = {value!r}"
+            if _apply(base, {key: value}, where, built).val_size < 1:
+                raise SweepError(f"{where}: leaves no validation images to rank the trials by")
+    combined = {axis.key: axis.combined_values() for axis in search.axes}
+    _check_model_combinations(path, base_config, combined, built, "[search.space]")
+
+
+def _random_trials(path: Path, base: dict, search: Search, built: set[str]) -> list[Variant]:
+    """The random search's trials, each checked in full (values between those checked included)."""
+    keys = [axis.key for axis in search.axes]
+    trials = []
+    for i in range(search.trials):
+        name, overrides = trial_name(i), search.random_overrides(i)
+        trials.append(Variant(name, overrides, _apply(base, overrides, f"{path} [search] {name} ({variant_name(overrides, keys)})", built)))
+    return trials
+
+
+def trial_variant(spec: SweepSpec, number: int, overrides: dict[str, Any], built: set[str]) -> Variant:
+    """Trial `number` of a tpe search with the values its study gave it; SweepError if they fail the checks."""
+    name = trial_name(number)
+    return Variant(name, overrides, _apply(spec.base_config.to_dict(), overrides, f"{spec.path} [search] {name}", built))
 
 
 # ---------------------------------------------------------------- running
@@ -325,7 +407,7 @@ def _device_for(index: int, device: str) -> str:
     return device
 
 
-def _run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
+def run_variant(task: dict, log: Callable[[str], None], progress: bool, data: Any = None) -> dict:
     """Train one variant (resuming if interrupted) on `data` (None: train loads it from the task's
     data_dir); never raises except KeyboardInterrupt."""
     from cifarlab.training.train import resume, train
@@ -358,7 +440,7 @@ def _worker(task: dict) -> dict:
     """A worker process's variant; it loads the data itself (seconds, against minutes of training)
     rather than keep it in a process-wide cache that outlives the sweep."""
     prefix = f"[{task['name']}] "
-    return _run_variant(task, lambda s: print(prefix + s, flush=True), progress=False)
+    return run_variant(task, lambda s: print(prefix + s, flush=True), progress=False)
 
 
 def run_sweep(
@@ -370,52 +452,68 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Run every variant not yet finished, then write the leaderboard; returns its rows."""
+    """Run every variant not yet finished, then write the leaderboard; returns its rows. A tpe
+    search runs in search.py, one trial at a time."""
     from cifarlab.data import load_cifar10
     from cifarlab.experiments import pages  # noqa: F401  (without matplotlib: fail now, not after training)
 
     if parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {parallel}")
+    if spec.method == "tpe":
+        from cifarlab.experiments.search import run_tpe  # search.py builds on this module
+
+        return run_tpe(spec, out, data_dir, device, parallel, progress, log)
     folder = sweep_folder(spec, out)
     states = {v.name: variant_state(spec, v, folder) for v in spec.variants}  # checks every old run first
     folder.mkdir(parents=True, exist_ok=True)
-    state = _load_state(folder)
-    state.update(spec=str(spec.path.resolve()), base=spec.base, train_subset=spec.train_subset)
-    records = state.setdefault("variants", {})
+    state = open_state(spec, folder)
+    records = state["variants"]
     tasks = []
     for i, v in enumerate(spec.variants):
         records.setdefault(v.name, {})["overrides"] = v.overrides
         if states[v.name] == "finished":
             records[v.name].update(status="finished", reason=None)
             continue
-        action = {"pending": "start", "empty": "restart", "interrupted": "resume"}[states[v.name]]
-        tasks.append({"name": v.name, "index": i, "out": str(folder / v.name), "action": action,
-                      "config": v.config.to_dict(), "data_dir": None if data_dir is None else str(data_dir),
-                      "device": _device_for(i, device), "train_subset": spec.train_subset})
+        tasks.append(variant_task(spec, v, i, states[v.name], folder, data_dir, device))
     skipped = len(spec.variants) - len(tasks)
-    log(f"sweep {spec.path.name}: {plural(len(spec.variants), 'variant')} in {folder}; {skipped:,} finished already, {len(tasks):,} to run")
-    _save_state(folder, state)
+    log(f"sweep {spec.path.name}: {plural(len(spec.variants), spec.unit)} in {folder}; {skipped:,} finished already, {len(tasks):,} to run")
+    save_state(folder, state)
     # missing data is one error for the sweep (and a download happens once, here); this sweep's
     # variants in this process share the loaded set, and it goes when the sweep returns
     data = load_cifar10(data_dir) if tasks else None
-
-    def record(outcome: dict) -> None:
-        records[outcome["name"]].update(status=outcome["status"], reason=outcome["reason"])
-        _save_state(folder, state)
-        tail = f": {outcome['reason']}" if outcome["reason"] else ""
-        log(f"variant {outcome['name']}: {outcome['status']}{tail}")
-
+    record = recorder(spec, folder, state, log)
     if parallel == 1 or len(tasks) <= 1:
         for n, task in enumerate(tasks, 1):
             log(f"[{n}/{len(tasks)}] {task['name']} ({task['action']}, {task['device']})")
             try:
-                record(_run_variant(task, log, progress, data))
+                record(run_variant(task, log, progress, data))
             except KeyboardInterrupt:
                 record({"name": task["name"], "status": "stopped", "reason": "interrupted"})
                 raise
     else:
         _run_parallel(tasks, parallel, record, log)
     return write_leaderboard(spec, folder, state)
+
+
+def variant_task(spec: SweepSpec, variant: Variant, index: int, state: str, folder: Path, data_dir: Path | str | None, device: str) -> dict:
+    """What run_variant needs (plain values, for a worker process) to train a variant not yet finished."""
+    action = {"pending": "start", "empty": "restart", "interrupted": "resume"}[state]
+    return {"name": variant.name, "index": index, "out": str(folder / variant.name), "action": action,
+            "config": variant.config.to_dict(), "data_dir": None if data_dir is None else str(data_dir),
+            "device": _device_for(index, device), "train_subset": spec.train_subset}
+
+
+def recorder(spec: SweepSpec, folder: Path, state: dict, log: Callable[[str], None]) -> Callable[[dict], None]:
+    """A function that records a variant's outcome in sweep.json and says it."""
+    records = state["variants"]
+
+    def record(outcome: dict) -> None:
+        records.setdefault(outcome["name"], {}).update(status=outcome["status"], reason=outcome["reason"])
+        save_state(folder, state)
+        tail = f": {outcome['reason']}" if outcome["reason"] else ""
+        log(f"{spec.unit} {outcome['name']}: {outcome['status']}{tail}")
+
+    return record
 
 
 def _run_parallel(tasks: list[dict], workers: int, record: Callable[[dict], None], log: Callable[[str], None]) -> None:
@@ -438,6 +536,16 @@ def _run_parallel(tasks: list[dict], workers: int, record: Callable[[dict], None
     pool.shutdown()
 
 
+def open_state(spec: SweepSpec, folder: Path) -> dict:
+    """sweep.json, refused if it is another method's (their variants would mix on one leaderboard)."""
+    state = _load_state(folder)
+    if state.get("method", spec.method) != spec.method:
+        raise SweepError(f"{folder / STATE}: holds a {state['method']} sweep, the spec asks for a {spec.method} one; use another --out")
+    state.update(spec=str(spec.path.resolve()), base=spec.base, train_subset=spec.train_subset, method=spec.method)
+    state.setdefault("variants", {})
+    return state
+
+
 def _load_state(folder: Path) -> dict:
     path = folder / STATE
     if not path.exists():
@@ -448,7 +556,7 @@ def _load_state(folder: Path) -> dict:
         raise SweepError(f"{path}: not valid JSON ({e})") from None
 
 
-def _save_state(folder: Path, state: dict) -> None:
+def save_state(folder: Path, state: dict) -> None:
     atomic_write_json(folder / STATE, state)
 
 
@@ -512,7 +620,7 @@ def write_leaderboard(spec: SweepSpec, folder: Path, state: dict) -> list[dict]:
         body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, [r["name"] for r in finished]), folder / FIGURES["curves"]), "training curves of the finished variants"))
     fixed = ", ".join(f"{k} = {pages.fmt(v)}" for k, v in spec.fixed.items()) or "none"
     subset = f"; first {spec.train_subset:,} training images" if spec.train_subset else ""
-    subtitle = f"{spec.path.name}: {plural(len(spec.variants), 'variant')} of the {spec.base} preset; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    subtitle = f"{spec.path.name}: {spec.describe(len(spec.variants))}; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     pages.write_page(folder / LEADERBOARD, pages.page(f"Sweep {spec.path.stem}", subtitle, body))
     return rows
 
@@ -547,9 +655,22 @@ def format_leaderboard(rows: list[dict]) -> str:
 
 
 def list_variants(spec: SweepSpec, out: Path | str | None) -> str:
+    """The variants (or trials, with their values) and their state, then how many are done."""
+    if spec.method == "tpe":
+        from cifarlab.experiments.search import list_trials  # search.py builds on this module
+
+        return list_trials(spec, out)
     folder = sweep_folder(spec, out)
-    lines = [f"{plural(len(spec.variants), 'variant')} of {spec.base} in {folder}:"]
-    width = max(len(v.name) for v in spec.variants)
-    for v in spec.variants:
-        lines.append(f"  {v.name:<{width}}  {variant_state(spec, v, folder)}")
-    return "\n".join(lines)
+    states = {v.name: variant_state(spec, v, folder) for v in spec.variants}
+    keys = [axis.key for axis in spec.search.axes] if spec.search else []
+    rows = [(v.name, states[v.name], variant_name(v.overrides, keys) if keys else "") for v in spec.variants]
+    done = sum(state == "finished" for state in states.values())
+    return listing(f"{plural(len(spec.variants), spec.unit)} of {spec.base} in {folder}:", rows, f"{done:,} finished, {len(rows) - done:,} to run")
+
+
+def listing(head: str, rows: list[tuple[str, str, str]], tail: str) -> str:
+    """`--list`: a head line, a line per (name, state, values), a tail line."""
+    name_width = max((len(name) for name, _, _ in rows), default=0)
+    state_width = max((len(state) for _, state, _ in rows), default=0)
+    lines = [f"  {name:<{name_width}}  {state:<{state_width}}  {values}".rstrip() for name, state, values in rows]
+    return "\n".join([head, *lines, tail])
