@@ -6,6 +6,7 @@
     RUNDIR/status.json      running / finished / stopped / failed, with the reason
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
+    RUNDIR/calibration.json written by `cifarlab calibrate`: the temperature fitted on the validation split
     RUNDIR/.lock            held (flock) by the one training of the run while it runs
 
 Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
@@ -38,13 +39,14 @@ import torch.nn as nn
 from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model
 
-CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
+CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION, CALIBRATION = (
     "config.json",
     "metrics.jsonl",
     "checkpoint.pt",
     "status.json",
     "results.json",
     "evaluation.json",
+    "calibration.json",
 )
 LOCK = ".lock"
 TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
@@ -171,6 +173,7 @@ RESULTS_FIELDS = {
     "seconds_per_epoch": NUMBER, "stabilised_epoch": INTEGER, "seconds_to_stabilise": NUMBER,
     "train_seconds": NUMBER, "eval_seconds": NUMBER, "stop_epoch": INTEGER, "device": TEXT,
 }
+CALIBRATION_FIELDS = {"temperature": NUMBER, "epoch": INTEGER, "fitted_on": TEXT, "val_nll_before": NUMBER, "val_nll_after": NUMBER}
 
 
 def json_kind(value: Any) -> str:
@@ -241,6 +244,18 @@ class RunDir:
         if per_class is not None and not (isinstance(per_class, dict) and all(_is_number(v) for v in per_class.values())):
             raise RunError(f"{path}: per_class_accuracy should be an object of numbers, found {json_kind(per_class)}")
         return results
+
+    def calibration(self) -> dict | None:
+        """calibration.json, or None when the run has not been calibrated; the temperature must be
+        a positive finite number, since predict and serve divide logits by it."""
+        path = self.file(CALIBRATION)
+        if not path.exists():
+            return None
+        calibration = check_fields(str(path), read_json(path), CALIBRATION_FIELDS)
+        temperature = calibration.get("temperature")
+        if not (_is_number(temperature) and math.isfinite(temperature) and temperature > 0):
+            raise RunError(f"{path}: temperature should be a positive number, found {temperature!r:.60}")
+        return calibration
 
     def status(self) -> dict:
         path = self.file(STATUS)
