@@ -4,6 +4,9 @@ Every inference path goes through this class and `common.metrics.predict_logits`
 evaluate`, predict, serve, the report's error analysis and the export check. So a 32x32 PNG of a
 test image gets exactly the logits `evaluate` computes for it, on any machine: inference computes
 in float32 unless bf16 autocast is asked for, whatever dtype the run trained in.
+
+A temperature (`cifarlab calibrate` fits one on the run's validation split) divides the logits
+before the softmax: it changes the probabilities, never the logits or the ranking of classes.
 """
 
 from __future__ import annotations
@@ -14,14 +17,26 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.common.metrics import predict_logits
-from cifarlab.common.rundir import checkpoint_path, load_checkpoint, model_from_checkpoint
+from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, checkpoint_path, load_checkpoint, model_from_checkpoint
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 
 class Predictor:
     """A checkpoint's model with its preprocessing, ready to turn uint8 images into logits."""
 
-    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        device: str = "cpu",
+        batch_size: int = 256,
+        amp: str = "off",
+        temperature: float | None = None,
+        calibrated: bool = False,
+    ):
+        """`temperature` divides the logits before the softmax; `calibrated` takes the one the run's
+        calibration.json holds instead (a RunError when the run has none for this checkpoint)."""
+        if calibrated and temperature is not None:
+            raise ValueError("give a temperature or calibrated=True, not both")
         self.checkpoint = checkpoint_path(checkpoint)
         self.state = load_checkpoint(self.checkpoint)
         model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
@@ -32,6 +47,7 @@ class Predictor:
         self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
         self.classes: list[str] = list(self.meta["classes"])
         self.batch_size = batch_size
+        self.temperature = stored_temperature(self.checkpoint, self.epoch) if calibrated else temperature
 
     @property
     def epoch(self) -> int | None:
@@ -57,9 +73,31 @@ class Predictor:
 
     def top_k(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """The k most probable (class, probability) pairs of each row of logits."""
-        probs = F.softmax(logits.float(), dim=1)
+        probs = self.probabilities(logits)
         values, indices = probs.topk(min(k, len(self.classes)), dim=1)
         return [
             [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
             for row_i, row_p in zip(indices, values)
         ]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax of the logits, divided by the temperature first when there is one."""
+        logits = logits.float()
+        return F.softmax(logits if self.temperature is None else logits / self.temperature, dim=1)
+
+
+def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
+    """The temperature `cifarlab calibrate` stored beside this checkpoint, fitted on this epoch's model.
+
+    A temperature fitted on another epoch (the run was resumed or retrained since) would be wrong
+    for this model, so it is refused as a missing one is, with the command that fits a new one.
+    """
+    run = RunDir(checkpoint.parent)
+    calibration = run.calibration()
+    fit = f"run `cifarlab calibrate {run.path}` to fit one on its validation split"
+    if calibration is None:
+        raise RunError(f"{run.path}: no {CALIBRATION}; {fit}")
+    if calibration.get("epoch") != epoch:
+        raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, "
+                       f"this is epoch {epoch}; {fit}")
+    return float(calibration["temperature"])
