@@ -423,6 +423,8 @@ def test_micro_batcher_alone_batches_and_answers_each_caller():
         finally:
             await batcher.stop()
 
-    rows = asyncio.run(scenario())
+    # in a thread of its own: the session's browser (Playwright) may hold an event loop in this one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        rows = pool.submit(asyncio.run, scenario()).result(timeout=60)
     assert [row[0].item() for row in rows] == [2.0 * i for i in range(10)]
     assert sum(sizes) == 10 and max(sizes) <= 4 and len(sizes) < 10

@@ -173,6 +173,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def add_calibrate(sub) -> None:
+    p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (for predict/serve --calibrated)",
+                       description="Fit the temperature T that minimises the negative log-likelihood of logits / T on "
+                       "the run's validation split (rebuilt from its val_size; never the test set), store it in "
+                       "RUNDIR/calibration.json, and print the test set's ECE, NLL and Brier score before and after.")
+    p.add_argument("run", type=Path, metavar="RUNDIR")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: the run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
+    add_inference_amp(p)
+    p.set_defaults(func=cmd_calibrate)
+
+
+def cmd_calibrate(args) -> int:
+    from cifarlab.inference.calibrate import calibrate_run, format_calibration
+
+    if args.batch_size < 1:
+        raise CifarlabError(f"--batch-size {args.batch_size}: must be at least 1")
+    record, output = calibrate_run(args.run, args.data_dir, args.device, args.batch_size, args.amp)
+    print(format_calibration(record))
+    print(f"written to {output}")
+    return 0
+
+
+def add_calibrated_flag(p) -> None:
+    p.add_argument("--calibrated", action="store_true",
+                   help="probabilities from logits / T, with the temperature `cifarlab calibrate` stored in the run")
+
+
 def check_output_folder(output: Path | None) -> None:
     """Before any work: the folder an --output file goes into exists and is writable."""
     from cifarlab.errors import CifarlabError
@@ -285,6 +314,7 @@ def add_predict(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_inference_amp(p)
+    add_calibrated_flag(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -302,7 +332,7 @@ def cmd_predict(args) -> int:
     check_output_folder(args.output)
     if args.top_k < 1 or args.batch_size < 1:
         raise PredictError("--top-k and --batch-size must be at least 1")
-    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size, amp=args.amp)
+    predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size, amp=args.amp, calibrated=args.calibrated)
     report = predict_paths(predictor, args.paths, top_k=args.top_k, progress=not args.quiet)
     print(format_report(report))
     if args.output:
@@ -382,6 +412,7 @@ def add_serve(sub) -> None:
     p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S, help="seconds for a request's line and headers, else 408 (default: %(default)s)")
     p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S, help="seconds for a request's whole body, else 408 (default: %(default)s)")
     add_inference_amp(p)
+    add_calibrated_flag(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -391,7 +422,8 @@ def cmd_serve(args) -> int:
     serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
           max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp,
           max_pixels=args.max_pixels, decode_workers=args.decode_workers, decode_queue=args.decode_queue,
-          keep_alive_s=args.keep_alive, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout)
+          keep_alive_s=args.keep_alive, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+          calibrated=args.calibrated)
     return 0
 
 # ---------------------------------------------------------------- report, runs, compare, sweep
@@ -479,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (add_train, add_evaluate, add_info, add_presets, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    commands = (add_train, add_evaluate, add_calibrate, add_info, add_presets, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
     for add in commands:
         add(sub)
     return parser

@@ -6,6 +6,7 @@
     RUNDIR/status.json      running / finished / stopped / failed, with the reason
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
+    RUNDIR/calibration.json written by `cifarlab calibrate`: the temperature fitted on the validation split
     RUNDIR/.lock            held (flock) by the one training of the run while it runs
     RUNDIR/robustness.json  figures of a robustness measurement, when one was made
     RUNDIR/calibration.json figures of a calibration measurement, when one was made
@@ -48,17 +49,18 @@ import torch.nn as nn
 from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model
 
-CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
+CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION, CALIBRATION = (
     "config.json",
     "metrics.jsonl",
     "checkpoint.pt",
     "status.json",
     "results.json",
     "evaluation.json",
+    "calibration.json",
 )
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"  # the event files of `train --tensorboard`
-ROBUSTNESS, CALIBRATION = "robustness.json", "calibration.json"
+ROBUSTNESS = "robustness.json"
 # The exported folder. Its config file shares the run's name on purpose: config.json is what
 # model hubs look for. A run is told apart by its 'train' section, an export by its 'format'.
 EXPORT_DIR, EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_CARD = "safetensors", "model.safetensors", CONFIG, "README.md"
@@ -186,6 +188,7 @@ RESULTS_FIELDS = {
     "seconds_per_epoch": NUMBER, "stabilised_epoch": INTEGER, "seconds_to_stabilise": NUMBER,
     "train_seconds": NUMBER, "eval_seconds": NUMBER, "stop_epoch": INTEGER, "device": TEXT,
 }
+CALIBRATION_FIELDS = {"temperature": NUMBER, "epoch": INTEGER, "fitted_on": TEXT, "val_nll_before": NUMBER, "val_nll_after": NUMBER}
 
 
 def json_kind(value: Any) -> str:
@@ -261,6 +264,17 @@ class RunDir:
         """A measurement's JSON object (EVALUATION, ROBUSTNESS, CALIBRATION), or None when not made."""
         path = self.file(name)
         return check_fields(str(path), read_json(path), RESULTS_FIELDS) if path.exists() else None
+    def calibration(self) -> dict | None:
+        """calibration.json, or None when the run has not been calibrated; the temperature must be
+        a positive finite number, since predict and serve divide logits by it."""
+        path = self.file(CALIBRATION)
+        if not path.exists():
+            return None
+        calibration = check_fields(str(path), read_json(path), CALIBRATION_FIELDS)
+        temperature = calibration.get("temperature")
+        if not (_is_number(temperature) and math.isfinite(temperature) and temperature > 0):
+            raise RunError(f"{path}: temperature should be a positive number, found {temperature!r:.60}")
+        return calibration
 
     def status(self) -> dict:
         path = self.file(STATUS)

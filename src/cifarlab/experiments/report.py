@@ -2,7 +2,8 @@
 
 The page holds the config and headline figures, training curves, per-class accuracy, the
 confusion matrix, the most confidently wrong test images and the most confused class pairs, and
-a reliability diagram with the expected calibration error. The last four need the model's
+a reliability diagram with the expected calibration error, NLL and Brier score (and a second one
+after temperature scaling when `cifarlab calibrate` has fitted a temperature). The last four need the model's
 predictions on the test set, so the report loads the run's checkpoint and the data; when either
 is missing, the page still shows what the run directory holds and says what is missing. A run
 that is still training (or was killed) gets a report of what exists so far, marked as partial.
@@ -21,10 +22,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cifarlab.common import metrics
 from cifarlab.common.rundir import (
+    CALIBRATION,
     CHECKPOINT,
     METRICS,
     RESULTS,
+    RunDir,
     RunError,
     seconds_to_stabilise,
 )
@@ -32,7 +36,7 @@ from cifarlab.data import DataError, load_cifar10
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import run_curves_figure
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
-from cifarlab.inference.model import Predictor
+from cifarlab.inference.model import Predictor, stored_temperature
 from cifarlab.training.config import inactive_fields
 
 REPORT = "report.html"
@@ -43,7 +47,8 @@ FIGURES = {
     "errors": "report-errors.png",
     "calibration": "report-calibration.png",
 }
-CALIBRATION_BINS = 15
+CALIBRATED_FIGURE = "report-calibration-scaled.png"  # only for a run `cifarlab calibrate` has calibrated
+CALIBRATION_BINS = metrics.CALIBRATION_BINS
 WRONG_SHOWN = 24
 PAIRS_SHOWN = 10
 
@@ -108,19 +113,21 @@ def test_predictions(
 
 
 def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
-    """Reliability per confidence bin and the expected calibration error.
+    """Reliability per confidence bin and the expected calibration error (`common.metrics.reliability`),
+    as numpy arrays for the figure and the table."""
+    cal = metrics.reliability(torch.from_numpy(probs), torch.from_numpy(labels), bins)
+    return {key: value if key == "ece" else value.numpy() for key, value in cal.items()}
 
-    ECE = sum over equal-width bins of (bin size / N) * |accuracy(bin) - mean confidence(bin)|.
-    """
-    confidence = probs.max(1)
-    correct = probs.argmax(1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)  # (lo, hi], first bin [0, hi]
-    counts = np.bincount(which, minlength=bins)
-    acc = np.bincount(which, weights=correct, minlength=bins) / np.maximum(counts, 1)
-    conf = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(counts, 1)
-    ece = float(np.sum(counts / max(1, len(labels)) * np.abs(acc - conf)))
-    return {"edges": edges, "counts": counts, "accuracy": acc, "confidence": conf, "ece": ece}
+
+def as_logits(probs: np.ndarray) -> torch.Tensor:
+    """Logits for softmax outputs: log p differs from the logits by one constant per image, which the
+    softmax ignores. A probability that underflowed to 0 is taken as float32's smallest normal one."""
+    return torch.from_numpy(probs).double().clamp(min=torch.finfo(torch.float32).tiny).log()
+
+
+def scaled_probabilities(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The softmax of logits / T, from the softmax outputs alone."""
+    return torch.softmax(as_logits(probs) / temperature, 1).numpy()
 
 
 def confused_pairs(confusion: np.ndarray, classes: list[str], top: int = PAIRS_SHOWN) -> list[tuple[str, str, int, float]]:
@@ -196,7 +203,7 @@ def errors_figure(pred: Predictions, indices: np.ndarray):
     return fig
 
 
-def calibration_figure(cal: dict):
+def calibration_figure(cal: dict, heading: str = "Reliability diagram"):
     fig = pages.new_figure(6, 5.5)
     ax, ax_hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
     edges, counts = cal["edges"], cal["counts"]
@@ -212,12 +219,64 @@ def calibration_figure(cal: dict):
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram ({len(counts)} bins), ECE = {100 * cal['ece']:.2f}%")
+    ax.set_title(f"{heading} ({len(counts)} bins), ECE = {100 * cal['ece']:.2f}%")
     ax.legend(loc="upper left", fontsize=8)
     ax_hist.bar(centers, counts, width=width * 0.95, color="gray")
     ax_hist.set_xlabel("confidence (top softmax probability)")
     ax_hist.set_ylabel("images")
     return fig
+
+
+# ---------------------------------------------------------------- calibration section
+
+
+def stored_calibration(view: RunView, pred: Predictions) -> tuple[dict | None, str | None]:
+    """The run's calibration.json when it fits the checkpoint the report predicted with, else None
+    and, when there is a file that cannot be used (stale or damaged), why."""
+    run = RunDir(view.path)
+    if not run.file(CALIBRATION).exists():
+        return None, None
+    try:
+        stored_temperature(run.file(CHECKPOINT), pred.epoch)
+        return run.calibration(), None
+    except RunError as e:
+        return None, str(e)
+
+
+def calibration_section(view: RunView, pred: Predictions, cal: dict, figure: Callable) -> str:
+    """ECE, NLL and Brier score with the reliability diagram; the same after temperature scaling
+    when the run has been calibrated (`cifarlab calibrate`)."""
+    stored, problem = stored_calibration(view, pred)
+    scores = [(f"test set (tta={pred.tta})", metrics.calibration_scores(as_logits(pred.probs), torch.from_numpy(pred.labels)))]
+    html = (f"<h2>Calibration</h2><p>Expected calibration error: <b>{100 * cal['ece']:.2f}%</b> "
+            f"({CALIBRATION_BINS} equal-width confidence bins).</p>{smoothing_note(view.train)}")
+    diagrams = [reliability_block(figure("calibration", calibration_figure(cal), "reliability diagram"), cal)]
+    if stored is None:
+        (view.path / CALIBRATED_FIGURE).unlink(missing_ok=True)  # an earlier report's, of a temperature now gone
+        html += pages.note(f"Temperature scaling not shown: {problem}") if problem else (
+            f"<p class=\"sub\">Not calibrated: <code>cifarlab calibrate {pages.esc(view.path)}</code> fits a temperature "
+            "on the validation split; this section then shows the test set before and after scaling.</p>")
+    else:
+        temperature = stored["temperature"]
+        scores.append((f"after temperature scaling (T = {temperature:.3f})",
+                       metrics.calibration_scores(as_logits(pred.probs), torch.from_numpy(pred.labels), temperature)))
+        html += (f"<p>Temperature T = {temperature:.4f}, fitted on the {pages.esc(stored.get('fitted_on', 'validation split'))} "
+                 f"with tta={stored.get('tta', 0)} by <code>cifarlab calibrate</code> (never on the test set): validation NLL "
+                 f"{pages.fmt(stored.get('val_nll_before'))} → {pages.fmt(stored.get('val_nll_after'))}. "
+                 "The second diagram divides the same test logits by T.</p>")
+        scaled = calibration(scaled_probabilities(pred.probs, temperature), pred.labels)
+        png = pages.save_png(calibration_figure(scaled, f"After temperature scaling, T = {temperature:.3f}"), view.path / CALIBRATED_FIGURE)
+        diagrams.append(reliability_block(pages.image(png, "reliability diagram after temperature scaling"), scaled))
+    rows = [(name, pages.fmt(s["ece"], "pct"), f"{s['nll']:.4f}", f"{s['brier']:.4f}") for name, s in scores]
+    return html + pages.table(["", "ECE", "NLL", "Brier"], rows) + "".join(diagrams)
+
+
+def reliability_block(image_html: str, cal: dict) -> str:
+    """A reliability diagram beside its table of bins."""
+    rows = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
+            for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
+    table = pages.table(["confidence", "images", "accuracy", "mean confidence"], rows)
+    return f'<div class="cols"><div>{image_html}</div><div>{table}</div></div>'
 
 
 # ---------------------------------------------------------------- the page
@@ -343,14 +402,9 @@ def build_report(
         if len(wrong):
             body += figure("errors", errors_figure(pred, wrong), "most confidently wrong test images")
         sections.append("<h2>Error analysis</h2><p>Most confused class pairs:</p>" + body)
-        rows = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
-                for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
-        sections.append(
-            f"<h2>Calibration</h2><p>Expected calibration error: <b>{100 * cal['ece']:.2f}%</b> "
-            f"({CALIBRATION_BINS} equal-width confidence bins).</p>{smoothing_note(view.train)}<div class=\"cols\"><div>"
-            + figure("calibration", calibration_figure(cal), "reliability diagram")
-            + "</div><div>" + pages.table(["confidence", "images", "accuracy", "mean confidence"], rows) + "</div></div>"
-        )
+        sections.append(calibration_section(view, pred, cal, figure))
+    else:
+        (view.path / CALIBRATED_FIGURE).unlink(missing_ok=True)  # an earlier report's
 
     title = f"Run {view.path.name}"
     subtitle = f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"

@@ -1,14 +1,17 @@
-"""`cifarlab evaluate`: a saved model on the test set: accuracy, per-class accuracy, confusion matrix."""
+"""`cifarlab evaluate`: a saved model on the test set: accuracy, per-class accuracy, confusion matrix,
+and calibration (NLL, Brier score, ECE), also after temperature scaling when the run has been calibrated."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cifarlab.common.metrics import score
-from cifarlab.common.rundir import EVALUATION, atomic_write_json
+import torch
+
+from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
+from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir, RunError, atomic_write_json
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
-from cifarlab.inference.model import Predictor
+from cifarlab.inference.model import Predictor, stored_temperature
 from cifarlab.runtime import autocast_dtype
 
 
@@ -36,7 +39,9 @@ def evaluate_checkpoint(
     model = Predictor(path, device=device, batch_size=batch_size, amp=amp)
     tta = model.trained_tta if tta is None else tta
     data = load_cifar10(data_dir)
-    ev = score(model.logits(data.test_images, tta), data.test_labels, len(model.classes))
+    logits = model.logits(data.test_images, tta)
+    ev = score(logits, data.test_labels, len(model.classes))
+    test_calibration = calibration_scores(logits, data.test_labels)
     result = {
         "checkpoint": str(model.checkpoint),
         "epoch": model.epoch,
@@ -46,6 +51,10 @@ def evaluate_checkpoint(
         "test_accuracy": ev.accuracy,
         "test_error": ev.error,
         "test_loss": ev.loss,
+        "test_nll": test_calibration["nll"],
+        "test_brier": test_calibration["brier"],
+        "test_ece": test_calibration["ece"],
+        **temperature_scaled(model, logits, data.test_labels),
         "classes": model.classes,
         "per_class_accuracy": dict(zip(model.classes, ev.per_class_accuracy())),
         "confusion_matrix": ev.confusion.tolist(),
@@ -53,6 +62,18 @@ def evaluate_checkpoint(
     output = Path(output) if output else model.checkpoint.parent / EVALUATION
     atomic_write_json(output, result)
     return result, output
+
+
+def temperature_scaled(model: Predictor, logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """{"temperature_scaled": test NLL, Brier and ECE of logits / T} for a calibrated run, {} for one
+    never calibrated, and {"calibration_problem": why} when its calibration.json cannot be used."""
+    if not RunDir(model.checkpoint.parent).file(CALIBRATION).exists():
+        return {}
+    try:
+        temperature = stored_temperature(model.checkpoint, model.epoch)
+    except RunError as e:  # stale or damaged: say so, but the evaluation itself stands
+        return {"calibration_problem": str(e)}
+    return {"temperature_scaled": {"temperature": temperature, **calibration_scores(logits, labels, temperature)}}
 
 
 def format_evaluation(result: dict) -> str:
@@ -63,6 +84,8 @@ def format_evaluation(result: dict) -> str:
         f"test accuracy {result['test_accuracy']:.2%}  error {result['test_error']:.2%}  "
         f"loss {result['test_loss']:.4f}  ({result['test_images']:,} images, tta={result['tta']})",
         "",
+        *format_calibration_lines(result),
+        "",
         f"{'class':<{width}}  accuracy",
     ]
     lines += [f"{c:<{width}}  {result['per_class_accuracy'][c]:>8.2%}" for c in classes]
@@ -71,3 +94,16 @@ def format_evaluation(result: dict) -> str:
     for c, row in zip(classes, result["confusion_matrix"]):
         lines.append(f"{c:<{width}} " + "".join(f"{v:>6}" for v in row))
     return "\n".join(lines)
+
+
+def format_calibration_lines(result: dict) -> list[str]:
+    """ECE, NLL and Brier score, and the same after temperature scaling when the run has it."""
+    lines = [f"calibration ({CALIBRATION_BINS}-bin ECE)  ECE {result['test_ece']:.2%}  NLL {result['test_nll']:.4f}  "
+             f"Brier {result['test_brier']:.4f}"]
+    scaled = result.get("temperature_scaled")
+    if scaled:
+        lines.append(f"after temperature scaling (T={scaled['temperature']:.3f}, from {CALIBRATION})  ECE {scaled['ece']:.2%}  "
+                     f"NLL {scaled['nll']:.4f}  Brier {scaled['brier']:.4f}")
+    if result.get("calibration_problem"):
+        lines.append(f"no temperature scaling: {result['calibration_problem']}")
+    return lines

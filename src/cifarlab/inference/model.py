@@ -7,6 +7,9 @@ in float32 unless bf16 autocast is asked for, whatever dtype the run trained in.
 
 The model comes from a run directory, a checkpoint file, or a folder exported with
 `cifarlab export --format safetensors` (common/exported.py reads it into a checkpoint's shape).
+
+A temperature (`cifarlab calibrate` fits one on the run's validation split) divides the logits
+before the softmax: it changes the probabilities, never the logits or the ranking of classes.
 """
 
 from __future__ import annotations
@@ -16,16 +19,28 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifarlab.common.metrics import predict_logits
 from cifarlab.common.exported import load_model_state, model_file
-from cifarlab.common.rundir import model_from_checkpoint
+from cifarlab.common.metrics import predict_logits
+from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, model_from_checkpoint
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 
 class Predictor:
     """A checkpoint's (or an export's) model with its preprocessing, ready to turn uint8 images into logits."""
 
-    def __init__(self, checkpoint: Path | str, device: str = "cpu", batch_size: int = 256, amp: str = "off"):
+    def __init__(
+        self,
+        checkpoint: Path | str,
+        device: str = "cpu",
+        batch_size: int = 256,
+        amp: str = "off",
+        temperature: float | None = None,
+        calibrated: bool = False,
+    ):
+        """`temperature` divides the logits before the softmax; `calibrated` takes the one the run's
+        calibration.json holds instead (a RunError when the run has none for this checkpoint)."""
+        if calibrated and temperature is not None:
+            raise ValueError("give a temperature or calibrated=True, not both")
         self.checkpoint = model_file(checkpoint)  # checkpoint.pt, or an export's model.safetensors
         self.state = load_model_state(self.checkpoint)
         model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
@@ -36,6 +51,7 @@ class Predictor:
         self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
         self.classes: list[str] = list(self.meta["classes"])
         self.batch_size = batch_size
+        self.temperature = stored_temperature(self.checkpoint, self.epoch) if calibrated else temperature
 
     @property
     def epoch(self) -> int | None:
@@ -61,9 +77,31 @@ class Predictor:
 
     def top_k(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """The k most probable (class, probability) pairs of each row of logits."""
-        probs = F.softmax(logits.float(), dim=1)
+        probs = self.probabilities(logits)
         values, indices = probs.topk(min(k, len(self.classes)), dim=1)
         return [
             [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
             for row_i, row_p in zip(indices, values)
         ]
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Softmax of the logits, divided by the temperature first when there is one."""
+        logits = logits.float()
+        return F.softmax(logits if self.temperature is None else logits / self.temperature, dim=1)
+
+
+def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
+    """The temperature `cifarlab calibrate` stored beside this checkpoint, fitted on this epoch's model.
+
+    A temperature fitted on another epoch (the run was resumed or retrained since) would be wrong
+    for this model, so it is refused as a missing one is, with the command that fits a new one.
+    """
+    run = RunDir(checkpoint.parent)
+    calibration = run.calibration()
+    fit = f"run `cifarlab calibrate {run.path}` to fit one on its validation split"
+    if calibration is None:
+        raise RunError(f"{run.path}: no {CALIBRATION}; {fit}")
+    if calibration.get("epoch") != epoch:
+        raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, "
+                       f"this is epoch {epoch}; {fit}")
+    return float(calibration["temperature"])

@@ -240,8 +240,10 @@ def create_app(
     decode_workers: int = DECODE_WORKERS,
     decode_queue: int = DECODE_QUEUE,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    calibrated: bool = False,
 ):
-    """The FastAPI application serving one checkpoint (a run directory or checkpoint file)."""
+    """The FastAPI application serving one checkpoint (a run directory or checkpoint file);
+    `calibrated` scales its probabilities by the temperature `cifarlab calibrate` stored in the run."""
     try:
         from fastapi import FastAPI, HTTPException, Query, Request
         from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -255,7 +257,7 @@ def create_app(
     if body_timeout_s <= 0:
         raise ServeError("--body-timeout must be positive")
 
-    predictor = Predictor(checkpoint, device=device, batch_size=max_batch, amp=amp)
+    predictor = Predictor(checkpoint, device=device, batch_size=max_batch, amp=amp, calibrated=calibrated)
     classes = predictor.classes
     batcher = MicroBatcher(predictor.logits, max_batch, max_wait_ms)
     decoder = DecodePool(functools.partial(load_image, max_pixels=max_pixels), decode_workers, decode_queue)
@@ -297,7 +299,7 @@ def create_app(
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": predictor.meta["model"], "checkpoint": str(predictor.checkpoint),
-                "classes": classes, "device": str(predictor.device), **batcher.stats(), **decoder.stats()}
+                "classes": classes, "device": str(predictor.device), "temperature": predictor.temperature, **batcher.stats(), **decoder.stats()}
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
