@@ -88,3 +88,12 @@ def test_export_checks_on_the_runs_own_data(tiny_run, tmp_path, capsys, monkeypa
     assert main(["export", str(tiny_run), "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert "CIFAR-10 test set" in text and "random" not in text
+
+
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_serve_port_out_of_range_is_one_line(tiny_run, capsys, port):
+    assert f"--port {port}: must be a port number" in one_line_error(capsys, ["serve", str(tiny_run), "--port", port])
+
+
+def test_sweep_given_a_folder_is_one_line(tmp_path, capsys):
+    assert "is a folder; name a sweep spec" in one_line_error(capsys, ["sweep", str(tmp_path)])

@@ -168,6 +168,10 @@ def _read_toml(path: Path) -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SweepError(f"{path}: not found") from None
+    except IsADirectoryError:
+        raise SweepError(f"{path}: is a folder; name a sweep spec (a .toml file)") from None
+    except OSError as e:
+        raise SweepError(f"{path}: cannot read it ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SweepError(f"{path}: not valid TOML ({e})") from None
 

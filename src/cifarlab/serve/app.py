@@ -348,6 +348,8 @@ def is_loopback(host: str) -> bool:
 
 def check_port(host: str, port: int) -> None:
     """A one-line error now rather than uvicorn's log lines when the address cannot be used."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ServeError(f"--port {port}: must be a port number from 1 to 65535 (0: any free port)")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
