@@ -6,6 +6,7 @@
     RUNDIR/status.json      running / finished / stopped / failed, with the reason
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
+    RUNDIR/robustness.json  written by `cifarlab evaluate --corruptions` (or --cifar101-dir)
     RUNDIR/.lock            held (flock) by the one training of the run while it runs
 
 Every file but metrics.jsonl is written atomically (temporary file, fsync, rename), so a
@@ -46,6 +47,7 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION = (
     "results.json",
     "evaluation.json",
 )
+ROBUSTNESS = "robustness.json"
 LOCK = ".lock"
 TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
 LOCK_WAIT_SECONDS = 1.0  # outwaits a `runs` that only looks at the lock (microseconds), never a training (hours)
