@@ -264,8 +264,8 @@ def format_robustness(result: dict) -> str:
         lines.append(f"mean corruption accuracy {part['mean_accuracy']:.2%}, relative drop from clean {_pct(part.get('relative_drop'))}")
     shifted = result.get("cifar10_1")
     if shifted:
-        lines += ["", f"{shifted['source']}: accuracy {shifted['accuracy']:.2%} on {shifted['images']:,} images, "
-                  f"relative drop from clean {_pct(shifted.get('relative_drop'))}"]
+        lines += ["", (f"{shifted['source']}: accuracy {shifted['accuracy']:.2%} on {shifted['images']:,} images, "
+                       f"relative drop from clean {_pct(shifted.get('relative_drop'))}")]
     return "\n".join(lines)
 
 
