@@ -41,6 +41,6 @@ def test_training_and_inference_do_not_import_each_other():
 
 def test_only_the_run_directory_names_run_files():
     root = Path(cifarlab.__file__).parent
-    names = re.compile(r'"(config\.json|metrics\.jsonl|checkpoint\.pt|status\.json|results\.json|evaluation\.json|calibration\.json)"')
+    names = re.compile(r'"(config\.json|metrics\.jsonl|checkpoint\.pt|status\.json|results\.json|evaluation\.json|calibration\.json|robustness\.json)"')
     naming = {str(p.relative_to(root)) for p in root.rglob("*.py") if names.search(p.read_text())}
     assert naming == {"common/rundir.py"}

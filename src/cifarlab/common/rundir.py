@@ -7,6 +7,7 @@
     RUNDIR/results.json     final figures, written once at the end
     RUNDIR/evaluation.json  written by `cifarlab evaluate`
     RUNDIR/calibration.json written by `cifarlab calibrate`: the temperature fitted on the validation split
+    RUNDIR/robustness.json  written by `cifarlab evaluate --corruptions` (or --cifar101-dir)
     RUNDIR/.lock            held (flock) by the one training of the run while it runs
     RUNDIR/robustness.json  figures of a robustness measurement, when one was made
     RUNDIR/calibration.json figures of a calibration measurement, when one was made
@@ -58,6 +59,7 @@ CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS, EVALUATION, CALIBRATION = (
     "evaluation.json",
     "calibration.json",
 )
+ROBUSTNESS = "robustness.json"
 LOCK = ".lock"
 TENSORBOARD = "tensorboard"  # the event files of `train --tensorboard`
 ROBUSTNESS = "robustness.json"

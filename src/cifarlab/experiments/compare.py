@@ -1,5 +1,6 @@
 """`cifarlab compare RUNDIR...`: one HTML page overlaying several runs' training curves and
-tabulating their results and configs side by side, with the settings that differ highlighted.
+tabulating their results and configs side by side, with the settings that differ highlighted;
+runs measured by `cifarlab evaluate --corruptions` also get their robustness side by side.
 
 The page and its PNGs go to a folder of their own (never into a run directory).
 """
@@ -10,10 +11,11 @@ import shutil
 import time
 from pathlib import Path
 
-from cifarlab.common.rundir import CONFIG, RunError
+from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import curves_figure, lr_time_figure
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
+from cifarlab.inference.robustness import run_robustness
 
 COMPARE = "compare.html"
 FIGURES = {"curves": "compare-curves.png", "time": "compare-lr-time.png"}
@@ -44,6 +46,41 @@ def results_rows(views: list[RunView]) -> list[list[str]]:
         row("training time", lambda v: v.train_seconds(), "s"),
         row("device", lambda v: res(v, "device") or v.config.get("device")),
     ]
+
+
+def robustness_sections(views: list[RunView], labels: list[str]) -> list[str]:
+    """Each run's robustness.json side by side (mean corruption accuracy, its drop, each corruption's
+    mean over severities, CIFAR-10.1), when any run has one; sources that differ are highlighted."""
+    results = [run_robustness(v.path) or {} for v in views]
+    if not any(results):
+        return []
+    parts = [r.get("corruptions") or {} for r in results]
+    shifted = [r.get("cifar10_1") or {} for r in results]
+    names = list(dict.fromkeys(name for part in parts for name in part.get("accuracy", {})))
+    sources = [["corrupted images", *map(_corruption_source, parts)], ["CIFAR-10.1 source", *(s.get("source") for s in shifted)]]
+    figures = [["clean accuracy", *(r.get("clean", {}).get("accuracy") for r in results)],
+               ["mean corruption accuracy", *(p.get("mean_accuracy") for p in parts)],
+               ["relative drop from clean", *(p.get("relative_drop") for p in parts)],
+               *([name, *(_mean(p.get("accuracy", {}).get(name)) for p in parts)] for name in names),
+               ["CIFAR-10.1 accuracy", *(s.get("accuracy") for s in shifted)],
+               ["CIFAR-10.1 relative drop", *(s.get("relative_drop") for s in shifted)]]
+    cells = [[row[0], *map(pages.fmt, row[1:])] for row in sources] + [[row[0], *(pages.fmt(v, "pct") for v in row[1:])] for row in figures]
+    differs = ["differs" if len({v for v in row[1:] if v is not None}) > 1 else "" for row in sources]
+    classes = differs + [""] * len(figures)
+    note = pages.note("The runs were measured on different images (highlighted): compare their accuracies with care.") if any(differs) else ""
+    return [f'<h2>Robustness</h2><p class="sub">From each run\'s {pages.esc(ROBUSTNESS)} (cifarlab evaluate --corruptions); '
+            "a corruption's row is its mean over severities 1-5.</p>" + note + pages.table(["", *labels], cells, classes)]
+
+
+def _corruption_source(part: dict) -> str | None:
+    if not part:
+        return None
+    seed = f", seed {part['seed']}" if "seed" in part else ""
+    return f"{part['source']}{seed}; {part['images']:,} images"
+
+
+def _mean(row: list[float] | None) -> float | None:
+    return sum(row) / len(row) if row else None
 
 
 def config_rows(views: list[RunView]) -> tuple[list[list[str]], list[str], list[str]]:
@@ -88,6 +125,7 @@ def _write_comparison(views: list[RunView], out: Path) -> Path:
             body.append(pages.note(f"Partial: {label} is {view.status}" + (" and its metrics.jsonl ends in a cut line" if view.partial else "")
                                    + f"; showing its {len(view.metrics)} complete epochs."))
     body.append("<h2>Results</h2>" + pages.table(["", *labels], results_rows(views)))
+    body += robustness_sections(views, labels)
     body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, labels), out / FIGURES["curves"]), "overlaid training curves"))
     body.append(pages.image(pages.save_png(lr_time_figure(views, labels), out / FIGURES["time"]), "learning rate and validation accuracy against time"))
     rows, classes, differing = config_rows(views)

@@ -1,10 +1,13 @@
-"""Training-curve figures shared by the report, the comparison page and the sweep leaderboard.
+"""Training-curve figures shared by the report, the comparison page and the sweep leaderboard, and
+the report's robustness heat map.
 
 Figures come from `pages.new_figure` (matplotlib's object API, headless); names drawn in them go
 through `pages.plain` so matplotlib never reads a run's name as mathtext.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from cifarlab.experiments import pages
 from cifarlab.experiments.runs import RunView
@@ -82,4 +85,22 @@ def lr_time_figure(views: list[RunView], labels: list[str]):
     for ax in (ax_lr, ax_time):
         ax.grid(alpha=0.3)
     ax_time.legend(fontsize=8)
+    return fig
+
+
+def robustness_figure(corruptions: dict, clean_accuracy: float):
+    """Heat map of accuracy by corruption (rows) and severity (columns), from robustness.json."""
+    names = list(corruptions["accuracy"])
+    values = 100 * np.array([corruptions["accuracy"][n] for n in names], dtype=float)
+    fig = pages.new_figure(7, 1.6 + 0.36 * len(names))
+    ax = fig.subplots()
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=8, color="white" if value < 55 else "black")
+    severities = range(1, values.shape[1] + 1)
+    ax.set_xticks(range(values.shape[1]), [str(s) for s in severities])
+    ax.set_yticks(range(len(names)), [pages.plain(n) for n in names])  # names of a user's files: no mathtext
+    ax.set_xlabel("severity")
+    ax.set_title(f"Accuracy under corruptions: mean {100 * corruptions['mean_accuracy']:.2f}% (clean {100 * clean_accuracy:.2f}%)", fontsize=10)
     return fig

@@ -8,6 +8,10 @@ predictions on the test set, so the report loads the run's checkpoint and the da
 is missing, the page still shows what the run directory holds and says what is missing. A run
 that is still training (or was killed) gets a report of what exists so far, marked as partial.
 
+A run that `cifarlab evaluate --corruptions` (or --cifar101-dir) has measured also gets a
+robustness section from its robustness.json: accuracy by corruption and severity as a heat map,
+the mean corruption accuracy and its drop from clean accuracy.
+
 Only the report's own files are written into the run directory: report.html and report-*.png.
 """
 
@@ -28,15 +32,17 @@ from cifarlab.common.rundir import (
     CHECKPOINT,
     METRICS,
     RESULTS,
+    ROBUSTNESS,
     RunDir,
     RunError,
     seconds_to_stabilise,
 )
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.experiments import pages
-from cifarlab.experiments.figures import run_curves_figure
+from cifarlab.experiments.figures import robustness_figure, run_curves_figure
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
 from cifarlab.inference.model import Predictor, stored_temperature
+from cifarlab.inference.robustness import run_robustness
 from cifarlab.training.config import inactive_fields
 
 REPORT = "report.html"
@@ -48,6 +54,7 @@ FIGURES = {
     "calibration": "report-calibration.png",
 }
 CALIBRATED_FIGURE = "report-calibration-scaled.png"  # only for a run `cifarlab calibrate` has calibrated
+ROBUSTNESS_FIGURE = "report-robustness.png"  # apart from FIGURES: drawn only for a run evaluated with --corruptions
 CALIBRATION_BINS = metrics.CALIBRATION_BINS
 WRONG_SHOWN = 24
 PAIRS_SHOWN = 10
@@ -406,6 +413,8 @@ def build_report(
     else:
         (view.path / CALIBRATED_FIGURE).unlink(missing_ok=True)  # an earlier report's
 
+    sections += robustness_sections(view)
+
     title = f"Run {view.path.name}"
     subtitle = f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
     out = view.path / REPORT
@@ -413,6 +422,36 @@ def build_report(
     for name in set(FIGURES.values()) - drawn:  # an earlier report's figure this one could not draw
         (view.path / name).unlink(missing_ok=True)
     return out
+
+
+def robustness_sections(view: RunView) -> list[str]:
+    """The robustness section, when `cifarlab evaluate --corruptions` (or --cifar101-dir) has written
+    robustness.json: headline figures, the heat map of accuracy by corruption and severity, the table."""
+    result = run_robustness(view.path)
+    corruptions = (result or {}).get("corruptions")
+    if corruptions is None:
+        (view.path / ROBUSTNESS_FIGURE).unlink(missing_ok=True)  # an earlier report's
+    if result is None:
+        return []
+    clean, shifted = result["clean"], result.get("cifar10_1")
+    rows = [("clean accuracy", f"{pages.fmt(clean['accuracy'], 'pct')} on the first {clean['images']:,} test images")]
+    if corruptions:
+        seed = f", seed {corruptions['seed']}" if "seed" in corruptions else ""
+        rows += [("corrupted images", f"{corruptions['source']}{seed}; {corruptions['images']:,} per corruption and severity"),
+                 ("mean corruption accuracy", pages.fmt(corruptions["mean_accuracy"], "pct")),
+                 ("relative drop from clean", pages.fmt(corruptions.get("relative_drop"), "pct"))]
+    if shifted:
+        rows += [(f"{shifted['source']} accuracy", f"{pages.fmt(shifted['accuracy'], 'pct')} on {shifted['images']:,} images"),
+                 (f"{shifted['source']} relative drop", pages.fmt(shifted.get("relative_drop"), "pct"))]
+    body = (f'<p class="sub">From {pages.esc(ROBUSTNESS)} (cifarlab evaluate): checkpoint of epoch {pages.esc(result.get("epoch"))}, '
+            f'tta={pages.esc(result.get("tta"))}.</p>' + pages.table(["", "value"], rows))
+    if corruptions:
+        png = pages.save_png(robustness_figure(corruptions, clean["accuracy"]), view.path / ROBUSTNESS_FIGURE)
+        body += pages.image(png, "heat map of accuracy by corruption and severity")
+        table = [(name, *(pages.fmt(a, "pct") for a in row), pages.fmt(sum(row) / len(row), "pct"))
+                 for name, row in corruptions["accuracy"].items()]
+        body += f"<details><summary>Accuracy by corruption and severity</summary>{pages.table(['corruption', '1', '2', '3', '4', '5', 'mean'], table)}</details>"
+    return ["<h2>Robustness</h2>" + body]
 
 
 def _epoch_table(metrics: list[dict]) -> str:
