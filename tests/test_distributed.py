@@ -189,6 +189,7 @@ def child_env(**extra: str) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_schedule_and_weights(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=20, test=21).parent  # 80 training, 20 val, 21 test images
     flags = ["--preset", "paper", "--data-dir", str(data), "--device", "cpu", "--epochs", "3", "--batch-size", "16", "--val-size", "20",

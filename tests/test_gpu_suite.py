@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import write_binary
 
 from cifarlab.training.config import PRESETS
@@ -26,6 +27,7 @@ def run_suite(out: Path, data: Path, *extra: str) -> tuple[subprocess.CompletedP
     return done, report
 
 
+@pytest.mark.slow
 def test_smoke_run_does_every_step_and_writes_one_json(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=60, test=100).parent
     done, report = run_suite(tmp_path / "out", data)
