@@ -88,6 +88,9 @@ def _worker(rank: int, port: int, out: str) -> None:
         results["eval"] = {"loss": ev.loss, "accuracy": ev.accuracy, "confusion": ev.confusion}
         results["main_first"] = main_first_outcomes()
         torch.save(results, Path(out) / f"rank{rank}.pt")
+        # both processes done before either tears down gloo: a peer that closes its connections
+        # while the other still destroys its group has aborted a worker ("terminate called ...")
+        distributed.barrier()
     finally:
         distributed.cleanup()
 
