@@ -2,6 +2,11 @@
 
     python benchmarks/throughput.py --preset paper --device cpu --data-dir ../shared/cifar10 \\
         --output benchmarks/results/throughput-paper-cpu.json
+    python benchmarks/throughput.py --preset standard --model vgg16 --images 512 --repeats 1 ...
+
+`--model NAME` trains another registered network with the preset's recipe and `--set FIELD=VALUE`
+changes any setting (the `train --set` syntax). The JSON records the processor, threads and the
+resolved autocast dtype beside the figures.
 
 Runs the real training step (`cifarlab.train.train_epoch`: gather, normalise, augment,
 forward, backward, SGD step) over `--images` real training images, `--repeats` times after
@@ -20,14 +25,16 @@ from measure import training_throughput
 
 from cifarlab.common.rundir import atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.runtime import resolve_device, set_cpu_threads, tune_for_training, use_amp
-from cifarlab.training.config import get_preset
+from cifarlab.runtime import autocast_dtype, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
+from cifarlab.training.config import apply_overrides, get_preset, parse_assignment
 from cifarlab.training.train import make_splits
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="paper")
+    p.add_argument("--model", help="another registered network, with the preset's recipe")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a setting")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", type=Path)
     p.add_argument("--images", type=int, default=4096, help="training images per timed pass")
@@ -41,15 +48,23 @@ def main() -> int:
     if dev.type == "cpu":
         set_cpu_threads()
     tune_for_training(dev)
-    config = get_preset(args.preset).replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
+    overrides = dict(parse_assignment(text) for text in args.set)
+    if args.model:
+        overrides["model"] = args.model
+    config = apply_overrides(get_preset(args.preset), overrides, "--set")
+    config = config.replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
     splits = make_splits(load_cifar10(args.data_dir), 0, dev, train_subset=args.images)
     measured = training_throughput(config, splits, dev, args.repeats)
     result = {
         "preset": args.preset,
+        "model": config.model,
+        "model_options": config.model_options,
         "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "processor": processor_name(dev),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "amp": use_amp(config.amp, dev),
+        "autocast_dtype": autocast_dtype(config.amp, dev),
         "channels_last": config.channels_last,
         **measured,
         "command": " ".join(sys.argv),

@@ -34,3 +34,17 @@ def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
     assert set(run["timing"]) >= {"training_seconds", "test_evaluation_seconds", "setup_seconds"}
     assert run["curve"][0]["training_seconds"] == run["timing"]["training_seconds"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_throughput_measures_any_registered_model_with_a_preset_recipe(tmp_path):
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    out = tmp_path / "tp.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--preset", "he2016", "--model", "resnet20",
+           "--set", "batch_size=16", "--images", "32", "--repeats", "1", "--amp", "bf16",
+           "--device", "cpu", "--data-dir", str(data), "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert result["model"] == "resnet20" and result["batch_size"] == 16 and result["steps_per_pass"] == 2
+    assert result["autocast_dtype"] == "bfloat16" and result["processor"] and result["params"] == 269_722
