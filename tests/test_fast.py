@@ -139,3 +139,63 @@ def test_fast_preset_trains_on_tiny_data(tmp_path):
     assert metrics[0]["lr"] < config.lr  # the linear warm-up starts low
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert TrainConfig.from_dict(saved) == config
+
+
+def test_stem_stride_switch_keeps_the_weights_and_quarters_the_feature_maps():
+    m = build_model("fast", widths=[8, 8, 8]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    full = m.layers[:2](m.whiten(x))
+    m.set_stem_stride(2)
+    low = m.layers[:2](m.whiten(x))
+    assert full.shape[-1] == 15 and low.shape[-1] == 8 and m(x).shape == (2, 10)
+    m.set_stem_stride(None)  # back to the model's own stride: exactly the same function as before
+    assert torch.equal(m.layers[:2](m.whiten(x)), full)
+    with pytest.raises(ValueError):
+        m.set_stem_stride(5)
+
+
+def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_path, monkeypatch):
+    from conftest import write_binary
+
+    from cifarlab.models.fast import FastNet
+    from cifarlab.training.train import resume, train
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    config = get_preset("fast").replace(epochs=3, batch_size=64, val_size=20, low_res_epochs=2, tta=0,
+                                        model_options={"widths": [8, 16, 16], "stem_stride": 1})
+    quiet = dict(data_dir=data, device="cpu", progress=False, log=lambda s: None)
+    strides, set_stride = [], FastNet.set_stem_stride
+    monkeypatch.setattr(FastNet, "set_stem_stride", lambda m, s: (strides.append(s), set_stride(m, s)))
+    whole = train(config, tmp_path / "whole", **quiet)
+    assert strides == [2, 2, None]  # the final evaluation runs at the model's own stride
+    # stopped after epoch 1 (low resolution) and resumed: the same weights and test accuracy
+    with pytest.raises(KeyboardInterrupt):
+        def interrupt(record):
+            raise KeyboardInterrupt
+        train(config, tmp_path / "cut", **quiet, on_epoch=interrupt)
+    resumed = resume(tmp_path / "cut", **quiet)
+    assert resumed["test_accuracy"] == whole["test_accuracy"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_progressive_resolution_needs_a_stem_it_can_stride(tmp_path):
+    from cifarlab.errors import CifarlabError
+    from cifarlab.training.train import train
+
+    with pytest.raises(CifarlabError, match="low_res_epochs"):
+        get_preset("paper").replace(epochs=2, low_res_epochs=2)  # not below epochs
+    from conftest import write_binary
+
+    data = write_binary(tmp_path / "data", per_batch=20, test=20).parent
+    config = get_preset("paper").replace(epochs=2, low_res_epochs=1, val_size=20)
+    with pytest.raises(CifarlabError, match="stride-settable"):
+        train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
+
+
+def test_training_refuses_a_class_count_other_than_ten():
+    from cifarlab.errors import CifarlabError
+
+    with pytest.raises(CifarlabError, match="num_classes"):
+        get_preset("fast").replace(model_options={"num_classes": 5})

@@ -97,6 +97,7 @@ class FastNet(nn.Module):
         # stem_stride=2 whitens non-overlapping 2x2 patches: every later layer then works on a
         # quarter of the pixels, the main lever for speed on a CPU.
         self.whiten = nn.Conv2d(3, 24, kernel_size=2, stride=stem_stride, padding=0, bias=True)
+        self.stem_stride = stem_stride
         self.whiten.weight.requires_grad_(not whiten)  # a plain trained conv when whitening is off
         self.use_whitening = whiten
         self.layers = nn.Sequential(
@@ -118,6 +119,12 @@ class FastNet(nn.Module):
         """Set the whitening filters from a sample of normalised training images."""
         if self.use_whitening:
             self.whiten.weight.copy_(patch_whitening(images, self.whiten.kernel_size[0]))
+
+    def set_stem_stride(self, stride: int | None) -> None:
+        """Progressive resolution: run the stem at `stride` (None: the model's own), same weights.
+        A 2x2 stem at stride 2 sees every pixel once, so the weights mean the same at both."""
+        stride = self.stem_stride if stride is None else positive_int("stride", stride, most=MAX_STEM_STRIDE)
+        self.whiten.stride = (stride, stride)
 
     def forward(self, x):
         return self.head(self.layers(self.whiten(x))) * self.scale

@@ -23,6 +23,9 @@ FlipMode = Literal["random", "alternating"]
 Amp = Literal["auto", "bf16", "off"]
 
 
+CIFAR10_CLASSES = 10
+
+
 class ConfigError(CifarlabError, ValueError):
     """An unknown field or a bad value; the message names it."""
 
@@ -46,6 +49,10 @@ class TrainConfig:
     muon_lr: float = 0.24
     muon_momentum: float = 0.6
     whiten_bias_epochs: int = 0  # > 0: the whitening bias learns only this many epochs (airbench: 3)
+    # progressive resolution (models with a stride-settable stem, FastNet): the first low_res_epochs
+    # epochs (and their validation) run the stem at stride 2, so every later layer sees a quarter of
+    # the pixels; the rest at the model's own stride, with the same weights. 0 = off.
+    low_res_epochs: int = 0
     batch_size: int = 64
     lr: float = 0.01
     momentum: float = 0.0
@@ -109,6 +116,7 @@ class TrainConfig:
             "muon_lr": (0 < self.muon_lr < math.inf, "a positive number"),
             "muon_momentum": (0 <= self.muon_momentum < 1, "0 <= muon_momentum < 1"),
             "whiten_bias_epochs": (self.whiten_bias_epochs >= 0, "0 (off) or more"),
+            "low_res_epochs": (0 <= self.low_res_epochs < self.epochs, "0 (off) to epochs - 1"),
             "plateau_factor": (0 < self.plateau_factor < 1, "0 < plateau_factor < 1"),
             "plateau_patience": (self.plateau_patience >= 0, "0 or more"),
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "0 to 1"),
@@ -125,6 +133,9 @@ class TrainConfig:
         for name, (ok, allowed) in checks.items():
             if not ok:
                 raise ConfigError(f"bad value for {name}: {getattr(self, name)!r} (allowed: {allowed})")
+        classes = self.model_options.get("num_classes", CIFAR10_CLASSES)
+        if classes != CIFAR10_CLASSES:  # else a torch IndexError in the loss, deep in the first step
+            raise ConfigError(f"bad value for model_options.num_classes: {classes!r} (training data is CIFAR-10: 10)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

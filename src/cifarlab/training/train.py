@@ -144,6 +144,8 @@ def build_learner(
     model = build_model(config.model, **config.model_options)
     if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
         model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
+    if config.low_res_epochs and not hasattr(model, "set_stem_stride"):
+        raise ConfigError(f"low_res_epochs needs a model with a stride-settable stem (fast); {config.model!r} has none")
     model = model.to(dev, memory_format=memory_format(config.channels_last))
     init_source = None
     if config.init_from and warm_start:  # weights only; optimizer, schedule and lookahead start fresh
@@ -531,6 +533,8 @@ def _epoch(job: Job, epoch: int, progress: bool) -> dict:
     """Train one epoch and validate; the epoch's record for metrics.jsonl."""
     config, learner, splits = job.config, job.learner, job.splits
     start = time.perf_counter()
+    if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
+        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
     record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
     if epoch == config.epochs and learner.lookahead is not None:
         learner.lookahead.finish()  # evaluate and keep the slow weights
