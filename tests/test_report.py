@@ -227,3 +227,15 @@ def test_report_shows_only_the_settings_a_run_uses_and_explains_label_smoothing(
     (run / "config.json").write_text(json.dumps(config))
     html = (build_report(run, tiny_run.parent / "data", **QUIET)).read_text()
     assert "plateau_patience" in html and "warmup_fraction" not in html and "label smoothing" not in html
+
+
+def test_class_names_from_a_users_meta_file_are_drawn_as_text_not_mathtext():
+    import io
+
+    from cifarlab.experiments.report import Predictions, confusion_figure, errors_figure, per_class_figure
+
+    classes = ["$x^$", "a$b"]  # mathtext would fail on the first: "Expected end of text"
+    pred = Predictions(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([1, 0]), np.zeros((2, 3, 2, 2), np.uint8), classes, 1, 0)
+    for fig in (per_class_figure(classes, [0.5, 0.25]), confusion_figure(np.array([[1, 2], [3, 4]]), classes),
+                errors_figure(pred, np.array([0, 1]))):
+        fig.savefig(io.BytesIO(), format="png")

@@ -167,7 +167,7 @@ def per_class_figure(classes: list[str], accuracy: list[float]):
     y = np.arange(len(classes))[::-1]
     bars = ax.barh(y, [100 * a for a in accuracy], color="tab:blue")
     ax.bar_label(bars, labels=[f"{100 * a:.1f}%" for a in accuracy], padding=3, fontsize=8)
-    ax.set_yticks(y, classes)
+    ax.set_yticks(y, [pages.plain(c) for c in classes])  # names from the data's meta file: no mathtext
     ax.set_xlim(0, 110)
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("Per-class accuracy")
@@ -184,8 +184,9 @@ def confusion_figure(confusion: np.ndarray, classes: list[str]):
     for (t, p), count in np.ndenumerate(confusion):
         ax.text(p, t, str(count), ha="center", va="center", fontsize=8, color="white" if count > threshold else "black")
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, classes, rotation=45, ha="right")
-    ax.set_yticks(ticks, classes)
+    names = [pages.plain(c) for c in classes]  # from the data's meta file: no mathtext
+    ax.set_xticks(ticks, names, rotation=45, ha="right")
+    ax.set_yticks(ticks, names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("Confusion matrix (test set)")
@@ -203,7 +204,7 @@ def errors_figure(pred: Predictions, indices: np.ndarray):
         ax.imshow(pred.images[i].transpose(1, 2, 0), interpolation="nearest")
         p = pred.preds[i]
         ax.set_title(
-            f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%",
+            pages.plain(f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%"),
             fontsize=8, color="darkred",
         )
     fig.suptitle("Most confidently wrong test images")
