@@ -29,6 +29,8 @@ FIELD_HELP = {
     "tta": "test-time augmentation for the final evaluation",
     "schedule": "learning-rate schedule (linear, cosine, onecycle and step take --warmup-fraction)",
     "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
+    "low_res_epochs": "progressive resolution: the first N epochs with the stem at stride 2 (fast network; 0 = off)",
+    "whiten_bias_epochs": "muon: the whitening bias learns only the first N epochs (0 = always)",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
     "compile": "torch.compile the network for training; the compile time is reported apart in results.json",
