@@ -239,3 +239,17 @@ def test_class_names_from_a_users_meta_file_are_drawn_as_text_not_mathtext():
     for fig in (per_class_figure(classes, [0.5, 0.25]), confusion_figure(np.array([[1, 2], [3, 4]]), classes),
                 errors_figure(pred, np.array([0, 1]))):
         fig.savefig(io.BytesIO(), format="png")
+
+
+def test_compare_table_has_the_reports_metrics_and_the_machine(tiny_run):
+    from cifarlab.experiments.compare import results_rows
+    from cifarlab.experiments.runs import load_run
+    from cifarlab.models.measure import describe_model
+
+    view = load_run(tiny_run)
+    rows = {row[0]: row[1] for row in results_rows([view])}
+    expected = describe_model(view.train["model"], **view.train["model_options"])["gflops"]
+    assert float(rows["forward GFLOPs per image"]) == pytest.approx(expected, abs=1e-3) and expected > 0
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert rows["time to stabilise"].startswith(f"epoch {results['stabilised_epoch']}, ")
+    assert rows["processor"] == results["processor"] and rows["training dtype"] == "bfloat16"

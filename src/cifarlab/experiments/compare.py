@@ -11,11 +11,13 @@ import shutil
 import time
 from pathlib import Path
 
-from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError
+from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError, seconds_to_stabilise
+from cifarlab.errors import CifarlabError
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import curves_figure, lr_time_figure
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
 from cifarlab.inference.robustness import run_robustness
+from cifarlab.models.measure import describe_model
 
 COMPARE = "compare.html"
 FIGURES = {"curves": "compare-curves.png", "time": "compare-lr-time.png"}
@@ -42,10 +44,29 @@ def results_rows(views: list[RunView]) -> list[list[str]]:
         row("best validation accuracy", lambda v: v.best_val_accuracy(), "pct"),
         row("final validation accuracy", lambda v: v.final_val_accuracy(), "pct"),
         row("parameters", lambda v: res(v, "params") or v.config.get("params"), "int"),
+        row("forward GFLOPs per image", _gflops),
         row("time per epoch", lambda v: res(v, "seconds_per_epoch") or (v.train_seconds() / len(v.metrics) if v.metrics else None), "s"),
         row("training time", lambda v: v.train_seconds(), "s"),
+        row("time to stabilise", _stabilised),
         row("device", lambda v: res(v, "device") or v.config.get("device")),
+        row("processor", lambda v: res(v, "processor")),
+        row("training dtype", lambda v: res(v, "autocast_dtype") or v.config.get("autocast_dtype")),
     ]
+
+
+def _gflops(view: RunView) -> str | None:
+    """Counted by torch.utils.flop_counter on the run's model (built on the meta device: no memory)."""
+    try:
+        return f"{describe_model(view.train['model'], **view.train.get('model_options', {}))['gflops']:.3f}"
+    except (KeyError, TypeError, CifarlabError):
+        return None  # a config without a model, or one this version cannot build
+
+
+def _stabilised(view: RunView) -> str | None:
+    """The report's "time for the accuracy to stabilise": results.json's, else from the metrics so far."""
+    r = view.results or {}
+    epoch, seconds = (r.get("stabilised_epoch"), r.get("seconds_to_stabilise")) if view.results else seconds_to_stabilise(view.metrics)
+    return None if epoch is None else f"epoch {epoch}, {pages.fmt(seconds, 's')}"
 
 
 def robustness_sections(views: list[RunView], labels: list[str]) -> list[str]:
