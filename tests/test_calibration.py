@@ -209,3 +209,26 @@ def test_a_run_without_validation_split_cannot_be_calibrated(tiny_run, tmp_path)
     err = one_line_error(["calibrate", str(run), "--device", "cpu"])
     assert "val_size 0" in err and "test set is never used" in err
     assert not (run / CALIBRATION).exists()
+
+
+def test_evaluate_corruptions_and_report_read_the_runs_own_data(tiny_run, tmp_path, monkeypatch):
+    """Without --data-dir, a run is measured on the data set it trained on (config.json records
+    it), as calibrate and export do, not on whatever CIFARLAB_DATA points at."""
+    from conftest import write_binary
+
+    from cifarlab.experiments.report import test_predictions
+    from cifarlab.experiments.runs import load_run
+
+    other = write_binary(tmp_path / "other", per_batch=20, test=20).parent  # 20 test images; the run's data has 40
+    monkeypatch.setenv("CIFARLAB_DATA", str(other))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, _, err = run_cli(["evaluate", str(run), "--device", "cpu", "--tta", "0"])
+    assert code == 0, err
+    assert json.loads((run / "evaluation.json").read_text())["test_images"] == 40
+    code, _, err = run_cli(["evaluate", str(run), "--device", "cpu", "--tta", "0", "--corruptions",
+                            "--corruption-names", "brightness"])
+    assert code == 0, err
+    assert json.loads((run / "robustness.json").read_text())["clean"]["images"] == 40
+    pred, missing = test_predictions(load_run(run), None, "cpu", lambda s: None, progress=False)
+    assert missing == [] and len(pred.labels) == 40

@@ -41,7 +41,7 @@ from cifarlab.data import DataError, load_cifar10
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import robustness_figure, run_curves_figure
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
-from cifarlab.inference.model import Predictor, stored_temperature
+from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
 from cifarlab.inference.robustness import run_robustness
 from cifarlab.training.config import inactive_fields
 
@@ -98,7 +98,7 @@ def test_predictions(
     except RunError as e:
         return None, [f"checkpoint unusable: {e}"]
     try:
-        data = load_cifar10(data_dir, download=False)
+        data = load_cifar10(data_dir_for(data_dir, model.checkpoint), download=False)
     except DataError as e:
         return None, [f"test data not available ({e}); pass --data-dir"]
     tta = int(view.train.get("tta", 0))

@@ -20,8 +20,7 @@ from cifarlab.common.metrics import TEMPERATURE_RANGE, calibration_scores, fit_t
 from cifarlab.common.rundir import CALIBRATION, RunDir, atomic_write_json
 from cifarlab.data import Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
-from cifarlab.inference.export import run_data_dir
-from cifarlab.inference.model import Predictor
+from cifarlab.inference.model import Predictor, data_dir_for
 
 FIT_TTA = 0  # predict and serve compute logits without test-time augmentation
 
@@ -42,7 +41,7 @@ def calibrate_run(
     model = Predictor(path, device=device, batch_size=batch_size, amp=amp)
     run = RunDir(model.checkpoint.parent).require()  # the split needs the run's config.json
     val_size = validation_size(run)
-    data = load_cifar10(data_dir if data_dir is not None else run_data_dir(model.checkpoint))
+    data = load_cifar10(data_dir_for(data_dir, model.checkpoint))
     val_images, val_labels = validation_split(run, data, val_size)
     val_logits = model.logits(val_images, FIT_TTA)
     temperature = fit_temperature(val_logits, val_labels)

@@ -11,7 +11,7 @@ from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
 from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir, RunError, atomic_write_json
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
-from cifarlab.inference.model import Predictor, stored_temperature
+from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
 from cifarlab.runtime import autocast_dtype
 
 
@@ -38,7 +38,7 @@ def evaluate_checkpoint(
     """
     model = Predictor(path, device=device, batch_size=batch_size, amp=amp)
     tta = model.trained_tta if tta is None else tta
-    data = load_cifar10(data_dir)
+    data = load_cifar10(data_dir_for(data_dir, model.checkpoint))
     logits = model.logits(data.test_images, tta)
     ev = score(logits, data.test_labels, len(model.classes))
     test_calibration = calibration_scores(logits, data.test_labels)

@@ -43,7 +43,6 @@ from cifarlab.common.rundir import (
     EXPORT_CONFIG,
     EXPORT_DIR,
     EXPORT_WEIGHTS,
-    RunDir,
     RunError,
     atomic_write_bytes,
     atomic_write_json,
@@ -52,7 +51,7 @@ from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.augment import normalize
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.card import model_card, run_measurements
-from cifarlab.inference.model import Predictor
+from cifarlab.inference.model import Predictor, data_dir_for
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": EXPORT_DIR}
 FOLDER_FORMATS = ("safetensors",)  # written as a folder of files, not one model file
@@ -74,20 +73,6 @@ def check_images(data_dir: Path | str | None, count: int, log: Callable[[str], N
         log(f"warning: checking the export on {count} random images, not real ones ({e})")
         generator = torch.Generator().manual_seed(0)
         return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8, generator=generator), "random uint8, no data set found"
-
-
-def run_data_dir(ckpt: Path) -> Path | None:
-    """The data set a checkpoint's run trained on (config.json records its folder or archive), if still there."""
-    run = RunDir(ckpt.parent)
-    if not run.exists():
-        return None
-    try:
-        data = run.config().get("data")
-    except RunError:
-        return None
-    # The recorded folder or archive itself, not its parent: find_dataset takes either, and parquet
-    # files may lie in the data folder's root, whose parent holds no data set.
-    return Path(data) if isinstance(data, str) and Path(data).exists() else None
 
 
 @contextlib.contextmanager
@@ -182,7 +167,7 @@ def export_model(
     if not output.parent.is_dir():
         raise ExportError(f"{output.parent}: no such folder for the exported model")
 
-    pixels, source = check_images(data_dir if data_dir is not None else run_data_dir(ckpt), images, log)
+    pixels, source = check_images(data_dir_for(data_dir, ckpt), images, log)
     x = normalize(pixels, meta["mean"], meta["std"])
     reference = predictor.logits(pixels).numpy()  # exactly what `cifarlab predict` computes
     # Exported graphs are float32 and contiguous, in eval mode (dropout off, BatchNorm running stats).
@@ -264,7 +249,7 @@ def export_safetensors(
     ckpt = predictor.checkpoint
     output = Path(output) if output else ckpt.parent / EXPORT_DIR
     check_export_folder(output)
-    pixels, source = check_images(data_dir if data_dir is not None else run_data_dir(ckpt), images, log)
+    pixels, source = check_images(data_dir_for(data_dir, ckpt), images, log)
     reference = predictor.logits(pixels)  # exactly what `cifarlab predict` computes from the run
     staging = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
     staging.mkdir()

@@ -105,3 +105,23 @@ def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
         raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, "
                        f"this is epoch {epoch}; {fit}")
     return float(calibration["temperature"])
+
+
+def run_data_dir(ckpt: Path) -> Path | None:
+    """The data set a checkpoint's run trained on (config.json records its folder or archive), if still there."""
+    run = RunDir(ckpt.parent)
+    if not run.exists():
+        return None
+    try:
+        data = run.config().get("data")
+    except RunError:
+        return None
+    # The recorded folder or archive itself, not its parent: find_dataset takes either, and parquet
+    # files may lie in the data folder's root, whose parent holds no data set.
+    return Path(data) if isinstance(data, str) and Path(data).exists() else None
+
+
+def data_dir_for(data_dir: Path | str | None, ckpt: Path) -> Path | str | None:
+    """--data-dir when given, else the data set the checkpoint's run trained on, else None (then
+    CIFARLAB_DATA or the cache): evaluate, calibrate, export and the report find a run's data alike."""
+    return data_dir if data_dir is not None else run_data_dir(ckpt)

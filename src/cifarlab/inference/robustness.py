@@ -32,7 +32,7 @@ from cifarlab.common.rundir import (
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.shifted import Cifar10C, LabelledImages, load_cifar101, open_cifar10c
 from cifarlab.errors import CifarlabError
-from cifarlab.inference.model import Predictor
+from cifarlab.inference.model import Predictor, data_dir_for
 from cifarlab.runtime import autocast_dtype
 
 GENERATED = "generated, CIFAR-10-C-style (Hendrycks & Dietterich parameters)"
@@ -177,7 +177,7 @@ def evaluate_robustness(
     files, cifar101 = check_request(request)  # bad files fail here, before minutes of work
     model = Predictor(path, device=device, batch_size=batch_size, amp=amp)
     tta = model.trained_tta if tta is None else tta
-    data = load_cifar10(data_dir)
+    data = load_cifar10(data_dir_for(data_dir, model.checkpoint))
     if files is not None:
         _check_same_test_set(files, data.test_labels)
     count = len(data.test_labels) if request.subset is None else min(request.subset, len(data.test_labels))
