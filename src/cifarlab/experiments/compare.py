@@ -11,7 +11,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError, seconds_to_stabilise
+from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import curves_figure, lr_time_figure
@@ -63,9 +63,7 @@ def _gflops(view: RunView) -> str | None:
 
 
 def _stabilised(view: RunView) -> str | None:
-    """The report's "time for the accuracy to stabilise": results.json's, else from the metrics so far."""
-    r = view.results or {}
-    epoch, seconds = (r.get("stabilised_epoch"), r.get("seconds_to_stabilise")) if view.results else seconds_to_stabilise(view.metrics)
+    epoch, seconds = view.stabilised()
     return None if epoch is None else f"epoch {epoch}, {pages.fmt(seconds, 's')}"
 
 

@@ -35,7 +35,6 @@ from cifarlab.common.rundir import (
     ROBUSTNESS,
     RunDir,
     RunError,
-    seconds_to_stabilise,
 )
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.experiments import pages
@@ -312,16 +311,14 @@ def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list
     per_step = r.get("seconds_per_step", train_s / steps if steps else None)
     per_epoch = r.get("seconds_per_epoch", m[-1]["elapsed_seconds"] / len(m) if m else None)
     if view.results:
-        stable_epoch, stable_s = r.get("stabilised_epoch"), r.get("seconds_to_stabilise")
         test = [("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")), ("test error", pages.fmt(r.get("test_error"), "pct")),
                 ("test loss", pages.fmt(r.get("test_loss")))]
+    elif pred is not None:
+        tag = f" (checkpoint of epoch {pred.epoch}, run not finished)"
+        test = [("test accuracy" + tag, pages.fmt(pred.accuracy, "pct")), ("test error" + tag, pages.fmt(1 - pred.accuracy, "pct"))]
     else:
-        stable_epoch, stable_s = seconds_to_stabilise(m) if m else (None, None)
-        if pred is not None:
-            tag = f" (checkpoint of epoch {pred.epoch}, run not finished)"
-            test = [("test accuracy" + tag, pages.fmt(pred.accuracy, "pct")), ("test error" + tag, pages.fmt(1 - pred.accuracy, "pct"))]
-        else:
-            test = [("test accuracy", "— (run not finished)")]
+        test = [("test accuracy", "— (run not finished)")]
+    stable_epoch, stable_s = view.stabilised()
     stable = "—" if stable_epoch is None else f"epoch {stable_epoch}, {pages.fmt(stable_s, 's')}"
     if not view.results and stable_epoch is not None:
         stable += " (so far)"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunError
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunError, seconds_to_stabilise
 
 COLUMNS = ("name", "preset", "model", "params", "epochs", "best_val_accuracy", "test_accuracy", "train_seconds", "status")
 
@@ -51,6 +51,13 @@ class RunView:
         if self.results:
             return self.results.get("train_seconds")
         return self.metrics[-1].get("elapsed_seconds") if self.metrics else None
+
+    def stabilised(self) -> tuple[int | None, float | None]:
+        """The report's "time for the accuracy to stabilise" (epoch, seconds): results.json's once the
+        run finished, else from the metrics so far."""
+        if self.results:
+            return self.results.get("stabilised_epoch"), self.results.get("seconds_to_stabilise")
+        return seconds_to_stabilise(self.metrics) if self.metrics else (None, None)
 
 
 def pid_alive(pid: Any) -> bool:
