@@ -331,6 +331,13 @@ def random_data(train: int, test: int) -> Cifar10:
     return Cifar10(images(train), labels(train), images(test), labels(test), CLASSES, "random")
 
 
+def with_epochs(config: TrainConfig, epochs: int | None) -> TrainConfig:
+    """`config` for `epochs` epochs (None: its own), its low-resolution epochs cut to fewer than that."""
+    if epochs is None:
+        return config
+    return config.replace(epochs=epochs, low_res_epochs=min(config.low_res_epochs, epochs - 1))
+
+
 def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_model: bool) -> dict:
     """An untimed-for-the-record training of a fresh network on a few batches of every shape a run
     has (full batches and the last, shorter one) and an evaluation of one batch, as airbench warms
@@ -339,10 +346,12 @@ def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_m
     images = min(n, 2 * batch) + (n % batch if n > 2 * batch else 0)
     small = Splits(splits.train_x[:images], splits.train_y[:images], splits.val_x[:0], splits.val_y[:0],
                    splits.test_x[: config.eval_batch_size], splits.test_y[: config.eval_batch_size], splits.classes, splits.source)
+    warm = with_epochs(config, 2 if config.low_res_epochs else 1)  # progressive resolution: both stem strides
     with Stopwatch(device) as watch:
-        learner = build_learner(config.replace(epochs=1), small, device, torch.Generator(device).manual_seed(0))
+        learner = build_learner(warm, small, device, torch.Generator(device).manual_seed(0))
         compile_seconds = compile_trainee(learner, small, config) if compile_model else None  # small has the run's batch shapes
-        train_epoch(learner, small, config, progress=False)
+        for epoch in range(1, warm.epochs + 1):
+            train_epoch(learner, small, warm, progress=False, epoch=epoch)
         _test(learner.model, small, config)
     return {"seconds": watch.seconds, "images": images, "compile_seconds": compile_seconds}
 
@@ -440,7 +449,7 @@ def time_to_accuracy(suite: Suite, data: Cifar10, device: torch.device, plan: Pl
               "records_for_comparison": RECORDS, "presets": {}}
     configs = {}
     for name in TIMED_PRESETS:
-        config = get_preset(name).replace(val_size=0, epochs=plan.epochs, compile=compile_model)
+        config = with_epochs(get_preset(name), plan.epochs).replace(val_size=0, compile=compile_model)
         configs[name] = config
         result["presets"][name] = {"config": config.to_dict(), "train_dtype": autocast_dtype(config.amp, device),
                                    "warm_up": warm_up(config, splits, device, compile_model), "runs": []}
@@ -468,8 +477,8 @@ def timed_run(config: TrainConfig, splits: Splits, device: torch.device, seed: i
         learner = build_learner(config, splits, device, generator)
     compile_seconds = compile_trainee(learner, splits, config) if config.compile else None
     with Stopwatch(device) as training:
-        for _ in range(config.epochs):
-            record = train_epoch(learner, splits, config, progress=False)
+        for epoch in range(1, config.epochs + 1):  # the epoch number chooses flips and stem stride
+            record = train_epoch(learner, splits, config, progress=False, epoch=epoch)
         if learner.lookahead is not None:
             learner.lookahead.finish()  # evaluate the slow weights, as train() does
     with Stopwatch(device) as evaluation:

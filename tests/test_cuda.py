@@ -43,7 +43,7 @@ def paper_config(**kw):
 
 
 def fast_config(**kw):
-    return get_preset("fast").replace(**{**dict(epochs=2, batch_size=32, val_size=20, model_options=SMALL_FAST), **kw})
+    return get_preset("fast").replace(**{**dict(epochs=2, low_res_epochs=1, batch_size=32, val_size=20, model_options=SMALL_FAST), **kw})
 
 
 def quiet_train(config, out, data, device="cuda", **kw):

@@ -58,7 +58,7 @@ def test_tta_is_exact_for_symmetric_inputs():
 
 
 def test_linear_schedule_shape():
-    c = get_preset("fast").replace(epochs=1, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07)
+    c = get_preset("quick").replace(epochs=1, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07)
     f = LinearSchedule(c, 100)
     assert f(0) == 0.2 and abs(f(25) - 1.0) < 1e-9 and abs(f(100) - 0.07) < 1e-9
     assert f(12) < f(24) and f(50) > f(75)
@@ -95,7 +95,7 @@ def test_lookahead_finish_puts_the_slow_weights_in():
 def test_optimizer_groups_and_learning_rates():
     from cifarlab.training.optim import build_optimizer
 
-    config = get_preset("fast").replace(model_options={"widths": [8, 16, 16]})
+    config = get_preset("quick").replace(model_options={"widths": [8, 16, 16]})
     model = build_model(config.model, **config.model_options)
     weights, shifts = build_optimizer(model, config).param_groups
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in shifts["params"])
@@ -125,20 +125,33 @@ def test_plateau_schedule_cuts_after_patience():
     assert restored.plateau.num_bad_epochs == schedule.plateau.num_bad_epochs
 
 
-def test_fast_preset_trains_on_tiny_data(tmp_path):
+@pytest.mark.parametrize("preset", ["quick", "fast"])
+def test_fast_presets_train_on_tiny_data(tmp_path, preset):
     from conftest import write_binary
 
     from cifarlab.training.train import train
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    config = get_preset("fast").replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]})
+    config = get_preset(preset).replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]},
+                                        low_res_epochs=1 if preset == "fast" else None)
     results = train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     assert results["tta"] == 2 and results["epochs"] == 2
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]  # it learns: random labels are fit a little
-    assert metrics[0]["lr"] < config.lr  # the linear warm-up starts low
+    if preset == "quick":
+        assert metrics[0]["lr"] < config.lr  # the linear warm-up starts low
+    else:  # airbench94's schedule: no warm-up, a linear decay to 0
+        assert metrics[0]["lr"] > metrics[1]["lr"]
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert TrainConfig.from_dict(saved) == config
+
+
+def test_fast_is_the_anchor_with_progressive_resolution():
+    fast, anchor = get_preset("fast"), get_preset("airbench94")
+    assert 0 < fast.low_res_epochs < fast.epochs and anchor.low_res_epochs == 0
+    assert fast.replace(preset="airbench94", epochs=anchor.epochs, low_res_epochs=0) == anchor
+    with pytest.raises(ValueError, match=f"low_res_epochs: {fast.low_res_epochs} .*epochs - 1 = 1"):
+        fast.replace(epochs=2)  # a shorter run must say how many of its epochs are at low resolution
 
 
 def test_stem_stride_switch_keeps_the_weights_and_quarters_the_feature_maps():

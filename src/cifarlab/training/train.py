@@ -166,6 +166,7 @@ def train_epoch(
     learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True, epoch: int = 1
 ) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps.
+    `epoch` (from 1) chooses the alternating flips and, with progressive resolution, the stem's stride.
 
     DDP: every process draws the same order and augmentation (same generator state) for the
     global batch, keeps its contiguous shard, and weights its loss by its share of the batch,
@@ -182,6 +183,8 @@ def train_epoch(
     if 0 < n % config.batch_size < 2 * world:
         order = order[: n - n % config.batch_size]  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
+    if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
+        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
     flips = alternating_flips(n, config.seed, epoch).to(device) if config.flip and config.flip_mode == "alternating" else None
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -533,8 +536,6 @@ def _epoch(job: Job, epoch: int, progress: bool) -> dict:
     """Train one epoch and validate; the epoch's record for metrics.jsonl."""
     config, learner, splits = job.config, job.learner, job.splits
     start = time.perf_counter()
-    if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
-        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
     record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
     if epoch == config.epochs and learner.lookahead is not None:
         learner.lookahead.finish()  # evaluate and keep the slow weights
