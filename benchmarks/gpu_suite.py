@@ -61,7 +61,7 @@ from cifarlab.data import CLASSES, MEAN, STD, Cifar10, DataError, load_cifar10  
 from cifarlab.models import list_models  # noqa: E402
 from cifarlab.runtime import autocast_dtype, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
 from cifarlab.training import train as train_module  # noqa: E402
-from cifarlab.training.config import PRESETS, TrainConfig, get_preset  # noqa: E402
+from cifarlab.training.config import PRESETS, TrainConfig, apply_overrides, get_preset  # noqa: E402
 from cifarlab.training.train import Splits, build_learner, compile_trainee, make_splits, train_epoch  # noqa: E402
 
 RESULT_FILE = "gpu_suite.json"
@@ -332,10 +332,8 @@ def random_data(train: int, test: int) -> Cifar10:
 
 
 def with_epochs(config: TrainConfig, epochs: int | None) -> TrainConfig:
-    """`config` for `epochs` epochs (None: its own), its low-resolution epochs cut to fewer than that."""
-    if epochs is None:
-        return config
-    return config.replace(epochs=epochs, low_res_epochs=min(config.low_res_epochs, epochs - 1))
+    """`config` for `epochs` epochs (None: its own), as `--epochs` gives it (the same full-resolution finish)."""
+    return config if epochs is None else apply_overrides(config, {"epochs": epochs})
 
 
 def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_model: bool) -> dict:

@@ -19,3 +19,15 @@ def test_overrides_and_errors():
         get_preset("paper").replace(lr=-1.0)
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("nope")
+
+
+def test_epochs_keep_a_progressive_presets_full_resolution_finish():
+    from cifarlab.training.config import apply_overrides
+
+    fast = get_preset("fast")
+    finish = fast.epochs - fast.low_res_epochs
+    assert finish >= 1
+    assert apply_overrides(fast, {"epochs": 1}).low_res_epochs == 0  # shorter than the finish: all full resolution
+    assert apply_overrides(fast, {"epochs": 12}).low_res_epochs == 12 - finish
+    assert apply_overrides(fast, {"epochs": 3, "low_res_epochs": 1}).low_res_epochs == 1  # said explicitly: kept
+    assert apply_overrides(get_preset("airbench94"), {"epochs": 3}).low_res_epochs == 0  # not progressive: untouched

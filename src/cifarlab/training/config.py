@@ -183,6 +183,11 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str 
     values = {**config.to_dict(), "model_options": dict(config.model_options)}
     if overrides.get("model", config.model) != config.model:
         values["model_options"] = {}  # the base's options are its own model's: --model NAME starts from NAME's defaults
+    epochs = overrides.get("epochs")
+    if isinstance(epochs, int) and "low_res_epochs" not in overrides and config.low_res_epochs:
+        # --epochs N keeps the base's full-resolution finish (fast: its last 2 epochs) and puts as
+        # many low-resolution epochs before it as fit, so `--preset fast --epochs 1` just works
+        values["low_res_epochs"] = max(0, epochs - (config.epochs - config.low_res_epochs))
     for key, value in overrides.items():
         head, _, rest = key.partition(".")
         if rest and head == "model_options":
