@@ -29,7 +29,7 @@ FIELD_HELP = {
     "tta": "test-time augmentation for the final evaluation",
     "schedule": "learning-rate schedule (linear, cosine, onecycle and step take --warmup-fraction)",
     "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
-    "low_res_epochs": "progressive resolution: the first N epochs with the stem at stride 2 (fast network; 0 = off)",
+    "low_res_epochs": "progressive resolution: the first N epochs with the stem at stride 2 (fast network; 0 = off; --epochs alone keeps a preset's full-resolution finish)",
     "whiten_bias_epochs": "muon: the whitening bias learns only the first N epochs (0 = always)",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
@@ -171,7 +171,7 @@ def add_robustness_flags(g) -> None:
     g.add_argument("--corruption-names", nargs="+", metavar="NAME", help="only these corruptions (default: all)")
     g.add_argument("--corruption-subset", type=int, metavar="N",
                    help="corrupt only the first N test images (default: all 10,000: 750,000 predictions per tta pass, "
-                   "about 20 minutes for the fast model at --tta 0 on 2 CPU cores; see the README)")
+                   "about 20 minutes for a stride-2 fast model at --tta 0 on 2 CPU cores; see the README)")
     g.add_argument("--corruption-seed", type=int, default=0, metavar="SEED", help="seed of the generated corruptions (default: %(default)s)")
 
 
