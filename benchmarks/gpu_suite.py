@@ -344,7 +344,8 @@ def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_m
     images = min(n, 2 * batch) + (n % batch if n > 2 * batch else 0)
     small = Splits(splits.train_x[:images], splits.train_y[:images], splits.val_x[:0], splits.val_y[:0],
                    splits.test_x[: config.eval_batch_size], splits.test_y[: config.eval_batch_size], splits.classes, splits.source)
-    warm = with_epochs(config, 2 if config.low_res_epochs else 1)  # progressive resolution: both stem strides
+    # progressive resolution: one epoch at each stem stride, so both shapes are warmed up
+    warm = config.replace(epochs=2, low_res_epochs=1) if config.low_res_epochs else config.replace(epochs=1)
     with Stopwatch(device) as watch:
         learner = build_learner(warm, small, device, torch.Generator(device).manual_seed(0))
         compile_seconds = compile_trainee(learner, small, config) if compile_model else None  # small has the run's batch shapes
