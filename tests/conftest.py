@@ -16,7 +16,8 @@ from cifarlab.data import ANY_RECORD_COUNT_ENV, BIN_TRAIN, CLASSES, PY_TRAIN
 # remove it with monkeypatch.delenv.
 os.environ[ANY_RECORD_COUNT_ENV] = "1"
 
-REAL_DATA = Path(os.environ.get("CIFARLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "cifar10"))
+# Resolved: tests link to its files from temporary folders, where a relative path (the README's ../shared) would dangle.
+REAL_DATA = Path(os.environ.get("CIFARLAB_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "cifar10")).resolve()
 
 
 def fake_batch(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
