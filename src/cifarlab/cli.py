@@ -485,7 +485,7 @@ def add_report(sub) -> None:
 def cmd_report(args) -> int:
     from cifarlab.experiments.report import build_report
 
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     print(build_report(args.run, args.data_dir, args.device, log=log, progress=not args.quiet))
     return 0
 
@@ -513,13 +513,18 @@ def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="one HTML page overlaying runs' curves and tabulating their configs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR")
     p.add_argument("--out", type=Path, default=Path("comparison"), help="folder for compare.html and its PNGs (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location, for the test accuracy of runs not finished "
+                   "(default: each run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="device for those test-set predictions: auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args) -> int:
     from cifarlab.experiments.compare import compare_runs
 
-    print(compare_runs(args.runs, args.out))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    print(compare_runs(args.runs, args.out, args.data_dir, args.device, log))
     return 0
 
 
