@@ -131,3 +131,30 @@ def test_wide_tables_scroll_inside_a_1280_px_page(tiny_run, tmp_path, browser):
         seen = page_width(browser, path)
         assert seen["page"] <= 1280, (path.name, seen)
     assert page_width(browser, comparison)["table"] > 1280 and page_width(browser, leaderboard)["table"] > 1280
+
+
+# ---------------------------------------------------------------- compare's curves name every run
+
+
+def test_every_run_is_named_on_every_comparison_plot(tiny_run):
+    import dataclasses
+
+    from cifarlab.experiments.figures import curves_figure, lr_time_figure
+    from cifarlab.experiments.runs import load_run
+
+    with_val = load_run(tiny_run)
+    # as preset fast: no validation split, and (killed early) one epoch: a lone point per panel
+    no_val = dataclasses.replace(with_val, metrics=[{k: v for k, v in with_val.metrics[0].items() if not k.startswith("val_")}])
+    labels = ["with-validation", "fast-like $x$"]
+    for fig in (curves_figure([with_val, no_val], labels), lr_time_figure([with_val, no_val], labels)):
+        (legend,) = fig.legends
+        named = {t.get_text(): h.get_color() for t, h in zip(legend.get_texts(), legend.legend_handles)}
+        assert list(named) == [r"with-validation", r"fast-like \$x\$"]  # every run, drawn as text (no mathtext)
+        colours = list(named.values())
+        assert len(set(colours)) == 2
+        for ax in fig.axes:
+            for line in ax.lines:  # each curve in the colour its run's legend entry shows
+                run = 0 if line.get_label().startswith("with-validation") else 1
+                assert line.get_color() == colours[run], (ax.get_title(), line.get_label())
+        drawn = {line.get_color() for ax in fig.axes for line in ax.lines}
+        assert drawn == set(colours)  # the run without validation figures is drawn too, not left out
