@@ -27,7 +27,15 @@ import torch
 from matplotlib.figure import Figure
 
 from cifarlab.common import metrics
-from cifarlab.common.rundir import CALIBRATION, CHECKPOINT, METRICS, RESULTS, ROBUSTNESS, RunDir, RunError
+from cifarlab.common.rundir import (
+    CALIBRATION,
+    CHECKPOINT,
+    METRICS,
+    RESULTS,
+    ROBUSTNESS,
+    RunDir,
+    RunError,
+)
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import robustness_figure, run_curves_figure
 from cifarlab.experiments.pages import Note
@@ -395,13 +403,13 @@ def build_report(
         "subtitle": f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; "
                     f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "notes": notes,
-        "results": headline(view, pred, cal and cal["ece"]),
+        "results": headline(view, pred, None if cal is None else cal["ece"]),
         "settings": [(k, pages.fmt(v)) for k, v in flatten_config(view).items() if k not in unused],
         "curves": figures.draw(FIGURES["curves"], lambda: run_curves_figure(view.metrics)) if view.metrics else None,
         "epochs": epoch_rows(view.metrics),
         "per_class": per_class_context(view, pred, figures),
         "errors": errors_context(pred, figures) if pred is not None else None,
-        "calibration": calibration_context(view, pred, cal, figures) if pred is not None else None,
+        "calibration": None if pred is None or cal is None else calibration_context(view, pred, cal, figures),
         "robustness": robustness_context(view, figures),
     }
     out = view.path / REPORT

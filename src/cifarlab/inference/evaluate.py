@@ -15,7 +15,14 @@ from typing import Callable
 import torch
 
 from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
-from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir, RunError, atomic_write_json, read_json
+from cifarlab.common.rundir import (
+    CALIBRATION,
+    EVALUATION,
+    RunDir,
+    RunError,
+    atomic_write_json,
+    read_json,
+)
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
