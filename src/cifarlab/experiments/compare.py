@@ -144,7 +144,8 @@ def compare_runs(
     log: Callable[[str], None] = lambda s: None,
 ) -> Path:
     """Write OUT/compare.html and OUT/compare-*.png for the given runs; returns the page's path.
-    `data_dir` and `device` serve the test accuracy of runs that have not finished."""
+    `data_dir` and `device` serve the test accuracy of runs that have not finished, the one slow step:
+    `log` hears about it (a comparison of finished runs draws two figures and says nothing)."""
     views = [load_run(p) for p in paths]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -176,7 +177,6 @@ def _write_comparison(views: list[RunView], out: Path, data_dir, device: str, lo
         tests.append(cell)
         if missing:
             notes.append(Note(f"No test accuracy for {label}: {missing}"))
-    log(f"drawing {FIGURES['curves']} and {FIGURES['time']}")
     curves = pages.save_png(curves_figure(views, labels), out / FIGURES["curves"])
     lr_time = pages.save_png(lr_time_figure(views, labels), out / FIGURES["time"])
     settings, setting_classes, differing = config_rows(views)
