@@ -12,7 +12,9 @@ A run that `cifarlab evaluate --corruptions` (or --cifar101-dir) has measured al
 robustness section from its robustness.json: accuracy by corruption and severity as a heat map,
 the mean corruption accuracy and its drop from clean accuracy.
 
-Only the report's own files are written into the run directory: report.html and report-*.png.
+The page is the template templates/report.html, rendered with autoescape (experiments/pages.py),
+so nothing read from the run folder can add markup to it. Only the report's own files are written
+into the run directory: report.html and report-*.png.
 """
 
 from __future__ import annotations
