@@ -216,7 +216,7 @@ def test_evaluate_corruptions_and_report_read_the_runs_own_data(tiny_run, tmp_pa
     it), as calibrate and export do, not on whatever CIFARLAB_DATA points at."""
     from conftest import write_binary
 
-    from cifarlab.experiments.report import test_predictions
+    from cifarlab.experiments.predictions import checkpoint_predictions
     from cifarlab.experiments.runs import load_run
 
     other = write_binary(tmp_path / "other", per_batch=20, test=20).parent  # 20 test images; the run's data has 40
@@ -230,5 +230,5 @@ def test_evaluate_corruptions_and_report_read_the_runs_own_data(tiny_run, tmp_pa
                             "--corruption-names", "brightness"])
     assert code == 0, err
     assert json.loads((run / "robustness.json").read_text())["clean"]["images"] == 40
-    pred, missing = test_predictions(load_run(run), None, "cpu", lambda s: None, progress=False)
+    pred, missing = checkpoint_predictions(load_run(run), None, "cpu", lambda s: None, progress=False)
     assert missing == [] and len(pred.labels) == 40

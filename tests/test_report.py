@@ -10,13 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import open_page
 
 import cifarlab.experiments
 from cifarlab.cli import main
 from cifarlab.common.rundir import RunDir
-from cifarlab.experiments.report import FIGURES, REPORT, build_report, calibration, confused_pairs
-from cifarlab.experiments.runs import list_runs
+from cifarlab.experiments.report import (
+    FIGURES,
+    REPORT,
+    build_report,
+    calibration,
+    confused_pairs,
+)
+from cifarlab.experiments.runs import list_runs, load_run
 
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
 
@@ -232,7 +239,12 @@ def test_report_shows_only_the_settings_a_run_uses_and_explains_label_smoothing(
 def test_class_names_from_a_users_meta_file_are_drawn_as_text_not_mathtext():
     import io
 
-    from cifarlab.experiments.report import Predictions, confusion_figure, errors_figure, per_class_figure
+    from cifarlab.experiments.report import (
+        Predictions,
+        confusion_figure,
+        errors_figure,
+        per_class_figure,
+    )
 
     classes = ["$x^$", "a$b"]  # mathtext would fail on the first: "Expected end of text"
     pred = Predictions(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([1, 0]), np.zeros((2, 3, 2, 2), np.uint8), classes, 1, 0)
@@ -253,3 +265,77 @@ def test_compare_table_has_the_reports_metrics_and_the_machine(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     assert rows["time to stabilise"].startswith(f"epoch {results['stabilised_epoch']}, ")
     assert rows["processor"] == results["processor"] and rows["training dtype"] == "bfloat16"
+
+
+# ---------------------------------------------------------------- runs that have not finished
+
+
+def stop(run: Path) -> Path:
+    """The run as a killed training leaves it: no results.json, status 'running' with a dead pid."""
+    (run / "results.json").unlink()
+    (run / "status.json").write_text(json.dumps({"status": "running", "pid": 2**22 + 12345, "epoch": 2}))
+    return run
+
+
+def test_compare_shows_the_test_accuracy_report_shows_for_a_stopped_run(tiny_run, tmp_path):
+    from cifarlab.experiments.compare import compare_runs
+    from cifarlab.experiments.predictions import checkpoint_predictions
+
+    stopped = stop(copy_run(tiny_run, tmp_path / "stopped"))
+    data = tiny_run.parent / "data"
+    pred, _ = checkpoint_predictions(load_run(stopped), data, "cpu", lambda s: None, progress=False)
+    shown = f"{pct(pred.accuracy)}"
+    label = "checkpoint of epoch 2"
+    report = build_report(stopped, data, **QUIET).read_text()
+    assert f'<td>test accuracy ({label}, run not finished)</td><td class="num">{shown}</td>' in report
+    page = compare_runs([tiny_run, stopped], tmp_path / "cmp", data, "cpu").read_text()
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert (f'<td>test accuracy</td><td class="num">{pct(results["test_accuracy"])}</td>'
+            f'<td class="num">{shown} ({label}, run not finished)</td>') in page
+    page = compare_runs([stopped], tmp_path / "cmp2", tmp_path / "nodata", "cpu").read_text()
+    assert "No test accuracy for stopped: test data not available" in page and '<td class="num">—</td>' in page
+
+
+def test_a_low_resolution_checkpoint_is_measured_at_its_training_resolution_and_said_so(tmp_path):
+    from conftest import write_binary
+
+    from cifarlab.experiments.compare import compare_runs
+    from cifarlab.experiments.predictions import checkpoint_predictions
+    from cifarlab.inference.model import Predictor
+    from cifarlab.training.config import get_preset
+    from cifarlab.training.train import train
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=40).parent
+    config = get_preset("fast").replace(epochs=2, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=1, tta=0,
+                                        model_options={"widths": [8, 16, 16], "stem_stride": 1})
+
+    def interrupt(record):  # killed after epoch 1, the low-resolution one, as a report mid-run sees it
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None, on_epoch=interrupt)
+    run = tmp_path / "run"
+    pred, _ = checkpoint_predictions(load_run(run), data, "cpu", lambda s: None, progress=False)
+    model = Predictor(run / "checkpoint.pt")
+    images = torch.from_numpy(pred.images)
+    full = torch.softmax(model.logits(images), 1).numpy()
+    model.model.set_stem_stride(2)
+    assert pred.epoch == 1 and pred.stem_stride == 2
+    np.testing.assert_allclose(pred.probs, torch.softmax(model.logits(images), 1).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(pred.probs, full)  # the full-resolution figures, which the page does not show, differ
+    report = build_report(run, data, **QUIET).read_text()
+    assert "trained with the stem at stride 2" in report and "not comparable with a finished run" in report
+    assert "test accuracy (checkpoint of epoch 1, at its stem stride 2: not comparable, run not finished)" in report
+    page = compare_runs([run], tmp_path / "cmp", data, "cpu").read_text()
+    assert f"{pct(pred.accuracy)} (checkpoint of epoch 1, at its stem stride 2: not comparable, run not finished)" in page
+
+
+def test_report_says_what_it_is_doing_while_it_works(tiny_run, tmp_path, capsys):
+    run = copy_run(tiny_run, tmp_path / "run")
+    assert main(["report", str(run), "--data-dir", str(tiny_run.parent / "data"), "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(run / REPORT)
+    lines = err.splitlines()
+    assert lines[0].startswith("predicting 40 test images with the epoch-2 checkpoint")
+    assert [line for line in lines if line.startswith("drawing ")] == [f"drawing {name}" for name in FIGURES.values()]
+    assert lines[-1] == f"writing {run / REPORT}"

@@ -214,10 +214,11 @@ def _evaluate(run: Path, data: Path, *flags: str) -> str:
 def test_evaluate_corruptions_prints_and_writes_the_table(evaluated):
     run, out = evaluated
     result = json.loads((run / "robustness.json").read_text())
-    evaluation = json.loads((run / "evaluation.json").read_text())
+    results = json.loads((run / "results.json").read_text())
     part, clean = result["corruptions"], result["clean"]
     assert part["source"] == GENERATED and part["seed"] == 3 and part["images"] == clean["images"] == 40
-    assert clean["accuracy"] == evaluation["test_accuracy"]  # the same images, tta and dtype
+    assert clean["accuracy"] == results["test_accuracy"]  # the same images, tta and dtype (float32)
+    assert not (run / "evaluation.json").exists()  # robustness.json alone
     assert list(part["accuracy"]) == list(CORRUPTIONS) and all(len(row) == 5 for row in part["accuracy"].values())
     mean = sum(map(sum, part["accuracy"].values())) / 75
     assert part["mean_accuracy"] == pytest.approx(mean)
@@ -228,6 +229,29 @@ def test_evaluate_corruptions_prints_and_writes_the_table(evaluated):
     row = next(line for line in out.splitlines() if line.startswith("fog "))
     assert row.split()[1:] == [f"{a:.2%}" for a in part["accuracy"]["fog"]] + [f"{sum(part['accuracy']['fog']) / 5:.2%}"]
     assert f"mean corruption accuracy {mean:.2%}" in out and f"written to {run / 'robustness.json'}" in out
+
+
+def test_evaluate_corruptions_keeps_an_earlier_evaluation_and_prints_the_table_once(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = str(tiny_run.parent / "data")
+    assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "2"]) == 0
+    full = (run / "evaluation.json").read_bytes()
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "0", "--corruptions",
+                 "--corruption-names", "fog", "contrast"]) == 0
+    out, err = capsys.readouterr()
+    assert (run / "evaluation.json").read_bytes() == full  # the TTA-2 evaluation is still there
+    assert json.loads((run / "robustness.json").read_text())["tta"] == 0
+    for name in ("fog", "contrast"):  # one row each, on the terminal as a whole (stdout and the stderr progress)
+        assert sum(line.startswith(f"{name} ") for line in (out + err).splitlines()) == 1, (out, err)
+    assert "measured 2 of 2 corruptions" in err and "test accuracy" not in out
+    assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "0"]) == 0
+    out = capsys.readouterr().out  # a plain evaluation with other settings replaces the file, and says so
+    assert f"{run / 'evaluation.json'}: replaces an evaluation made with tta=2, float32, the epoch-2 checkpoint" in out
+    assert json.loads((run / "evaluation.json").read_text())["tta"] == 0
+    assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "0"]) == 0
+    assert "replaces" not in capsys.readouterr().out  # the same settings again: nothing to say
 
 
 def test_files_are_read_instead_and_labelled_as_such(evaluated, tiny_run, tmp_path):
@@ -283,7 +307,7 @@ def test_report_and_compare_show_robustness(evaluated, tiny_run, tmp_path):
     quiet = dict(log=lambda s: None, progress=False, device="cpu")
     html = build_report(copy, tiny_run.parent / "data", **quiet).read_text()
     result = read_robustness(copy / "robustness.json")
-    assert "<h2>Robustness</h2>" in html and pages.esc(GENERATED) in html
+    assert "<h2>Robustness</h2>" in html and GENERATED.replace("&", "&amp;") in html
     assert f"<td>mean corruption accuracy</td><td class=\"num\">{pages.fmt(result['corruptions']['mean_accuracy'], 'pct')}</td>" in html
     assert (copy / ROBUSTNESS_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -157,7 +157,7 @@ def add_evaluate(sub) -> None:
     p.add_argument("--output", type=Path, help="JSON file to write, for one run only (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     add_inference_amp(p)
-    add_robustness_flags(p.add_argument_group("robustness (each run also writes RUNDIR/robustness.json)"))
+    add_robustness_flags(p.add_argument_group("robustness (each run writes RUNDIR/robustness.json, and leaves its evaluation.json as it was)"))
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -184,12 +184,17 @@ def cmd_evaluate(args) -> int:
         raise EvaluateError(f"--batch-size {args.batch_size}: must be at least 1")
     check_output_folder(args.output)
     robustness = robustness_request(args)
+    if robustness is not None and args.output:
+        raise EvaluateError("--output: a robustness evaluation writes RUNDIR/robustness.json only; leave --output out")
     for n, run in enumerate(args.runs):
-        result, output = evaluate_checkpoint(run, args.data_dir, args.device, args.tta, args.output, args.batch_size, args.amp)
-        print(("\n" if n else "") + (f"{run}\n" if len(args.runs) > 1 else "") + format_evaluation(result))
-        print(f"written to {output}")
-        if robustness is not None:
+        if len(args.runs) > 1:
+            print(("\n" if n else "") + str(run))
+        if robustness is not None:  # robustness.json alone: an evaluation.json made with other settings stays
             _evaluate_robustness(args, run, robustness)
+            continue
+        result, output = evaluate_checkpoint(run, args.data_dir, args.device, args.tta, args.output, args.batch_size, args.amp, log=print)
+        print(format_evaluation(result))
+        print(f"written to {output}")
     return 0
 
 
@@ -242,8 +247,8 @@ def _evaluate_robustness(args, run: Path, request) -> None:
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731  progress: minutes on a CPU
     result, output = evaluate_robustness(run, request, args.data_dir, args.device, args.tta, args.batch_size, args.amp, log)
-    print("\n" + format_robustness(result))
-    print(f"written to {output}")
+    print(format_robustness(result))
+    print(f"written to {output} (evaluation.json, if any, is left as it was)")
 
 
 def check_output_folder(output: Path | None) -> None:
@@ -485,7 +490,7 @@ def add_report(sub) -> None:
 def cmd_report(args) -> int:
     from cifarlab.experiments.report import build_report
 
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     print(build_report(args.run, args.data_dir, args.device, log=log, progress=not args.quiet))
     return 0
 
@@ -513,13 +518,18 @@ def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="one HTML page overlaying runs' curves and tabulating their configs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR")
     p.add_argument("--out", type=Path, default=Path("comparison"), help="folder for compare.html and its PNGs (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location, for the test accuracy of runs not finished "
+                   "(default: each run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument("--device", default="auto", help="device for those test-set predictions: auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_compare)
 
 
 def cmd_compare(args) -> int:
     from cifarlab.experiments.compare import compare_runs
 
-    print(compare_runs(args.runs, args.out))
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    print(compare_runs(args.runs, args.out, args.data_dir, args.device, log))
     return 0
 
 

@@ -2,7 +2,10 @@
 tabulating their results and configs side by side, with the settings that differ highlighted;
 runs measured by `cifarlab evaluate --corruptions` also get their robustness side by side.
 
-The page and its PNGs go to a folder of their own (never into a run directory).
+A run that has not finished has no results.json; its test accuracy is its checkpoint's on the
+test set, measured as `cifarlab report` measures it (experiments/predictions.py), so the two
+pages show the same figure. The page and its PNGs go to a folder of their own (never into a run
+directory).
 """
 
 from __future__ import annotations
@@ -10,11 +13,14 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import curves_figure, lr_time_figure
+from cifarlab.experiments.pages import Note
+from cifarlab.experiments.predictions import checkpoint_predictions
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
 from cifarlab.inference.robustness import run_robustness
 from cifarlab.models.measure import describe_model
@@ -32,15 +38,30 @@ def run_labels(views: list[RunView]) -> list[str]:
     return [str(v.path) for v in views]
 
 
-def results_rows(views: list[RunView]) -> list[list[str]]:
+def shown_test_accuracy(
+    view: RunView, data_dir: Path | str | None, device: str, log: Callable[[str], None]
+) -> tuple[str, str | None]:
+    """A run's test accuracy as the report shows it: results.json's once finished, else its checkpoint's
+    on the test set; and why there is none, when there is none."""
+    if view.results:
+        return pages.fmt(view.results.get("test_accuracy"), "pct"), None
+    pred, missing = checkpoint_predictions(view, data_dir, device, log, progress=False)
+    if pred is None:
+        return "—", "; ".join(missing)
+    return f"{pages.fmt(pred.accuracy, 'pct')} ({pred.source}, run not finished)", None
+
+
+def results_rows(views: list[RunView], test_cells: list[str] | None = None) -> list[list[str]]:
+    """The Results table; `test_cells` are the runs' test accuracies (default: results.json's)."""
     def row(label: str, get, kind: str = "") -> list[str]:
         return [label, *(pages.fmt(get(v), kind) for v in views)]
 
     res = lambda v, k: (v.results or {}).get(k)  # noqa: E731
+    tests = test_cells if test_cells is not None else [pages.fmt(res(v, "test_accuracy"), "pct") for v in views]
     return [
         row("status", lambda v: v.status),
         row("epochs", lambda v: f"{len(v.metrics)} of {v.train.get('epochs')}"),
-        row("test accuracy", lambda v: res(v, "test_accuracy"), "pct"),
+        ["test accuracy", *tests],
         row("best validation accuracy", lambda v: v.best_val_accuracy(), "pct"),
         row("final validation accuracy", lambda v: v.final_val_accuracy(), "pct"),
         row("parameters", lambda v: res(v, "params") or v.config.get("params"), "int"),
@@ -67,12 +88,12 @@ def _stabilised(view: RunView) -> str | None:
     return None if epoch is None else f"epoch {epoch}, {pages.fmt(seconds, 's')}"
 
 
-def robustness_sections(views: list[RunView], labels: list[str]) -> list[str]:
+def robustness_context(views: list[RunView]) -> dict | None:
     """Each run's robustness.json side by side (mean corruption accuracy, its drop, each corruption's
     mean over severities, CIFAR-10.1), when any run has one; sources that differ are highlighted."""
     results = [run_robustness(v.path) or {} for v in views]
     if not any(results):
-        return []
+        return None
     parts = [r.get("corruptions") or {} for r in results]
     shifted = [r.get("cifar10_1") or {} for r in results]
     names = list(dict.fromkeys(name for part in parts for name in part.get("accuracy", {})))
@@ -83,12 +104,9 @@ def robustness_sections(views: list[RunView], labels: list[str]) -> list[str]:
                *([name, *(_mean(p.get("accuracy", {}).get(name)) for p in parts)] for name in names),
                ["CIFAR-10.1 accuracy", *(s.get("accuracy") for s in shifted)],
                ["CIFAR-10.1 relative drop", *(s.get("relative_drop") for s in shifted)]]
-    cells = [[row[0], *map(pages.fmt, row[1:])] for row in sources] + [[row[0], *(pages.fmt(v, "pct") for v in row[1:])] for row in figures]
+    rows = [[row[0], *map(pages.fmt, row[1:])] for row in sources] + [[row[0], *(pages.fmt(v, "pct") for v in row[1:])] for row in figures]
     differs = ["differs" if len({v for v in row[1:] if v is not None}) > 1 else "" for row in sources]
-    classes = differs + [""] * len(figures)
-    note = pages.note("The runs were measured on different images (highlighted): compare their accuracies with care.") if any(differs) else ""
-    return [f'<h2>Robustness</h2><p class="sub">From each run\'s {pages.esc(ROBUSTNESS)} (cifarlab evaluate --corruptions); '
-            "a corruption's row is its mean over severities 1-5.</p>" + note + pages.table(["", *labels], cells, classes)]
+    return {"file": ROBUSTNESS, "rows": rows, "classes": differs + [""] * len(figures), "sources_differ": any(differs)}
 
 
 def _corruption_source(part: dict) -> str | None:
@@ -118,8 +136,16 @@ def config_rows(views: list[RunView]) -> tuple[list[list[str]], list[str], list[
     return rows, classes, differing
 
 
-def compare_runs(paths: list[Path | str], out: Path | str) -> Path:
-    """Write OUT/compare.html and OUT/compare-*.png for the given runs; returns the page's path."""
+def compare_runs(
+    paths: list[Path | str],
+    out: Path | str,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = lambda s: None,
+) -> Path:
+    """Write OUT/compare.html and OUT/compare-*.png for the given runs; returns the page's path.
+    `data_dir` and `device` serve the test accuracy of runs that have not finished, the one slow step:
+    `log` hears about it (a comparison of finished runs draws two figures and says nothing)."""
     views = [load_run(p) for p in paths]
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -129,28 +155,37 @@ def compare_runs(paths: list[Path | str], out: Path | str) -> Path:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        return _write_comparison(views, out)
+        return _write_comparison(views, out, data_dir, device, log)
     except BaseException:
         if created:  # a failed comparison leaves nothing behind
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
-def _write_comparison(views: list[RunView], out: Path) -> Path:
+def _partial_notes(views: list[RunView], labels: list[str]) -> list[Note]:
+    return [Note(f"Partial: {label} is {view.status}" + (" and its metrics.jsonl ends in a cut line" if view.partial else "")
+                 + f"; showing its {len(view.metrics)} complete epochs.")
+            for view, label in zip(views, labels) if view.partial or view.status != "finished"]
+
+
+def _write_comparison(views: list[RunView], out: Path, data_dir, device: str, log: Callable[[str], None]) -> Path:
     labels = run_labels(views)
-    body: list[str] = []
+    notes = _partial_notes(views, labels)
+    tests = []
     for view, label in zip(views, labels):
-        if view.partial or view.status != "finished":
-            body.append(pages.note(f"Partial: {label} is {view.status}" + (" and its metrics.jsonl ends in a cut line" if view.partial else "")
-                                   + f"; showing its {len(view.metrics)} complete epochs."))
-    body.append("<h2>Results</h2>" + pages.table(["", *labels], results_rows(views)))
-    body += robustness_sections(views, labels)
-    body.append("<h2>Curves</h2>" + pages.image(pages.save_png(curves_figure(views, labels), out / FIGURES["curves"]), "overlaid training curves"))
-    body.append(pages.image(pages.save_png(lr_time_figure(views, labels), out / FIGURES["time"]), "learning rate and validation accuracy against time"))
-    rows, classes, differing = config_rows(views)
-    summary = "Settings that differ (highlighted): " + (", ".join(differing) if differing else "none")
-    body.append(f"<h2>Configs</h2><p>{pages.esc(summary)}.</p>" + pages.table(["setting", *labels], rows, classes, num_from=99))
-    body.append("<h2>Runs</h2>" + pages.table(["run", "directory"], [[lab, str(v.path.resolve())] for lab, v in zip(labels, views)], num_from=99))
+        cell, missing = shown_test_accuracy(view, data_dir, device, log)
+        tests.append(cell)
+        if missing:
+            notes.append(Note(f"No test accuracy for {label}: {missing}"))
+    curves = pages.save_png(curves_figure(views, labels), out / FIGURES["curves"])
+    lr_time = pages.save_png(lr_time_figure(views, labels), out / FIGURES["time"])
+    settings, setting_classes, differing = config_rows(views)
     page = out / COMPARE
-    pages.write_page(page, pages.page(f"Comparison of {len(views)} runs", f"written {time.strftime('%Y-%m-%d %H:%M:%S')}", body))
+    pages.write_page(page, pages.render(
+        "compare.html", labels=labels, written=time.strftime("%Y-%m-%d %H:%M:%S"), notes=notes,
+        results=results_rows(views, tests), robustness=robustness_context(views),
+        curves=pages.data_uri(curves), lr_time=pages.data_uri(lr_time),
+        settings=settings, setting_classes=setting_classes, differing=differing,
+        runs=[[label, str(v.path.resolve())] for label, v in zip(labels, views)],
+    ))
     return page

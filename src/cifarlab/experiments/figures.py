@@ -8,6 +8,7 @@ through `pages.plain` so matplotlib never reads a run's name as mathtext.
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from cifarlab.experiments import pages
 from cifarlab.experiments.runs import RunView
@@ -45,46 +46,65 @@ def run_curves_figure(metrics: list[dict]):
     return fig
 
 
+def run_colours(count: int) -> list[str]:
+    """One colour per run, the same on every panel of a figure (matplotlib's cycle, repeating after 10)."""
+    return [f"C{n % 10}" for n in range(count)]
+
+
+def run_legend(fig, labels: list[str], colours: list[str]) -> None:
+    """One legend naming every run above all the panels, so that no run's curve (or lone point, for a
+    one-epoch run) goes unnamed, whichever panels it has figures in."""
+    handles = [Line2D([], [], color=c, marker="o", markersize=4, label=pages.plain(label)) for label, c in zip(labels, colours)]
+    fig.legend(handles=handles, loc="outside upper center", ncols=min(len(handles), 4), fontsize=8)
+
+
 def curves_figure(views: list[RunView], labels: list[str]):
-    """Train/validation loss and accuracy per epoch, one line per run."""
-    fig = pages.new_figure(12, 7.5)
+    """Train/validation loss and accuracy per epoch, one colour per run, every run named in the legend."""
+    fig = pages.new_figure(12, 7.5 + 0.25 * (len(views) // 4))
     axes = fig.subplots(2, 2)
+    colours = run_colours(len(views))
     panels = (("train_loss", "Training loss"), ("val_loss", "Validation loss"),
               ("train_accuracy", "Training accuracy (%)"), ("val_accuracy", "Validation accuracy (%)"))
     for ax, (key, title) in zip(axes.ravel(), panels):
-        for view, label in zip(views, labels):
+        for view, label, colour in zip(views, labels, colours):
             points = [(m["epoch"], m.get(key)) for m in view.metrics if m.get(key) is not None]
             if points:
                 x, y = zip(*points)
-                ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, marker="o", markersize=3, label=pages.plain(label))
+                ax.plot(x, [100 * v for v in y] if "accuracy" in key else y, marker="o", markersize=3, color=colour, label=pages.plain(label))
+        if not ax.lines:  # e.g. validation panels when no run kept a validation split
+            ax.text(0.5, 0.5, "no run has these figures", transform=ax.transAxes, ha="center", va="center", color="gray")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[1, 1].legend(fontsize=8)
+    run_legend(fig, labels, colours)
     return fig
 
 
 def lr_time_figure(views: list[RunView], labels: list[str]):
-    """Learning rate per epoch, and validation accuracy against wall-clock training time."""
-    fig = pages.new_figure(12, 3.8)
+    """Learning rate per epoch, and accuracy against wall-clock training time: validation accuracy,
+    or training accuracy (dashed) for a run without a validation split."""
+    fig = pages.new_figure(12, 4.2 + 0.25 * (len(views) // 4))
     ax_lr, ax_time = fig.subplots(1, 2)
-    for view, label in zip(views, labels):
+    colours = run_colours(len(views))
+    for view, label, colour in zip(views, labels, colours):
         if not view.metrics:
             continue
-        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, label=pages.plain(label))
-        points = [(m["elapsed_seconds"], 100 * m["val_accuracy"]) for m in view.metrics if m.get("val_accuracy") is not None]
+        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, color=colour, label=pages.plain(label))
+        key = "val_accuracy" if any(m.get("val_accuracy") is not None for m in view.metrics) else "train_accuracy"
+        points = [(m["elapsed_seconds"], 100 * m[key]) for m in view.metrics if m.get(key) is not None]
         if points:
-            ax_time.plot(*zip(*points), marker="o", markersize=3, label=pages.plain(label))
+            ax_time.plot(*zip(*points), marker="o", markersize=3, color=colour, linestyle="-" if key == "val_accuracy" else "--",
+                         label=pages.plain(label + ("" if key == "val_accuracy" else " (training)")))
     ax_lr.set_title("Learning rate")
     ax_lr.set_xlabel("epoch")
     ax_lr.ticklabel_format(axis="y", useOffset=False)
     ax_lr.xaxis.get_major_locator().set_params(integer=True)
-    ax_time.set_title("Validation accuracy (%) against training time")
+    ax_time.set_title("Validation accuracy (%) against training time\n(dashed: training accuracy, for a run without a validation split)", fontsize=10)
     ax_time.set_xlabel("seconds")
     for ax in (ax_lr, ax_time):
         ax.grid(alpha=0.3)
-    ax_time.legend(fontsize=8)
+    run_legend(fig, labels, colours)
     return fig
 
 

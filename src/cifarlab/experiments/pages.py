@@ -1,49 +1,59 @@
 """Self-contained HTML pages and PNG figures for reports, comparisons and sweep leaderboards.
 
 Pages open from disk with no server and no network: figures are embedded as base64 PNG data
-URIs, the style sheet is inline and there is no script. Every piece of text that comes from a
-run (names, config values, reasons) goes through `html.escape`.
+URIs, the style sheet is inline and there is no script. Every page is a Jinja2 template in
+cifarlab/templates/ (package data) extending base.html, rendered by `render` with autoescape on:
+whatever text comes from a run (names, config values, reasons, a tampered file's strings) is
+escaped by default, never by remembering to.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from cifarlab.common.rundir import RunError, atomic_write_bytes
 
 try:
+    import jinja2
     import matplotlib
-except ModuleNotFoundError as e:  # the core install has no plotting
-    raise RunError(f"reports need matplotlib ({e}); install it with: pip install 'cifarlab[report]'") from None
+except ModuleNotFoundError as e:  # the core install has neither
+    raise RunError(f"reports need {e.name} ({e}); install it with: pip install 'cifarlab[report]'") from None
 
 matplotlib.use("Agg")  # headless; must precede any pyplot import anywhere in the process
 
+from markupsafe import Markup  # noqa: E402  (comes with jinja2)
 from matplotlib.figure import Figure  # noqa: E402
 
-STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
-       padding: 0 1em; color: #222; line-height: 1.4; }
-h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-.sub { color: #666; margin-top: 0; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-tr.differs td { background: #fff4cc; } tr.differs th { background: #ffe58a; }
-tr.failed td { color: #a00; }
-.note { border-left: 4px solid #e0a800; background: #fff8e1; padding: 0.5em 0.8em; margin: 0.8em 0; }
-.note.bad { border-color: #c00; background: #fdecea; }
-img { max-width: 100%; height: auto; display: block; margin: 0.6em 0; }
-.cols { display: flex; gap: 2em; flex-wrap: wrap; align-items: flex-start; }
-"""
+
+@dataclass(frozen=True)
+class Note:
+    """A boxed remark on a page (macros.html `notes`); `bad` marks a problem."""
+
+    text: str
+    bad: bool = False
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+@cache
+def environment() -> jinja2.Environment:
+    """The templates of cifarlab/templates, escaping every value put into any of them."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("cifarlab", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails the page instead of vanishing from it
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render(template_name: str, **context: Any) -> str:
+    """The page `template_name` (a file in cifarlab/templates) filled with `context`, values escaped."""
+    return environment().get_template(template_name).render(**context)
 
 
 def fmt(value: Any, kind: str = "") -> str:
@@ -63,36 +73,41 @@ def fmt(value: Any, kind: str = "") -> str:
     return str(value)
 
 
+def data_uri(png: bytes) -> str:
+    """A PNG as a data: URI, for an <img> that needs no file beside the page."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# ---------------------------------------------------------------- pieces for a page assembled in Python
+# The sweep leaderboard still joins parts as strings: these render the same macros as the
+# templates, and `page` puts the parts into base.html's layout. A page with a template of its own
+# (report.html, compare.html) needs none of them.
+
+
+def _macro(name: str):
+    return getattr(environment().get_template("macros.html").module, name)
+
+
 def table(header: list[str], rows: Iterable[list[Any]], row_classes: Iterable[str] | None = None, num_from: int = 1) -> str:
-    """An HTML table; cells are escaped; columns from `num_from` on are right-aligned."""
-    rows = list(rows)
-    classes = list(row_classes) if row_classes is not None else [""] * len(rows)
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = []
-    for row, cls in zip(rows, classes):
-        cells = "".join(
-            f'<td class="num">{esc(c)}</td>' if i >= num_from else f"<td>{esc(c)}</td>" for i, c in enumerate(row)
-        )
-        attr = f' class="{esc(cls)}"' if cls else ""
-        body.append(f"<tr{attr}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    """An HTML table in a scrolling container; cells are escaped; columns from `num_from` on are right-aligned."""
+    rows = [list(r) for r in rows]
+    return str(_macro("table")(header, rows, list(row_classes) if row_classes is not None else None, num_from))
 
 
 def note(text: str, bad: bool = False) -> str:
-    return f'<div class="note{" bad" if bad else ""}">{esc(text)}</div>'
+    return str(_macro("note")(text, bad))
 
 
 def image(png: bytes, alt: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{esc(alt)}">'
+    return str(_macro("image")(data_uri(png), alt))
 
 
-def page(title: str, subtitle: str, body: list[str]) -> str:
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<h1>{esc(title)}</h1><p class=\"sub\">{esc(subtitle)}</p>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+def page(title: str, subtitle: str, body: Iterable[str]) -> str:
+    """A page of HTML parts made by the functions above; the parts are put in as they are."""
+    return render("page.html", title=title, subtitle=subtitle, body=[Markup(part) for part in body])
+
+
+# ---------------------------------------------------------------- figures and files
 
 
 def plain(text: str) -> str:

@@ -12,19 +12,21 @@ A run that `cifarlab evaluate --corruptions` (or --cifar101-dir) has measured al
 robustness section from its robustness.json: accuracy by corruption and severity as a heat map,
 the mean corruption accuracy and its drop from clean accuracy.
 
-Only the report's own files are written into the run directory: report.html and report-*.png.
+The page is the template templates/report.html, rendered with autoescape (experiments/pages.py),
+so nothing read from the run folder can add markup to it. Only the report's own files are written
+into the run directory: report.html and report-*.png.
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from cifarlab.common import metrics
 from cifarlab.common.rundir import (
@@ -36,11 +38,12 @@ from cifarlab.common.rundir import (
     RunDir,
     RunError,
 )
-from cifarlab.data import DataError, load_cifar10
 from cifarlab.experiments import pages
 from cifarlab.experiments.figures import robustness_figure, run_curves_figure
+from cifarlab.experiments.pages import Note
+from cifarlab.experiments.predictions import Predictions, checkpoint_predictions
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
-from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
+from cifarlab.inference.model import stored_temperature
 from cifarlab.inference.robustness import run_robustness
 from cifarlab.training.config import inactive_fields
 
@@ -54,65 +57,30 @@ FIGURES = {
 }
 CALIBRATED_FIGURE = "report-calibration-scaled.png"  # only for a run `cifarlab calibrate` has calibrated
 ROBUSTNESS_FIGURE = "report-robustness.png"  # apart from FIGURES: drawn only for a run evaluated with --corruptions
+ALL_FIGURES = {*FIGURES.values(), CALIBRATED_FIGURE, ROBUSTNESS_FIGURE}
 CALIBRATION_BINS = metrics.CALIBRATION_BINS
 WRONG_SHOWN = 24
 PAIRS_SHOWN = 10
 
 
-# ---------------------------------------------------------------- test-set predictions
+@dataclass(frozen=True)
+class FigureWriter:
+    """Draws the report's figures into the run folder, saying which as it goes (minutes on a CPU)."""
 
+    folder: Path
+    log: Callable[[str], None]
+    drawn: set[str] = field(default_factory=set)
 
-@dataclass
-class Predictions:
-    """The checkpoint's softmax outputs on the test set."""
+    def draw(self, name: str, make: Callable[[], Figure]) -> str:
+        """Draw and save one figure; its data URI for the page."""
+        self.log(f"drawing {name}")
+        self.drawn.add(name)
+        return pages.data_uri(pages.save_png(make(), self.folder / name))
 
-    probs: np.ndarray  # (N, classes) float
-    labels: np.ndarray  # (N,) int
-    images: np.ndarray  # (N, 3, 32, 32) uint8
-    classes: list[str]
-    epoch: int | None  # the checkpoint's epoch
-    tta: int
-
-    @property
-    def preds(self) -> np.ndarray:
-        return self.probs.argmax(1)
-
-    @property
-    def accuracy(self) -> float:
-        return float((self.preds == self.labels).mean()) if len(self.labels) else 0.0
-
-    def confusion(self) -> np.ndarray:
-        k = len(self.classes)
-        return np.bincount(self.labels * k + self.preds, minlength=k * k).reshape(k, k)
-
-
-def test_predictions(
-    view: RunView, data_dir, device: str, log: Callable[[str], None], progress: bool
-) -> tuple[Predictions | None, list[str]]:
-    """Predictions of the run's checkpoint on the test set, or None and what was missing."""
-    if not view.has_checkpoint:
-        return None, [f"no {CHECKPOINT} in the run directory (error analysis and calibration need it)"]
-    try:
-        model = Predictor(view.path / CHECKPOINT, device=device, batch_size=1000)
-    except RunError as e:
-        return None, [f"checkpoint unusable: {e}"]
-    try:
-        data = load_cifar10(data_dir_for(data_dir, model.checkpoint), download=False)
-    except DataError as e:
-        return None, [f"test data not available ({e}); pass --data-dir"]
-    tta = int(view.train.get("tta", 0))
-    images = data.test_images
-    log(f"predicting {len(images):,} test images with the epoch-{model.epoch} checkpoint on {model.device}")
-    chunk = 10 * model.batch_size  # chunks only to move a progress bar
-    logits = []
-    from tqdm import tqdm
-
-    with tqdm(total=len(images), desc="test set", unit="img", leave=False, disable=not (progress and sys.stderr.isatty())) as bar:
-        for start in range(0, len(images), chunk):
-            logits.append(model.logits(images[start : start + chunk], tta))
-            bar.update(len(logits[-1]))
-    probs = torch.softmax(torch.cat(logits), 1).numpy() if logits else np.zeros((0, len(model.classes)))
-    return Predictions(probs, data.test_labels.numpy(), images.numpy(), model.classes, model.epoch, tta), []
+    def remove_stale(self) -> None:
+        """An earlier report's figures this one did not draw (a calibration or robustness file gone since)."""
+        for name in ALL_FIGURES - self.drawn:
+            (self.folder / name).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- analysis
@@ -250,56 +218,54 @@ def stored_calibration(view: RunView, pred: Predictions) -> tuple[dict | None, s
         return None, str(e)
 
 
-def calibration_section(view: RunView, pred: Predictions, cal: dict, figure: Callable) -> str:
+def calibration_context(view: RunView, pred: Predictions, cal: dict, figures: FigureWriter) -> dict:
     """ECE, NLL and Brier score with the reliability diagram; the same after temperature scaling
     when the run has been calibrated (`cifarlab calibrate`)."""
     stored, problem = stored_calibration(view, pred)
-    scores = [(f"test set (tta={pred.tta})", metrics.calibration_scores(as_logits(pred.probs), torch.from_numpy(pred.labels)))]
-    html = (f"<h2>Calibration</h2><p>Expected calibration error: <b>{100 * cal['ece']:.2f}%</b> "
-            f"({CALIBRATION_BINS} equal-width confidence bins).</p>{smoothing_note(view.train)}")
-    diagrams = [reliability_block(figure("calibration", calibration_figure(cal), "reliability diagram"), cal)]
-    if stored is None:
-        (view.path / CALIBRATED_FIGURE).unlink(missing_ok=True)  # an earlier report's, of a temperature now gone
-        html += pages.note(f"Temperature scaling not shown: {problem}") if problem else (
-            f"<p class=\"sub\">Not calibrated: <code>cifarlab calibrate {pages.esc(view.path)}</code> fits a temperature "
-            "on the validation split; this section then shows the test set before and after scaling.</p>")
-    else:
+    logits, labels = as_logits(pred.probs), torch.from_numpy(pred.labels)
+    scores = [(f"test set (tta={pred.tta})", metrics.calibration_scores(logits, labels))]
+    diagrams = [reliability_diagram(figures.draw(FIGURES["calibration"], lambda: calibration_figure(cal)), "reliability diagram", cal)]
+    scaled = None
+    if stored is not None:
         temperature = stored["temperature"]
-        scores.append((f"after temperature scaling (T = {temperature:.3f})",
-                       metrics.calibration_scores(as_logits(pred.probs), torch.from_numpy(pred.labels), temperature)))
-        html += (f"<p>Temperature T = {temperature:.4f}, fitted on the {pages.esc(stored.get('fitted_on', 'validation split'))} "
-                 f"with tta={stored.get('tta', 0)} by <code>cifarlab calibrate</code> (never on the test set): validation NLL "
-                 f"{pages.fmt(stored.get('val_nll_before'))} → {pages.fmt(stored.get('val_nll_after'))}. "
-                 "The second diagram divides the same test logits by T.</p>")
-        scaled = calibration(scaled_probabilities(pred.probs, temperature), pred.labels)
-        png = pages.save_png(calibration_figure(scaled, f"After temperature scaling, T = {temperature:.3f}"), view.path / CALIBRATED_FIGURE)
-        diagrams.append(reliability_block(pages.image(png, "reliability diagram after temperature scaling"), scaled))
-    rows = [(name, pages.fmt(s["ece"], "pct"), f"{s['nll']:.4f}", f"{s['brier']:.4f}") for name, s in scores]
-    return html + pages.table(["", "ECE", "NLL", "Brier"], rows) + "".join(diagrams)
+        scores.append((f"after temperature scaling (T = {temperature:.3f})", metrics.calibration_scores(logits, labels, temperature)))
+        scaled_cal = calibration(scaled_probabilities(pred.probs, temperature), pred.labels)
+        uri = figures.draw(CALIBRATED_FIGURE, lambda: calibration_figure(scaled_cal, f"After temperature scaling, T = {temperature:.3f}"))
+        diagrams.append(reliability_diagram(uri, "reliability diagram after temperature scaling", scaled_cal))
+        scaled = {"temperature": f"{temperature:.4f}", "fitted_on": stored.get("fitted_on", "validation split"),
+                  "tta": stored.get("tta", 0), "nll_before": pages.fmt(stored.get("val_nll_before")),
+                  "nll_after": pages.fmt(stored.get("val_nll_after"))}
+    return {
+        "ece": pages.fmt(cal["ece"], "pct"),
+        "bins": CALIBRATION_BINS,
+        "smoothing": smoothing_note(view.train),
+        "scaled": scaled,
+        "problem": problem,
+        "run_path": str(view.path),
+        "scores": [(name, pages.fmt(s["ece"], "pct"), f"{s['nll']:.4f}", f"{s['brier']:.4f}") for name, s in scores],
+        "diagrams": diagrams,
+    }
 
 
-def reliability_block(image_html: str, cal: dict) -> str:
-    """A reliability diagram beside its table of bins."""
-    rows = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
+def reliability_diagram(uri: str, alt: str, cal: dict) -> dict:
+    """A reliability diagram and its table of bins."""
+    bins = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
             for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
-    table = pages.table(["confidence", "images", "accuracy", "mean confidence"], rows)
-    return f'<div class="cols"><div>{image_html}</div><div>{table}</div></div>'
+    return {"image": uri, "alt": alt, "bins": bins}
 
 
-# ---------------------------------------------------------------- the page
-
-
-def smoothing_note(train: dict) -> str:
+def smoothing_note(train: dict) -> str | None:
     """Why a run trained with label smoothing is underconfident (and its ECE large) by design."""
     s = train.get("label_smoothing") or 0
     if not s:
-        return ""
-    return pages.note(
-        f"This run trained with label smoothing {s:g}: its targets give the true class {1 - s + s / 10:.0%} and "
-        f"every other class {s / 10:.0%}, so the model learns to stay below full confidence. Accuracy above "
-        "mean confidence in most bins (underconfidence) and a large calibration error follow from that by "
-        "design; they do not mean the predictions are unreliable."
-    )
+        return None
+    return (f"This run trained with label smoothing {s:g}: its targets give the true class {1 - s + s / 10:.0%} and "
+            f"every other class {s / 10:.0%}, so the model learns to stay below full confidence. Accuracy above "
+            "mean confidence in most bins (underconfidence) and a large calibration error follow from that by "
+            "design; they do not mean the predictions are unreliable.")
+
+
+# ---------------------------------------------------------------- the other sections
 
 
 def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list[tuple[str, str]]:
@@ -310,23 +276,14 @@ def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list
     train_s = sum(x.get("train_seconds", 0.0) for x in m)
     per_step = r.get("seconds_per_step", train_s / steps if steps else None)
     per_epoch = r.get("seconds_per_epoch", m[-1]["elapsed_seconds"] / len(m) if m else None)
-    if view.results:
-        test = [("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")), ("test error", pages.fmt(r.get("test_error"), "pct")),
-                ("test loss", pages.fmt(r.get("test_loss")))]
-    elif pred is not None:
-        tag = f" (checkpoint of epoch {pred.epoch}, run not finished)"
-        test = [("test accuracy" + tag, pages.fmt(pred.accuracy, "pct")), ("test error" + tag, pages.fmt(1 - pred.accuracy, "pct"))]
-    else:
-        test = [("test accuracy", "— (run not finished)")]
     stable_epoch, stable_s = view.stabilised()
     stable = "—" if stable_epoch is None else f"epoch {stable_epoch}, {pages.fmt(stable_s, 's')}"
     if not view.results and stable_epoch is not None:
         stable += " (so far)"
-    planned = view.train.get("epochs")
     return [
         ("status", view.status + (f" ({view.reason})" if view.reason else "")),
-        ("epochs", f"{len(m)} of {planned}"),
-        *test,
+        ("epochs", f"{len(m)} of {view.train.get('epochs')}"),
+        *test_rows(view, pred),
         ("best validation accuracy", pages.fmt(view.best_val_accuracy(), "pct")),
         ("final validation accuracy", pages.fmt(view.final_val_accuracy(), "pct")),
         ("expected calibration error", pages.fmt(ece, "pct")),
@@ -339,48 +296,33 @@ def headline(view: RunView, pred: Predictions | None, ece: float | None) -> list
     ]
 
 
-def build_report(
-    path: Path | str,
-    data_dir: Path | str | None = None,
-    device: str = "auto",
-    log: Callable[[str], None] = print,
-    progress: bool = True,
-) -> Path:
-    """Write RUNDIR/report.html and RUNDIR/report-*.png; returns the page's path."""
-    view = load_run(path)
-    notes: list[str] = []
+def test_rows(view: RunView, pred: Predictions | None) -> list[tuple[str, str]]:
+    """Test accuracy: results.json's for a finished run, else the checkpoint's on the test set."""
+    r = view.results
+    if r:
+        return [("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")), ("test error", pages.fmt(r.get("test_error"), "pct")),
+                ("test loss", pages.fmt(r.get("test_loss")))]
+    if pred is None:
+        return [("test accuracy", "— (run not finished)")]
+    tag = f" ({pred.source}, run not finished)"
+    return [("test accuracy" + tag, pages.fmt(pred.accuracy, "pct")), ("test error" + tag, pages.fmt(1 - pred.accuracy, "pct"))]
+
+
+def partial_notes(view: RunView) -> list[Note]:
+    notes = []
     if view.partial:
-        notes.append(pages.note(f"Partial: {METRICS} ends in a line cut short (the run was killed while writing it); "
-                                f"showing the {len(view.metrics)} complete epochs.", bad=True))
+        notes.append(Note(f"Partial: {METRICS} ends in a line cut short (the run was killed while writing it); "
+                          f"showing the {len(view.metrics)} complete epochs.", bad=True))
     if view.status != "finished":
         why = f": {view.reason}" if view.reason else ""
         state = view.status if view.status != "unknown" else "of unknown state (no status.json)"
-        notes.append(pages.note(f"Partial: the run is {state}{why}. This report shows what exists so far "
-                                f"({len(view.metrics)} of {view.train.get('epochs')} epochs).", bad=view.status == "failed"))
-    pred, missing = test_predictions(view, data_dir, device, log, progress)
-    notes += [pages.note(f"Missing: {m}") for m in missing]
+        notes.append(Note(f"Partial: the run is {state}{why}. This report shows what exists so far "
+                          f"({len(view.metrics)} of {view.train.get('epochs')} epochs).", bad=view.status == "failed"))
+    return notes
 
-    log("drawing figures")
-    sections: list[str] = []
-    cal = calibration(pred.probs, pred.labels) if pred is not None else None
-    results = pages.table(["", "value"], headline(view, pred, cal and cal["ece"]))
-    unused = inactive_fields(view.train)  # e.g. plateau settings of a run on a linear schedule
-    settings = [(k, pages.fmt(v)) for k, v in flatten_config(view).items() if k not in unused]
-    config = pages.table(["setting", "value"], settings, num_from=2)
-    sections.append(f'<div class="cols"><div><h2>Results</h2>{results}</div><div><h2>Config</h2>{config}</div></div>')
 
-    drawn: set[str] = set()
-
-    def figure(key: str, fig, alt: str) -> str:
-        drawn.add(FIGURES[key])
-        return pages.image(pages.save_png(fig, view.path / FIGURES[key]), alt)
-
-    if view.metrics:
-        sections.append("<h2>Training curves</h2>" + figure("curves", run_curves_figure(view.metrics), "loss, accuracy and learning rate per epoch"))
-        sections.append(_epoch_table(view.metrics))
-    else:
-        sections.append("<h2>Training curves</h2>" + pages.note("No epoch has finished yet."))
-
+def per_class_context(view: RunView, pred: Predictions | None, figures: FigureWriter) -> dict | None:
+    """Per-class accuracy from the checkpoint's predictions (with the confusion matrix), else results.json's."""
     if pred is not None:
         confusion, classes = pred.confusion(), pred.classes
         per_class = (np.diag(confusion) / np.maximum(confusion.sum(1), 1)).tolist()
@@ -390,48 +332,32 @@ def build_report(
         per_class = list(view.results["per_class_accuracy"].values())
         source = RESULTS
     else:
-        confusion = classes = None
-    if classes is not None:
-        rows = [(c, pages.fmt(a, "pct")) for c, a in zip(classes, per_class)]
-        body = f'<p class="sub">From the {pages.esc(source)}.</p><div class="cols"><div>' + pages.table(["class", "accuracy"], rows) + "</div><div>"
-        body += figure("per_class", per_class_figure(classes, per_class), "per-class test accuracy") + "</div></div>"
-        if confusion is not None:
-            body += figure("confusion", confusion_figure(confusion, classes), "confusion matrix heat map with counts")
-        sections.append("<h2>Per-class accuracy and confusion</h2>" + body)
-
-    if pred is not None:
-        wrong = most_confident_errors(pred)
-        pairs = confused_pairs(confusion, classes)
-        body = pages.table(["true class", "predicted as", "images", "share of true class"],
-                           [(t, p, n, pages.fmt(s, "pct")) for t, p, n, s in pairs], num_from=2)
-        if len(wrong):
-            body += figure("errors", errors_figure(pred, wrong), "most confidently wrong test images")
-        sections.append("<h2>Error analysis</h2><p>Most confused class pairs:</p>" + body)
-        sections.append(calibration_section(view, pred, cal, figure))
-    else:
-        (view.path / CALIBRATED_FIGURE).unlink(missing_ok=True)  # an earlier report's
-
-    sections += robustness_sections(view)
-
-    title = f"Run {view.path.name}"
-    subtitle = f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; report written {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    out = view.path / REPORT
-    pages.write_page(out, pages.page(title, subtitle, notes + sections))
-    for name in set(FIGURES.values()) - drawn:  # an earlier report's figure this one could not draw
-        (view.path / name).unlink(missing_ok=True)
-    return out
+        return None
+    return {
+        "source": source,
+        "rows": [(c, pages.fmt(a, "pct")) for c, a in zip(classes, per_class)],
+        "image": figures.draw(FIGURES["per_class"], lambda: per_class_figure(classes, per_class)),
+        "confusion": None if confusion is None else figures.draw(FIGURES["confusion"], lambda: confusion_figure(confusion, classes)),
+    }
 
 
-def robustness_sections(view: RunView) -> list[str]:
+def errors_context(pred: Predictions, figures: FigureWriter) -> dict:
+    """The most confused class pairs and the most confidently wrong images."""
+    wrong = most_confident_errors(pred)
+    pairs = confused_pairs(pred.confusion(), pred.classes)
+    return {
+        "pairs": [(t, p, n, pages.fmt(s, "pct")) for t, p, n, s in pairs],
+        "image": figures.draw(FIGURES["errors"], lambda: errors_figure(pred, wrong)) if len(wrong) else None,
+    }
+
+
+def robustness_context(view: RunView, figures: FigureWriter) -> dict | None:
     """The robustness section, when `cifarlab evaluate --corruptions` (or --cifar101-dir) has written
     robustness.json: headline figures, the heat map of accuracy by corruption and severity, the table."""
     result = run_robustness(view.path)
-    corruptions = (result or {}).get("corruptions")
-    if corruptions is None:
-        (view.path / ROBUSTNESS_FIGURE).unlink(missing_ok=True)  # an earlier report's
     if result is None:
-        return []
-    clean, shifted = result["clean"], result.get("cifar10_1")
+        return None
+    clean, corruptions, shifted = result["clean"], result.get("corruptions"), result.get("cifar10_1")
     rows = [("clean accuracy", f"{pages.fmt(clean['accuracy'], 'pct')} on the first {clean['images']:,} test images")]
     if corruptions:
         seed = f", seed {corruptions['seed']}" if "seed" in corruptions else ""
@@ -441,22 +367,55 @@ def robustness_sections(view: RunView) -> list[str]:
     if shifted:
         rows += [(f"{shifted['source']} accuracy", f"{pages.fmt(shifted['accuracy'], 'pct')} on {shifted['images']:,} images"),
                  (f"{shifted['source']} relative drop", pages.fmt(shifted.get("relative_drop"), "pct"))]
-    body = (f'<p class="sub">From {pages.esc(ROBUSTNESS)} (cifarlab evaluate): checkpoint of epoch {pages.esc(result.get("epoch"))}, '
-            f'tta={pages.esc(result.get("tta"))}.</p>' + pages.table(["", "value"], rows))
+    context = {"file": ROBUSTNESS, "epoch": result.get("epoch"), "tta": result.get("tta"), "rows": rows, "heat_map": None}
     if corruptions:
-        png = pages.save_png(robustness_figure(corruptions, clean["accuracy"]), view.path / ROBUSTNESS_FIGURE)
-        body += pages.image(png, "heat map of accuracy by corruption and severity")
-        table = [(name, *(pages.fmt(a, "pct") for a in row), pages.fmt(sum(row) / len(row), "pct"))
-                 for name, row in corruptions["accuracy"].items()]
-        body += f"<details><summary>Accuracy by corruption and severity</summary>{pages.table(['corruption', '1', '2', '3', '4', '5', 'mean'], table)}</details>"
-    return ["<h2>Robustness</h2>" + body]
+        context["heat_map"] = figures.draw(ROBUSTNESS_FIGURE, lambda: robustness_figure(corruptions, clean["accuracy"]))
+        context["table"] = [(name, *(pages.fmt(a, "pct") for a in row), pages.fmt(sum(row) / len(row), "pct"))
+                            for name, row in corruptions["accuracy"].items()]
+    return context
 
 
-def _epoch_table(metrics: list[dict]) -> str:
-    rows = [
-        (m["epoch"], pages.fmt(m["lr"]), pages.fmt(m.get("train_loss")), pages.fmt(m.get("train_accuracy"), "pct"),
-         pages.fmt(m.get("val_loss")), pages.fmt(m.get("val_accuracy"), "pct"), pages.fmt(m.get("epoch_seconds"), "s"))
-        for m in metrics
-    ]
-    table = pages.table(["epoch", "lr", "train loss", "train acc", "val loss", "val acc", "time"], rows)
-    return f"<details><summary>Per-epoch metrics</summary>{table}</details>"
+def epoch_rows(metrics: list[dict]) -> list[tuple]:
+    return [(m["epoch"], pages.fmt(m["lr"]), pages.fmt(m.get("train_loss")), pages.fmt(m.get("train_accuracy"), "pct"),
+             pages.fmt(m.get("val_loss")), pages.fmt(m.get("val_accuracy"), "pct"), pages.fmt(m.get("epoch_seconds"), "s"))
+            for m in metrics]
+
+
+# ---------------------------------------------------------------- the page
+
+
+def build_report(
+    path: Path | str,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+) -> Path:
+    """Write RUNDIR/report.html and RUNDIR/report-*.png; returns the page's path."""
+    view = load_run(path)
+    pred, missing = checkpoint_predictions(view, data_dir, device, log, progress)
+    notes = partial_notes(view) + [Note(f"Missing: {m}") for m in missing]
+    if pred is not None and pred.resolution_note:
+        notes.append(Note(pred.resolution_note, bad=True))
+    figures = FigureWriter(view.path, log)
+    cal = calibration(pred.probs, pred.labels) if pred is not None else None
+    unused = inactive_fields(view.train)  # e.g. plateau settings of a run on a linear schedule
+    context = {
+        "run_name": view.path.name,
+        "subtitle": f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; "
+                    f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "notes": notes,
+        "results": headline(view, pred, None if cal is None else cal["ece"]),
+        "settings": [(k, pages.fmt(v)) for k, v in flatten_config(view).items() if k not in unused],
+        "curves": figures.draw(FIGURES["curves"], lambda: run_curves_figure(view.metrics)) if view.metrics else None,
+        "epochs": epoch_rows(view.metrics),
+        "per_class": per_class_context(view, pred, figures),
+        "errors": errors_context(pred, figures) if pred is not None else None,
+        "calibration": None if pred is None or cal is None else calibration_context(view, pred, cal, figures),
+        "robustness": robustness_context(view, figures),
+    }
+    out = view.path / REPORT
+    log(f"writing {out}")
+    pages.write_page(out, pages.render("report.html", **context))
+    figures.remove_stale()
+    return out

@@ -1,14 +1,28 @@
 """`cifarlab evaluate`: a saved model on the test set: accuracy, per-class accuracy, confusion matrix,
-and calibration (NLL, Brier score, ECE), also after temperature scaling when the run has been calibrated."""
+and calibration (NLL, Brier score, ECE), also after temperature scaling when the run has been calibrated.
+
+evaluation.json holds one evaluation, the latest. Replacing one made with other settings (another
+TTA, dtype or checkpoint epoch) is said, never silent. `evaluate --corruptions` (or --cifar101-dir)
+measures robustness only and writes robustness.json alone, which holds its own clean accuracy on
+the same images, TTA and dtype: a cheap `--tta 0` robustness pass leaves the full evaluation as it was.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
-from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir, RunError, atomic_write_json
+from cifarlab.common.rundir import (
+    CALIBRATION,
+    EVALUATION,
+    RunDir,
+    RunError,
+    atomic_write_json,
+    read_json,
+)
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
@@ -27,6 +41,7 @@ def evaluate_checkpoint(
     output: Path | str | None = None,
     batch_size: int = 1000,
     amp: str = "off",
+    log: Callable[[str], None] = lambda s: None,
 ) -> tuple[dict, Path]:
     """Evaluate a run directory's (or a checkpoint file's, or an export folder's) model on the test set; write JSON.
 
@@ -35,6 +50,7 @@ def evaluate_checkpoint(
     an export written over it then replaces along with the weights it measured).
     `tta=None` uses the test-time augmentation the run was configured with, and `amp="off"`
     (float32) is how training computes its final test figure, so the result matches results.json.
+    `log` hears when the file replaces an evaluation made with other settings.
     """
     model = Predictor(path, device=device, batch_size=batch_size, amp=amp)
     tta = model.trained_tta if tta is None else tta
@@ -60,8 +76,27 @@ def evaluate_checkpoint(
         "confusion_matrix": ev.confusion.tolist(),
     }
     output = Path(output) if output else model.checkpoint.parent / EVALUATION
+    earlier = earlier_settings(output)
+    if earlier is not None and earlier != settings(result):
+        log(f"{output}: replaces an evaluation made with {earlier}")
     atomic_write_json(output, result)
     return result, output
+
+
+def settings(result: dict) -> str:
+    """What makes two evaluations of a model differ: its checkpoint's epoch, the TTA and the dtype."""
+    return f"tta={result.get('tta')}, {result.get('dtype')}, the epoch-{result.get('epoch')} checkpoint"
+
+
+def earlier_settings(output: Path) -> str | None:
+    """The settings of the evaluation already at `output`, or None when there is none."""
+    if not output.is_file():
+        return None
+    try:
+        earlier = read_json(output)
+    except RunError:
+        return "unknown settings (the file was unreadable)"
+    return settings(earlier) if isinstance(earlier, dict) else "unknown settings (the file held no object)"
 
 
 def temperature_scaled(model: Predictor, logits: torch.Tensor, labels: torch.Tensor) -> dict:

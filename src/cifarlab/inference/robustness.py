@@ -103,7 +103,7 @@ def corruption_accuracies(
     """Accuracy per corruption and severity 1-5, and the seconds spent making images and predicting."""
     table: dict[str, list[float]] = {}
     seconds = {"making_images": 0.0, "predicting": 0.0}
-    for name in names:
+    for done, name in enumerate(names, 1):
         row = []
         for severity in SEVERITIES:
             start = time.perf_counter()
@@ -113,7 +113,8 @@ def corruption_accuracies(
             seconds["making_images"] += made - start
             seconds["predicting"] += time.perf_counter() - made
         table[name] = row
-        log(f"{name:<18} " + " ".join(f"{a:7.2%}" for a in row))
+        # progress only: the table itself is printed once, when every corruption is measured
+        log(f"measured {done} of {len(names)} corruptions ({name}), {sum(seconds.values()):.0f} s so far")
     return table, seconds
 
 
@@ -191,7 +192,7 @@ def evaluate_robustness(
         "clean": {"images": count, "accuracy": clean},
     }
     if request.wants_corruptions:
-        log(f"accuracy by severity 1-5 on {count:,} test images, clean {clean:.2%}:")
+        log(f"measuring accuracy under corruptions at severities 1-5 on {count:,} test images (clean accuracy {clean:.2%})")
         result["corruptions"] = corruption_result(model, files, images, labels, request, tta, log)
         result["corruptions"]["relative_drop"] = relative_drop(clean, result["corruptions"]["mean_accuracy"])
     if cifar101 is not None:
