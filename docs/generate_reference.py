@@ -32,10 +32,15 @@ def cli_page() -> str:
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {a.dest: a.help for a in commands._choices_actions}
-    parts = [NOTE, "# Command-line reference\n\n",
-             "Every command and option, as `cifarlab COMMAND --help` prints it. Settings of `train` are the\n"
-             "fields of the [configuration](config.md); `--set FIELD=VALUE` reaches each of them too.\n\n",
-             "```text\n", parser.format_help(), "```\n"]
+    parts = [
+        NOTE,
+        "# Command-line reference\n\n",
+        "Every command and option, as `cifarlab COMMAND --help` prints it. Settings of `train` are the\n"
+        "fields of the [configuration](config.md); `--set FIELD=VALUE` reaches each of them too.\n\n",
+        "```text\n",
+        parser.format_help(),
+        "```\n",
+    ]
     for name, sub in commands.choices.items():
         parts += [f"\n## `cifarlab {name}`\n\n{helps[name]}.\n\n```text\n", sub.format_help(), "```\n"]
     return "".join(parts)
@@ -69,12 +74,15 @@ def config_page() -> str:
     hints = typing.get_type_hints(TrainConfig)
     comments = _field_comments()
     fields = dataclasses.fields(TrainConfig)
-    parts = [NOTE, "# Configuration reference\n\n",
-             "A run's settings are the fields of one frozen dataclass, `TrainConfig`. Each is a flag of\n"
-             "`cifarlab train` (`--FIELD-NAME`), every one can be set with `--set FIELD=VALUE` or a keyword of\n"
-             "`cifarlab.train(...)`, and model options as `model_options.NAME`. `cifarlab presets NAME` prints a\n"
-             "preset's settings. Values are checked when the config is built: a bad one is a one-line error.\n\n",
-             "## Fields\n\n| field | type | flag | what it is |\n| --- | --- | --- | --- |\n"]
+    parts = [
+        NOTE,
+        "# Configuration reference\n\n",
+        "A run's settings are the fields of one frozen dataclass, `TrainConfig`. Each is a flag of\n"
+        "`cifarlab train` (`--FIELD-NAME`), every one can be set with `--set FIELD=VALUE` or a keyword of\n"
+        "`cifarlab.train(...)`, and model options as `model_options.NAME`. `cifarlab presets NAME` prints a\n"
+        "preset's settings. Values are checked when the config is built: a bad one is a one-line error.\n\n",
+        "## Fields\n\n| field | type | flag | what it is |\n| --- | --- | --- | --- |\n",
+    ]
     for f in fields:
         kind = hints[f.name]
         shown = " \\| ".join(map(repr, typing.get_args(kind))) if typing.get_origin(kind) is typing.Literal else getattr(kind, "__name__", str(kind))
@@ -82,9 +90,12 @@ def config_page() -> str:
         help_text = FIELD_HELP.get(f.name) or comments.get(f.name) or f.name.replace("_", " ")
         parts.append(f"| `{f.name}` | {shown} | `{flag}` | {help_text.replace('|', '&#124;')} |\n")
     defaults = TrainConfig().to_dict()
-    parts += ["\n## Values per preset\n\n", "The dataclass default, then each preset's value where it differs (blank: the default).\n\n",
-              "| field | default | " + " | ".join(f"`{name}`" for name in PRESETS) + " |\n",
-              "| --- | --- | " + " | ".join("---" for _ in PRESETS) + " |\n"]
+    parts += [
+        "\n## Values per preset\n\n",
+        "The dataclass default, then each preset's value where it differs (blank: the default).\n\n",
+        "| field | default | " + " | ".join(f"`{name}`" for name in PRESETS) + " |\n",
+        "| --- | --- | " + " | ".join("---" for _ in PRESETS) + " |\n",
+    ]
     values = {name: preset.to_dict() for name, preset in PRESETS.items()}
     for f in fields:
         cells = [_value(values[name][f.name]) if values[name][f.name] != defaults[f.name] else "" for name in PRESETS]

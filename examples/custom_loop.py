@@ -22,8 +22,9 @@ args = parser.parse_args()
 
 data = cifarlab.load_cifar10(args.data_dir)
 n = args.train_subset or len(data.train_labels)
-train = cifarlab.CifarLoader(data.train_images[:n], data.train_labels[:n], args.batch_size,
-                             crop_pad=2, flip=True, device=args.device, min_last_batch=2)
+train = cifarlab.CifarLoader(
+    data.train_images[:n], data.train_labels[:n], args.batch_size, crop_pad=2, flip=True, device=args.device, min_last_batch=2
+)
 test = cifarlab.CifarLoader(data.test_images, data.test_labels, 1000, shuffle=False, device=args.device)
 
 model = cifarlab.create_model("resnet20").to(args.device)

@@ -16,11 +16,18 @@ import cifarlab
 @cifarlab.register_model("small_cnn")
 def small_cnn(num_classes: int = 10, width: int = 64) -> nn.Module:
     """Three conv-BN-ReLU blocks with max pooling, then a linear head: (N, 3, 32, 32) -> (N, classes)."""
+
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
-    return nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width),
-                         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes))
+    return nn.Sequential(
+        block(3, width),
+        block(width, 2 * width),
+        block(2 * width, 4 * width),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, num_classes),
+    )
 
 
 if __name__ == "__main__":
@@ -38,7 +45,17 @@ if __name__ == "__main__":
     # none, so it trains at full resolution throughout: the airbench94 recipe on another network.
     # The recipe's Muon (muon_lr) trains the conv filters whatever the network. Its SGD lr for the rest
     # (1,340) is FastNet's, whose logits are scaled by 1/256: a plain linear head needs a plain lr.
-    run = cifarlab.train("fast", out=args.out, data_dir=args.data_dir, train_subset=args.train_subset,
-                         model="small_cnn", model_options={"width": args.width}, low_res_epochs=0,
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, val_size=0)
+    run = cifarlab.train(
+        "fast",
+        out=args.out,
+        data_dir=args.data_dir,
+        train_subset=args.train_subset,
+        model="small_cnn",
+        model_options={"width": args.width},
+        low_res_epochs=0,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_size=0,
+    )
     print(f"small_cnn: test accuracy {run.results['test_accuracy']:.2%}, {run.results['params']:,} parameters")

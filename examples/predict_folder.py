@@ -1,6 +1,6 @@
 """Classify every image in a folder with a trained run, a checkpoint or an exported folder.
 
-    python examples/predict_folder.py runs/quick-20250101-120000 photos/
+python examples/predict_folder.py runs/quick-20250101-120000 photos/
 """
 
 import argparse

@@ -158,8 +158,20 @@ class TinyNet(nn.Module):
 def test_a_registered_model_trains_with_a_preset_recipe_and_loads(data, tmp_path):
     cifarlab.register_model("api_test_tiny", TinyNet)
     assert "api_test_tiny" in cifarlab.list_models()
-    run = cifarlab.train("fast", out=tmp_path / "run", data_dir=data, device="cpu", quiet=True, model="api_test_tiny",
-                         epochs=2, low_res_epochs=0, batch_size=32, val_size=20, lr=10.0, **{"model_options.width": 4})
+    run = cifarlab.train(
+        "fast",
+        out=tmp_path / "run",
+        data_dir=data,
+        device="cpu",
+        quiet=True,
+        model="api_test_tiny",
+        epochs=2,
+        low_res_epochs=0,
+        batch_size=32,
+        val_size=20,
+        lr=10.0,
+        **{"model_options.width": 4},
+    )
     assert run.results["model"] == "api_test_tiny" and run.config.optimizer == "muon"
     assert run.load().network.head.in_features == 4
     with pytest.raises(ValueError, match="registered twice"):
@@ -170,8 +182,10 @@ def test_the_command_line_finds_a_model_named_in_cifarlab_models(run, tmp_path):
     """A run of a user's network reported, exported and served from the command line: the module
     registering it is named in $CIFARLAB_MODELS."""
     plugin = tmp_path / "my_models.py"
-    plugin.write_text("import cifarlab, torch.nn as nn\n\n@cifarlab.register_model('plugin_net')\n"
-                      "def plugin_net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, num_classes))\n")
+    plugin.write_text(
+        "import cifarlab, torch.nn as nn\n\n@cifarlab.register_model('plugin_net')\n"
+        "def plugin_net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, num_classes))\n"
+    )
     code = "import sys; from cifarlab.cli import main; sys.exit(main(['models', 'plugin_net', '--json']))"
     env = {**__import__("os").environ, "CIFARLAB_MODELS": "my_models", "PYTHONPATH": f"{tmp_path}:{Path(cifarlab.__file__).parents[1]}"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)

@@ -47,25 +47,32 @@ def test_every_example_has_a_test():
 
 @pytest.mark.slow  # quick's full-width network: over 10 s on 2 busy cores
 def test_train_and_evaluate(data, tmp_path):
-    out = run_example("train_and_evaluate.py", "--data-dir", str(data), "--epochs", "1", "--val-size", "20",
-                      "--out", str(tmp_path / "run"), cwd=tmp_path)
+    out = run_example(
+        "train_and_evaluate.py", "--data-dir", str(data), "--epochs", "1", "--val-size", "20", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
     assert "test accuracy" in out and "evaluated again: {'test_accuracy'" in out and "Predictions([" in out
     assert (tmp_path / "run" / "results.json").is_file()
 
 
 def test_own_model_trains_with_the_fast_recipe_and_the_cli_reports_on_it(data, tmp_path):
-    out = run_example("own_model.py", "--data-dir", str(data), "--epochs", "2", "--width", "4", "--batch-size", "32",
-                      "--out", str(tmp_path / "run"), cwd=tmp_path)
+    out = run_example(
+        "own_model.py", "--data-dir", str(data), "--epochs", "2", "--width", "4", "--batch-size", "32", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
     assert out.splitlines()[-1].startswith("small_cnn: test accuracy")
     env = {"CIFARLAB_MODELS": "own_model", "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(EXAMPLES.parent / "src")])}
-    done = subprocess.run([sys.executable, "-m", "cifarlab", "evaluate", str(tmp_path / "run"), "--data-dir", str(data)],
-                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarlab", "evaluate", str(tmp_path / "run"), "--data-dir", str(data)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert done.returncode == 0 and "test accuracy" in done.stdout.lower(), done.stderr
 
 
 def test_custom_loop(data, tmp_path):
-    out = run_example("custom_loop.py", "--data-dir", str(data), "--epochs", "1", "--batch-size", "32", "--device", "cpu",
-                      cwd=tmp_path)
+    out = run_example("custom_loop.py", "--data-dir", str(data), "--epochs", "1", "--batch-size", "32", "--device", "cpu", cwd=tmp_path)
     assert out.count("test accuracy") == 1
 
 

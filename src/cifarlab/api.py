@@ -58,8 +58,9 @@ def train(
 
     config = make_config(preset, **settings)
     out = Path(out) if out is not None else default_run_path(config.preset)
-    train_config(config, out, train_subset=train_subset, data_dir=data_dir, device=device, progress=not quiet,
-                 log=(lambda line: None) if quiet else print)
+    train_config(
+        config, out, train_subset=train_subset, data_dir=data_dir, device=device, progress=not quiet, log=(lambda line: None) if quiet else print
+    )
     return Run(out)
 
 
@@ -200,9 +201,7 @@ class Model:
         return {"test_accuracy": result.accuracy, "test_loss": result.loss, "test_images": len(data.test_labels), "tta": tta}
 
 
-def load(
-    path: Path | str, *, device: str = "cpu", calibrated: bool = False, amp: str = "off", batch_size: int = 256
-) -> Model:
+def load(path: Path | str, *, device: str = "cpu", calibrated: bool = False, amp: str = "off", batch_size: int = 256) -> Model:
     """Load a model from a run directory, a checkpoint file or a `cifarlab export --format safetensors`
     folder. `calibrated` divides logits by the temperature `cifarlab calibrate` stored; `amp="bf16"`
     infers under bfloat16 autocast (float32 by default, the numbers of `cifarlab predict`).
