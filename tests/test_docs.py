@@ -90,7 +90,7 @@ def test_the_config_reference_has_every_field_and_preset():
     assert all(f"`{name}`" in page for name in PRESETS)
 
 
-@pytest.mark.slow  # trains the quick preset for an epoch on 2,000 images
+@pytest.mark.slow  # the quick start's trains the quick preset for an epoch on 2,000 images
 @pytest.mark.parametrize("page, block", code_blocks("python"), ids=lambda v: v.name if isinstance(v, Path) else "")
 def test_python_examples_run_on_tiny_data(page, block, tmp_path, monkeypatch):
     """Each block runs as written, from a folder whose ../shared/cifar10 holds tiny fake CIFAR-10
@@ -104,7 +104,7 @@ def test_python_examples_run_on_tiny_data(page, block, tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     with contextlib.redirect_stdout(io.StringIO()) as out:
         exec(compile(block, f"{page.name} example", "exec"), {"__name__": "__docs__"})
-    assert "Predictions([" in out.getvalue()
+    assert "Predictions([" in out.getvalue() or "predict(" not in block
 
 
 @pytest.mark.slow  # about 10 s
