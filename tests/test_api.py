@@ -217,3 +217,18 @@ def test_cifar_loader_gives_the_batches_training_draws(data):
 
 def test_py_typed_ships():
     assert (Path(cifarlab.__file__).parent / "py.typed").is_file()
+
+
+def test_run_resume_continues_a_stopped_run(data, tmp_path):
+    from cifarlab.training.train import train as train_config
+
+    def stop_after_first_epoch(record):
+        raise KeyboardInterrupt
+
+    config = cifarlab.make_config("quick", **{**TINY_QUICK, "epochs": 2})
+    with pytest.raises(KeyboardInterrupt):
+        train_config(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None, on_epoch=stop_after_first_epoch)
+    run = cifarlab.Run(tmp_path / "run")
+    assert run.status["status"] == "stopped" and len(run.metrics) == 1 and run.results is None
+    assert run.resume(device="cpu", quiet=True) is run
+    assert run.status["status"] == "finished" and len(run.metrics) == 2 and run.results["epochs"] == 2

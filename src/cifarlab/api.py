@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from cifarlab.common.rundir import RunDir, RunError
+from cifarlab.common.rundir import CHECKPOINT, RunDir, RunError
 from cifarlab.inference.inputs import as_model_input
 from cifarlab.inference.model import Predictor, data_dir_for
 from cifarlab.training.config import TrainConfig, apply_overrides, get_preset
@@ -107,9 +107,11 @@ class Run:
         return load(self.path, **options)
 
     def resume(self, *, data_dir: Path | str | None = None, device: str = "auto", quiet: bool = False) -> Run:
-        """Continue a stopped run from its last checkpoint to its end, as if it had never stopped."""
+        """Continue a stopped run from its last checkpoint to its end, as if it had never stopped.
+        The data is the run's own (config.json records its folder) unless `data_dir` is given."""
         from cifarlab.training.train import resume
 
+        data_dir = data_dir_for(data_dir, self.path / CHECKPOINT)
         resume(self.path, data_dir=data_dir, device=device, progress=not quiet, log=(lambda line: None) if quiet else print)
         return self
 
