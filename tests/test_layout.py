@@ -7,7 +7,7 @@ import cifarlab
 
 FLOORS = {
     "errors": 0, "text": 0, "runtime": 1, "data": 2, "models": 2, "common": 3,
-    "training": 4, "inference": 4, "experiments": 5, "serve": 5, "cli": 6, "__main__": 7,
+    "training": 4, "inference": 4, "experiments": 5, "serve": 5, "api": 6, "cli": 6, "__main__": 7,
 }
 IMPORT = re.compile(r"^\s*(?:from cifarlab\.(\w+)|from cifarlab import (\w+)|import cifarlab\.(\w+))", re.M)
 

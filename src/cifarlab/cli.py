@@ -284,6 +284,7 @@ def cmd_info(args) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"cifarlab {__version__}, torch {info['torch_version']}, device {info['device']} ({info['threads']} CPU threads)")
+    print(f"amp auto: trains in {info['amp_auto']['dtype']} here ({info['amp_auto']['reason']})")
     print(f"data: {info['data']['location']}: {info['data']['status']}")
     print("models:")
     for name, params in info["models"].items():

@@ -3,7 +3,10 @@ and the checks model constructors run on their options."""
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
 import torch.nn as nn
@@ -11,6 +14,9 @@ import torch.nn as nn
 from cifarlab.errors import CifarlabError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+PLUGINS_ENV = "CIFARLAB_MODELS"  # comma-separated modules that register a user's models
+ENTRY_POINT_GROUP = "cifarlab.models"  # or a package's entry points: each names such a module
+_plugins_loaded = False
 
 
 class ModelError(CifarlabError, ValueError):
@@ -33,6 +39,8 @@ def build_model(name: str, **options) -> nn.Module:
     """Build a registered model; unknown names, unknown options and bad values (a builder's
     ValueError, e.g. a WRN depth that is not 6n + 4) give a one-line error."""
     if name not in _BUILDERS:
+        load_plugins()
+    if name not in _BUILDERS:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     try:
         return _BUILDERS[name](**options)
@@ -41,10 +49,30 @@ def build_model(name: str, **options) -> nn.Module:
 
 
 def list_models() -> list[str]:
+    """The registered model names, sorted: the built-in ones and any a user registered."""
+    load_plugins()
     return sorted(_BUILDERS)
 
 
+def load_plugins() -> None:
+    """Import, once, the modules that register users' models: those named in $CIFARLAB_MODELS and
+    the entry points of the group `cifarlab.models`. So a run of a user's network can be reported,
+    exported and served from the command line as the built-in ones are."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    modules = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
+    modules += [e.value.split(":")[0] for e in entry_points(group=ENTRY_POINT_GROUP)]
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ModelError(f"{PLUGINS_ENV} or entry point names module {module!r}, which does not import: {e}") from None
+
+
 def count_parameters(model: nn.Module) -> int:
+    """The number of a model's parameters (every one, trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -341,6 +341,11 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+def list_presets() -> list[str]:
+    """The named recipes (`cifarlab presets` shows every setting of each)."""
+    return list(PRESETS)
+
+
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")

@@ -9,7 +9,7 @@ import torch
 from cifarlab.data import DataError, default_data_dir, find_dataset, load_cifar10
 from cifarlab.models import count_parameters, list_models
 from cifarlab.models.measure import build_on_meta
-from cifarlab.runtime import resolve_device, set_cpu_threads
+from cifarlab.runtime import autocast_dtype, native_bf16, resolve_device, set_cpu_threads
 from cifarlab.training.config import PRESETS
 
 
@@ -26,12 +26,21 @@ def data_status(data_dir: Path | None) -> dict:
     return {"location": str(found), "status": f"ok, {len(data.train_labels):,} training and {len(data.test_labels):,} test images"}
 
 
+def amp_auto(device: torch.device) -> dict:
+    """The dtype `amp: auto` trains in on this device, and why (the presets' default setting)."""
+    dtype = autocast_dtype("auto", device)
+    where = "this GPU" if device.type == "cuda" else "this CPU"
+    why = f"{where} computes bfloat16 natively" if native_bf16(device) else f"{where} has no native bfloat16 (emulated, it would be slower)"
+    return {"dtype": dtype, "reason": why}
+
+
 def gather_info(data_dir: Path | None = None) -> dict:
     device = resolve_device("auto")
     return {
         "torch_version": torch.__version__,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         "threads": set_cpu_threads(),
+        "amp_auto": amp_auto(device),
         "data": data_status(data_dir),
         "models": {name: count_parameters(build_on_meta(name)) for name in list_models()},
         "presets": list(PRESETS),

@@ -41,7 +41,8 @@ from cifarlab.common.rundir import (
     seconds_to_stabilise,
 )
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
-from cifarlab.data.augment import alternating_flips, augment, normalize
+from cifarlab.data.augment import normalize
+from cifarlab.data.loader import CifarLoader
 from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model, count_parameters
 from cifarlab.runtime import (
@@ -177,27 +178,23 @@ def train_epoch(
         model = learner.trainee  # DDP
     device = splits.train_x.device
     amp = use_amp(config.amp, device)
-    n = len(splits.train_x)
     world = distributed.world_size()
-    order = torch.randperm(n, device=device, generator=generator)
-    if 0 < n % config.batch_size < 2 * world:
-        order = order[: n - n % config.batch_size]  # a shard of one image breaks BatchNorm
+    loader = CifarLoader(splits.train_x, splits.train_y, config.batch_size, crop_pad=config.crop_pad, flip=config.flip,
+                         flip_mode=config.flip_mode, seed=config.seed, generator=generator,
+                         min_last_batch=2 * world)  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
     if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
         learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
-    flips = alternating_flips(n, config.seed, epoch).to(device) if config.flip and config.flip_mode == "alternating" else None
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = math.ceil(len(order) / config.batch_size)
+    steps = len(loader)
     with _progress(steps, desc, progress) as bar:
-        for step, start in enumerate(range(0, len(order), config.batch_size)):
-            idx = order[start : start + config.batch_size]
-            x = normalize(splits.train_x[idx], MEAN, STD)
-            x = augment(x, config.crop_pad, config.flip, generator, None if flips is None else flips[idx])
-            part = distributed.shard(len(idx))  # DDP: this process's shard; alone, all of it
-            x, y = x[part].contiguous(memory_format=fmt), splits.train_y[idx][part]
-            share = len(y) * world / len(idx)  # 1 alone or with equal shards
+        for step, (x, y) in enumerate(loader.batches(epoch)):
+            batch = len(y)
+            part = distributed.shard(batch)  # DDP: this process's shard; alone, all of it
+            x, y = x[part].contiguous(memory_format=fmt), y[part]
+            share = len(y) * world / batch  # 1 alone or with equal shards
             schedule.before_step()
             with autocast(device, amp):
                 logits = model(x)
@@ -213,10 +210,11 @@ def train_epoch(
                 break  # stop early (every process together); the caller reports it
             bar.update(1)
     totals = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]))  # DDP: whole epoch
-    total = totals[0].item() / len(order)
+    seen = loader.images_per_epoch
+    total = totals[0].item() / seen
     if not math.isfinite(total):
         raise TrainingDiverged(f"training loss became {total} in {desc or 'this epoch'}")
-    return {"train_loss": total, "train_accuracy": int(totals[1].item()) / len(order), "steps": steps}
+    return {"train_loss": total, "train_accuracy": int(totals[1].item()) / seen, "steps": steps}
 
 
 # A model that predicts every class equally has a loss of ln(classes) (2.30 for CIFAR-10), and
