@@ -214,10 +214,16 @@ SLACK_S = 3.0  # a loaded 2-core machine may run a timer late, never early
 GUARD_PIXELS = 1024 * 1024
 
 
+class Guarded(NamedTuple):
+    url: str
+    app: object  # the FastAPI app
+    server: object  # its uvicorn.Server
+
+
 @pytest.fixture(scope="module")
 def guarded(tiny_run):
     """An in-process server (the same uvicorn setup `serve` uses) with short deadlines and a
-    one-thread, one-place decode queue; yields (base URL, app) and stops it afterwards."""
+    one-thread, one-place decode queue; yields Guarded and stops it afterwards."""
     app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
                      body_timeout_s=BODY_S)
     port = free_port()
@@ -229,7 +235,7 @@ def guarded(tiny_run):
         assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
         time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}", app
+        yield Guarded(f"http://127.0.0.1:{port}", app, server)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
@@ -289,7 +295,7 @@ def multipart(data: bytes, boundary: str = "XyZzy", filename: str = "a.png") -> 
 
 
 def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images):
-    url, _ = guarded
+    url = guarded.url
     post = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
     body = multipart(images[0])
     half_body = post + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
@@ -318,6 +324,51 @@ def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images
     assert httpx.get(f"{url}/health").status_code == 200  # still serving
 
 
+def connection_of(guarded: Guarded, sock: socket.socket):
+    """The uvicorn protocol object serving this client socket."""
+    client = sock.getsockname()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for protocol in list(guarded.server.server_state.connections):
+            if tuple(protocol.client or ()) == client:
+                return protocol
+        time.sleep(0.05)
+    raise AssertionError(f"no uvicorn connection for {client}")
+
+
+def wait_for(condition, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_header_deadline_reads_uvicorn_internals_that_still_exist(guarded, images):
+    """serve/server.py's header deadline reads uvicorn's private `protocol.cycle.response_complete`
+    (uvicorn has no public header timeout), so pyproject.toml pins the uvicorn range it was tested
+    with. An upgrade that renames or changes it fails here, loudly, not silently in production."""
+    import tomllib
+
+    import uvicorn
+    from packaging.specifiers import SpecifierSet
+
+    serve_extra = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    pin = next(dep.removeprefix("uvicorn") for dep in serve_extra if dep.startswith("uvicorn"))
+    assert "<" in pin and uvicorn.__version__ in SpecifierSet(pin), (uvicorn.__version__, pin)
+    with raw_socket(guarded.url, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") as sock:
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        protocol = connection_of(guarded, sock)
+        assert wait_for(lambda: protocol.cycle.response_complete is True)  # between requests
+        body = multipart(images[0])
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        assert wait_for(lambda: protocol.cycle.response_complete is False)  # a request under way
+        assert protocol.timer is None  # its headers arrived: the header deadline stopped
+        sock.sendall(body[10:])
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+        assert wait_for(lambda: protocol.cycle.response_complete is True)
+
+
 def solid_png(width: int, height: int, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
     Image.new(mode, (width, height), "sienna").save(buffer, format="PNG")
@@ -325,8 +376,7 @@ def solid_png(width: int, height: int, mode: str = "RGB") -> bytes:
 
 
 def test_full_decode_queue_is_refused_with_503(guarded):
-    url, app = guarded
-    decoder = app.state.decoder
+    url, decoder = guarded.url, guarded.app.state.service.decoder
     decode, gate = decoder.decode, threading.Event()
     decoder.decode = lambda data: (gate.wait(20), decode(data))[1]  # hold the one decode thread until released
     large = solid_png(1000, 1000)  # under the guarded server's 1 Mpixel limit
