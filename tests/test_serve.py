@@ -1,6 +1,7 @@
 """`cifarlab serve`: a real server process on a loopback port, a real HTTP client, a headless browser."""
 
 import concurrent.futures
+import contextlib
 import io
 import os
 import select
@@ -220,15 +221,12 @@ class Guarded(NamedTuple):
     server: object  # its uvicorn.Server
 
 
-@pytest.fixture(scope="module")
-def guarded(tiny_run):
-    """An in-process server (the same uvicorn setup `serve` uses) with short deadlines and a
-    one-thread, one-place decode queue; yields Guarded and stops it afterwards."""
-    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
-                     body_timeout_s=BODY_S)
+@contextlib.contextmanager
+def in_process_server(app, **deadlines):
+    """`app` on a free loopback port in a uvicorn thread (the setup `serve` uses); yields Guarded."""
     port = free_port()
-    server = make_server(app, port=port, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S)
-    thread = threading.Thread(target=server.run, name="guarded-server", daemon=True)
+    server = make_server(app, port=port, **deadlines)
+    thread = threading.Thread(target=server.run, name="in-process-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -239,6 +237,15 @@ def guarded(tiny_run):
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_run):
+    """An in-process server with short deadlines and a one-thread, one-place decode queue."""
+    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
+                     body_timeout_s=BODY_S)
+    with in_process_server(app, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S) as running:
+        yield running
 
 
 def raw_socket(url: str, data: bytes = b"") -> socket.socket:
@@ -478,3 +485,71 @@ def test_micro_batcher_alone_batches_and_answers_each_caller():
         rows = pool.submit(asyncio.run, scenario()).result(timeout=60)
     assert [row[0].item() for row in rows] == [2.0 * i for i in range(10)]
     assert sum(sizes) == 10 and max(sizes) <= 4 and len(sizes) < 10
+
+
+# ---------------------------------------------------------------- the OpenAPI schema, checked by schemathesis
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402  (schemathesis brings hypothesis)
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def png_uploads(draw) -> bytes:
+    """Small PNG images of random size, mode and colour: what a client of the service uploads."""
+    width, height = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    mode = draw(st.sampled_from(["RGB", "L", "RGBA", "P"]))
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), draw(st.integers(0, 255))).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def answer(recorder, case_id: str) -> str:
+    """The status and start of the body the service answered a schemathesis case with."""
+    response = getattr(recorder.interactions.get(case_id), "response", None)
+    return f"answered {response.status_code} {response.content[:200]!r}" if response else "no answer"
+
+
+def schemathesis_failures(base_url: str) -> tuple[list[str], int]:
+    """What `schemathesis run` would report against the service (every phase, default checks, bounded
+    examples and time), as one line per failed check or error; and how many checks ran."""
+    from schemathesis import engine
+    from schemathesis.engine import Status, events
+
+    config = schemathesis.Config.from_dict({"seed": 20, "max-time": 30, "generation": {"max-examples": 8}})
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
+    failures, checked = [], 0
+    for event in engine.from_schema(schema).execute():
+        if isinstance(event, (events.NonFatalError, events.FatalError)):
+            failures.append(f"error: {getattr(event, 'value', None) or event.exception}")
+        recorder = getattr(event, "recorder", None)
+        if isinstance(event, (events.ScenarioFinished, events.FuzzScenarioFinished)) and recorder is not None:
+            for case_id, case_checks in recorder.checks.items():
+                checked += len(case_checks)
+                failures += [f"{check.name} ({recorder.label}): {check.failure_info.failure.title}; "
+                             f"{answer(recorder, case_id)}; {check.failure_info.code_sample}"
+                             for check in case_checks if check.status == Status.FAILURE]
+    return sorted(set(failures)), checked
+
+
+def test_openapi_schema_matches_every_answer(tiny_run):
+    """schemathesis against a real server of the app: schema-valid requests (random PNG uploads)
+    accepted, invalid ones refused with a documented 4xx, no 500, no undocumented status or body."""
+    schemathesis.openapi.media_type("image/png", png_uploads())  # the upload's encoding names image/png
+    with in_process_server(create_app(tiny_run, max_upload_bytes=MAX_UPLOAD)) as running:
+        failures, checked = schemathesis_failures(running.url)
+    assert checked > 50  # it did exercise the service
+    assert failures == []
+
+
+def test_openapi_documents_the_upload_and_every_status(server):
+    schema = httpx.get(f"{server}/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]
+    upload = predict["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert upload["required"] == ["file"] and upload["properties"]["file"]["format"] == "binary"
+    assert set(predict["responses"]) == {"200", "400", "408", "413", "415", "422", "503"}
+    top_k = next(p for p in predict["parameters"] if p["name"] == "top_k")
+    assert {"minimum": 1, "maximum": 10}.items() <= next(o for o in top_k["schema"]["anyOf"] if o["type"] == "integer").items()
+    for path in ("/", "/health"):
+        assert "head" in schema["paths"][path]
+        assert httpx.head(f"{server}{path}").status_code == 200

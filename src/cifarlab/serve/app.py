@@ -168,6 +168,9 @@ async def read_upload(request: Request, upload_limit: int) -> tuple[bytes, str |
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise HTTPException(400, "no file in the form field 'file' (curl -F file=@img.png)")
+        others = sorted(set(form.keys()) - {"file"})
+        if others:
+            raise HTTPException(400, f"unexpected form field {others[0][:40]!r}: send only the field 'file'")
         data = await upload.read(upload_limit + 1)
         filename = upload.filename
     if len(data) > upload_limit:

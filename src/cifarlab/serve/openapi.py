@@ -55,7 +55,7 @@ def _error(description: str, **headers: str) -> dict:
 
 
 ERROR_RESPONSES = {
-    400: _error("no field 'file' in the form, an empty file, or a malformed multipart body"),
+    400: _error("no field 'file' in the form, another field, an empty file, or a malformed multipart body"),
     408: _error("the request body did not arrive within --body-timeout"),
     413: _error("the upload is larger than --max-upload-bytes"),
     415: _error("the body is not multipart/form-data"),
@@ -71,10 +71,11 @@ UPLOAD_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
+                    "additionalProperties": False,  # any other field is refused (400)
                     "properties": {"file": {"type": "string", "format": "binary",
                                             "description": "an image file Pillow reads (PNG, JPEG, ...)"}},
                 },
-                "encoding": {"file": {"contentType": "image/*"}},
+                "encoding": {"file": {"contentType": "image/png, image/jpeg, image/*"}},
             }
         },
     }
