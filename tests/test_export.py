@@ -132,3 +132,43 @@ def test_model_card_escapes_every_free_text_value_for_markdown_and_html():
     for name in ("&lt;script&gt;alert(0)&lt;/script&gt;", "&lt;img src=x onerror=alert(1)&gt;", "[x](javascript:alert(2))",
                  "&lt;!-- hides the rest", "two lines"):
         assert name in html, name
+
+
+def relabel_first_float_tensor(folder, dtype: str = "I32") -> str:
+    """Rewrite model.safetensors' header so its first F32 tensor claims `dtype` over the same bytes,
+    and record the new SHA-256 in config.json: a file that passes every integrity check."""
+    import hashlib
+    import struct
+
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    name = next(key for key, entry in header.items() if key != "__metadata__" and entry["dtype"] == "F32")
+    header[name]["dtype"] = dtype
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    relabelled = struct.pack("<Q", len(encoded)) + encoded + data[8 + length :]
+    weights.write_bytes(relabelled)
+    config = json.loads((folder / "config.json").read_text())
+    config["weights"]["sha256"] = hashlib.sha256(relabelled).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config))
+    return name
+
+
+def test_export_with_a_relabelled_weight_dtype_is_refused(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from cifarlab.common.rundir import RunError
+    from cifarlab.inference.export import export_safetensors
+
+    folder, _ = export_safetensors(tiny_run, tmp_path / "export", tiny_run.parent / "data", log=lambda s: None)
+    name = relabel_first_float_tensor(folder)
+    with pytest.raises(RunError, match=rf"tensor '{name}' is int32, the model holds it as float32"):
+        Predictor(folder)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    for command in (["predict", str(folder), str(image), "--quiet"], ["serve", str(folder), "--port", "0"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "model.safetensors: tensor" in err and "int32" in err, err

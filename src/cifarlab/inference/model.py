@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifarlab.common.exported import load_model_state, model_file
+from cifarlab.common.exported import check_weight_dtypes, is_export, load_model_state, model_file
 from cifarlab.common.metrics import TEMPERATURE_RANGE, predict_logits
 from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, model_from_checkpoint
 from cifarlab.errors import CifarlabError
@@ -54,6 +54,7 @@ class Predictor:
         self.checkpoint = model_file(checkpoint)  # checkpoint.pt, or an export's model.safetensors
         self.state = load_model_state(self.checkpoint)
         model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
+        check_weight_dtypes(self.state["model"], model.state_dict(), self.checkpoint, exact=is_export(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))
         # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
