@@ -513,8 +513,7 @@ def test_micro_batcher_alone_batches_and_answers_each_caller():
 # ---------------------------------------------------------------- the OpenAPI schema, checked by schemathesis
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import HealthCheck, settings  # noqa: E402  (schemathesis brings hypothesis)
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import strategies as st
 
 
 @st.composite

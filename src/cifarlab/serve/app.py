@@ -49,7 +49,14 @@ from cifarlab.serve.limits import (
     ServeError,
     UploadTooLarge,
 )
-from cifarlab.serve.openapi import ERROR_RESPONSES, HEAD_OK, UPLOAD_BODY, Health, Prediction, document_top_k
+from cifarlab.serve.openapi import (
+    ERROR_RESPONSES,
+    HEAD_OK,
+    UPLOAD_BODY,
+    Health,
+    Prediction,
+    document_top_k,
+)
 
 logger = logging.getLogger("cifarlab.serve")
 PAGES = jinja2.Environment(loader=jinja2.PackageLoader("cifarlab", "templates"), autoescape=True,

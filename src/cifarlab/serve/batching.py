@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import torch
 
-from cifarlab.serve.limits import DECODE_QUEUE, DECODE_WORKERS, MAX_BATCH, MAX_WAIT_MS, Overloaded
+from cifarlab.serve.limits import (
+    DECODE_QUEUE,
+    DECODE_WORKERS,
+    MAX_BATCH,
+    MAX_WAIT_MS,
+    Overloaded,
+)
 
 
 class MicroBatcher:
@@ -68,7 +74,7 @@ class MicroBatcher:
                 continue
             try:
                 out = await loop.run_in_executor(self.executor, self.fn, torch.stack([image for image, _ in items]))
-            except Exception as e:  # noqa: BLE001  (a failed batch fails its requests, not the server)
+            except Exception as e:
                 for _, future in items:
                     if not future.done():
                         future.set_exception(e)
