@@ -281,3 +281,17 @@ def test_top_k_beyond_the_classes_is_refused_by_predict_as_by_serve(tiny_run, re
     assert response.status_code == 422 and response.json() == {"detail": "top_k 11: must be from 1 to 10 (the model's number of classes)"}
     assert main(["serve", str(tiny_run), "--top-k", "11"]) == 1
     assert "--top-k 11: must be from 1 to 10" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_on_weights_giving_nan(tiny_run, tmp_path, capsys):
+    """NaN weights would make every request fail; the service says so at start-up, in one line."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    state = load_checkpoint(run)
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    atomic_torch_save(run / "checkpoint.pt", state)
+    assert main(["serve", str(run), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finite numbers" in err, err

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 import jinja2
+import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -106,6 +107,9 @@ def configure(application: FastAPI, checkpoint: Path | str, device: str = "cpu",
     settings = Settings(**limits)
     predictor = Predictor(checkpoint, device=device, batch_size=settings.max_batch, amp=amp, calibrated=calibrated)
     predictor.check_top_k(settings.top_k, "--top-k")
+    # One forward pass now: weights or a temperature giving NaN probabilities stop the start with
+    # one line (NonFiniteProbabilities), rather than failing every request later.
+    predictor.top_k(predictor.logits(torch.zeros(1, *predictor.meta.get("input_size", (3, 32, 32)), dtype=torch.uint8)), 1)
     decode = functools.partial(load_image, max_pixels=settings.max_pixels)
     service = Service(predictor, settings, MicroBatcher(predictor.logits, settings.max_batch, settings.max_wait_ms),
                       DecodePool(decode, settings.decode_workers, settings.decode_queue))
