@@ -575,3 +575,13 @@ def test_openapi_documents_the_upload_and_every_status(server):
     for path in ("/", "/health"):
         assert "head" in schema["paths"][path]
         assert httpx.head(f"{server}{path}").status_code == 200
+
+
+def test_upload_page_template_escapes_what_it_shows():
+    """The page is a Jinja2 template with autoescape: a value with markup shows as text."""
+    from cifarlab.serve.app import PAGES
+
+    page = PAGES.get_template("upload.html").render(model="<script>alert(0)</script>", classes=10,
+                                                      upload_limit="1,024", pixel_limit="<b>4</b>")
+    assert "<script>alert(0)</script>" not in page and "&lt;script&gt;alert(0)&lt;/script&gt;" in page
+    assert "&lt;b&gt;4&lt;/b&gt; pixels" in page
