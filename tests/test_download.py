@@ -43,3 +43,43 @@ def test_no_network_says_where_it_looked(tmp_path):
     message = str(e.value)
     assert "\n" not in message
     assert str(tmp_path / "cache") in message and "CIFARLAB_DATA" in message
+
+
+@pytest.fixture
+def unlistable(tmp_path, monkeypatch) -> Path:
+    """A data folder that cannot be listed, as for a user without read permission on it (the tests
+    run as root, whom permissions do not stop, so os.scandir is made to answer as for that user)."""
+    import os
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    scandir = os.scandir
+
+    def refusing_scandir(path="."):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    return folder
+
+
+def test_an_unreadable_data_folder_is_said_so_and_never_downloaded_into(unlistable, monkeypatch):
+    from cifarlab.data import download
+    from cifarlab.training.info import data_status
+
+    status = data_status(unlistable)
+    assert status["status"] == "cannot be read (Permission denied): check its permissions (nothing is downloaded into it)"
+    monkeypatch.setattr(download, "_fetch", lambda *a: pytest.fail("downloaded into an unreadable folder"))
+    with pytest.raises(DataError, match=r"locked: cannot be read \(Permission denied\); not downloading"):
+        load_cifar10(unlistable)
+    assert list(Path(unlistable).iterdir()) == []  # no staging folder either
+
+
+def test_info_on_a_file_where_a_folder_is_expected_says_what_is_wrong(tmp_path):
+    from cifarlab.training.info import data_status
+
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("notes")
+    status = data_status(not_a_folder)["status"]
+    assert status.startswith("invalid: ") and "not found" not in status

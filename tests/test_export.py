@@ -84,3 +84,91 @@ def test_export_that_differs_from_pytorch_is_refused_and_not_written(tiny_run, t
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "differs from PyTorch by up to 0.001" in err and "nothing was written" in err
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the model card of a safetensors export
+
+HOSTILE_NAMES = [
+    "<script>alert(0)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(2))", "![](http://remote/img.png)",
+    "<!-- hides the rest", "two\nlines\n---\n# heading", "`code` *em* _em_ | pipe", "&amp; &#60; entity", "quote \" ' \\",
+    "\U0001f431 cat", "",
+]
+
+
+def hostile_card() -> str:
+    from cifarlab.inference.card import model_card
+
+    config = {
+        "model": "<b>net</b>\n---", "model_options": {"note": "`x` <i>y</i>"}, "classes": HOSTILE_NAMES,
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "epoch": 3, "weights": {"sha256": "<a href=x>ab</a>"},
+        "recipe": {"preset": "<img src=x onerror=alert(1)>", "optimizer": "[sgd](javascript:alert(3))", "epochs": 3},
+        "source": {"checkpoint": "/runs/<script>.pt"},
+    }
+    test = {"test_accuracy": 0.5, "tta": "<x>\n---", "per_class_accuracy": {name: 0.5 for name in HOSTILE_NAMES}}
+    measured = {"test": test, "test_source": "results.json", "robustness": {"<img src=x>": 0.25},
+                "calibration": {"ece\n---": 0.01}}
+    return model_card(config, 1234, measured)
+
+
+def test_model_card_front_matter_is_valid_yaml_whatever_the_names():
+    yaml = pytest.importorskip("yaml")
+    card = hostile_card()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("\n---\n")[0].removeprefix("---\n"))
+    assert front["library_name"] == "cifarlab" and "<b>net</b>\n---" in front["tags"]
+    assert front["model-index"][0]["name"] == "<b>net</b>\n---"
+    assert front["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.5
+
+
+def test_model_card_escapes_every_free_text_value_for_markdown_and_html():
+    body = hostile_card().split("\n---\n", 1)[1]
+    # no raw markup anywhere: every < is an entity, no link or image syntax, no block started by a name
+    assert "<" not in body and "](" not in body and "\n---" not in body and "\n# heading" not in body
+    markdown = pytest.importorskip("markdown")
+    html = markdown.markdown(body, extensions=["tables"])
+    for markup in ("<script", "<img", "<a ", "<!--", "<b>", "<i>", "<em>", "<code>x", "<hr"):
+        assert markup not in html, markup
+    # each value is still there, as text: a reader sees the names
+    for name in ("&lt;script&gt;alert(0)&lt;/script&gt;", "&lt;img src=x onerror=alert(1)&gt;", "[x](javascript:alert(2))",
+                 "&lt;!-- hides the rest", "two lines"):
+        assert name in html, name
+
+
+def relabel_first_float_tensor(folder, dtype: str = "I32") -> str:
+    """Rewrite model.safetensors' header so its first F32 tensor claims `dtype` over the same bytes,
+    and record the new SHA-256 in config.json: a file that passes every integrity check."""
+    import hashlib
+    import struct
+
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    name = next(key for key, entry in header.items() if key != "__metadata__" and entry["dtype"] == "F32")
+    header[name]["dtype"] = dtype
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    relabelled = struct.pack("<Q", len(encoded)) + encoded + data[8 + length :]
+    weights.write_bytes(relabelled)
+    config = json.loads((folder / "config.json").read_text())
+    config["weights"]["sha256"] = hashlib.sha256(relabelled).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config))
+    return name
+
+
+def test_export_with_a_relabelled_weight_dtype_is_refused(tiny_run, tmp_path, capsys):
+    from PIL import Image
+
+    from cifarlab.common.rundir import RunError
+    from cifarlab.inference.export import export_safetensors
+
+    folder, _ = export_safetensors(tiny_run, tmp_path / "export", tiny_run.parent / "data", log=lambda s: None)
+    name = relabel_first_float_tensor(folder)
+    with pytest.raises(RunError, match=rf"tensor '{name}' is int32, the model holds it as float32"):
+        Predictor(folder)
+    image = tmp_path / "img.png"
+    Image.new("RGB", (32, 32), "red").save(image)
+    for command in (["predict", str(folder), str(image), "--quiet"], ["serve", str(folder), "--port", "0"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "model.safetensors: tensor" in err and "int32" in err, err

@@ -224,3 +224,74 @@ def test_bad_output_name_and_empty_folder(tiny_run, tmp_path, png, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tiny_run), str(tmp_path / "empty")]) == 1
     assert "no image files" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- values out of range: one line, never nan
+
+
+@pytest.fixture
+def red_png(tmp_path) -> Path:
+    path = tmp_path / "red.png"
+    Image.new("RGB", (32, 32), "red").save(path)
+    return path
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e300])
+def test_calibration_temperature_outside_the_fit_range_is_refused(tiny_run, tmp_path, red_png, capsys, temperature):
+    """1e-300 passes "positive and finite" but overflows the logits: predict printed nan%, serve answered 500."""
+    import shutil
+
+    from cifarlab.common.rundir import RunError
+    from cifarlab.serve import create_app
+
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    epoch = load_checkpoint(run)["epoch"]
+    (run / "calibration.json").write_text(json.dumps({
+        "temperature": temperature, "epoch": epoch, "fitted_on": "validation split (20 images)",
+        "val_nll_before": 2.3, "val_nll_after": 2.2}))
+    assert main(["predict", str(run), str(red_png), "--calibrated", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out and captured.err.count("\n") == 1, captured
+    assert "calibration.json" in captured.err and "temperature" in captured.err
+    with pytest.raises(RunError, match="temperature"):
+        create_app(run, calibrated=True)  # serve refuses to start rather than answering 500
+
+
+def test_non_finite_probabilities_are_an_error_not_nan(tiny_run):
+    from cifarlab.inference.model import NonFiniteProbabilities, Predictor
+
+    predictor = Predictor(tiny_run, temperature=1e-300)  # a temperature given in code is not range-checked
+    logits = predictor.logits(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(NonFiniteProbabilities, match="not finite"):
+        predictor.top_k(logits, 3)
+
+
+def test_top_k_beyond_the_classes_is_refused_by_predict_as_by_serve(tiny_run, red_png, capsys):
+    """predict --top-k 11 quietly showed 10 while serve ?top_k=11 answered 422: both refuse, naming the range."""
+    from fastapi.testclient import TestClient
+
+    from cifarlab.serve import create_app
+
+    for k in ("11", "0"):
+        assert main(["predict", str(tiny_run), str(red_png), "--top-k", k, "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--top-k {k}: must be from 1 to 10" in err, err
+    with TestClient(create_app(tiny_run, max_wait_ms=0)) as client:
+        response = client.post("/predict?top_k=11", files={"file": ("red.png", red_png.read_bytes(), "image/png")})
+    assert response.status_code == 422 and response.json() == {"detail": "top_k 11: must be from 1 to 10 (the model's number of classes)"}
+    assert main(["serve", str(tiny_run), "--top-k", "11"]) == 1
+    assert "--top-k 11: must be from 1 to 10" in capsys.readouterr().err
+
+
+def test_serve_refuses_to_start_on_weights_giving_nan(tiny_run, tmp_path, capsys):
+    """NaN weights would make every request fail; the service says so at start-up, in one line."""
+    import shutil
+
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
+    state = load_checkpoint(run)
+    name = next(key for key, value in state["model"].items() if value.is_floating_point())
+    state["model"][name] = torch.full_like(state["model"][name], float("nan"))
+    atomic_torch_save(run / "checkpoint.pt", state)
+    assert main(["serve", str(run), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finite numbers" in err, err

@@ -4,6 +4,7 @@ and the report and comparison sections."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def test_bad_arguments_are_one_line_errors():
         corrupt(synthetic(1), "fog", 6)
     with pytest.raises(DataError, match=r"uint8 images \(N, 3, H, W\)"):
         corrupt(synthetic(1).float(), "fog", 1)
+    for seed in (-1, 2**63, 1.5, True):
+        with pytest.raises(DataError, match=r"corruption seed .* must be a whole number from 0 to 2\*\*63 - 1"):
+            corrupt(synthetic(1), "fog", 1, seed)
 
 
 # ---------------------------------------------------------------- published files
@@ -147,6 +151,8 @@ CIFAR10C_DAMAGE = {
     "not npy": (lambda f: (f / "contrast.npy").write_bytes(b"not an array"), "contrast.npy", "not a readable .npy array"),
     "pickled": (lambda f: np.save(f / "contrast.npy", np.array([{"a": 1}], dtype=object)), "contrast.npy", "not a readable .npy array"),
     "no labels": (lambda f: (f / "labels.npy").unlink(), "labels.npy", "not found"),
+    "labels a FIFO": (lambda f: ((f / "labels.npy").unlink(), os.mkfifo(f / "labels.npy")), "labels.npy", r"is a named pipe \(FIFO\), not a regular .npy file"),
+    "images a folder": (lambda f: ((f / "contrast.npy").unlink(), (f / "contrast.npy").mkdir()), "contrast.npy", "is a folder, not a regular .npy file"),
 }
 
 
@@ -277,6 +283,7 @@ def test_bad_robustness_options_and_files_fail_before_any_work(evaluated, tiny_r
     wrong = write_cifar10c(tmp_path / "c", synthetic(40), (torch.arange(40) + 1) % 10, ("contrast",))
     cases = {
         ("--corruptions", "--corruption-subset", "0"): "--corruption-subset 0: must be at least 1",
+        ("--corruptions", "--corruption-seed", "-1"): "corruption seed -1 (--corruption-seed): must be a whole number from 0",
         ("--corruptions", "--corruption-names", "frost"): "unknown corruption 'frost'",
         ("--corruption-names", "fog"): "go with --corruptions",
         ("--corruptions-dir", str(wrong)): "not made from this CIFAR-10 test set (label of image 0 is 1, the test set's 0)",

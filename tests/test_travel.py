@@ -138,7 +138,7 @@ def test_model_card_shows_robustness_and_calibration_when_measured(tiny_run, dat
     folder, _ = export_safetensors(run, data_dir=data_dir, log=lambda s: None)
     assert folder == run / "safetensors"  # the default place
     card = (folder / "README.md").read_text()
-    assert "| mean_corruption_accuracy | 0.4321 |" in card and "| ece | 0.0567 |" in card
+    assert "| mean\\_corruption\\_accuracy | 0.4321 |" in card and "| ece | 0.0567 |" in card  # names escaped for Markdown
     assert "Not measured." not in card.split("## Robustness")[1].split("## Intended use")[0]
 
 

@@ -380,9 +380,10 @@ def cmd_predict(args) -> int:
 
     check_output_name(args.output)
     check_output_folder(args.output)
-    if args.top_k < 1 or args.batch_size < 1:
-        raise PredictError("--top-k and --batch-size must be at least 1")
+    if args.batch_size < 1:
+        raise PredictError("--batch-size must be at least 1")
     predictor = Predictor(args.run, device=args.device, batch_size=args.batch_size, amp=args.amp, calibrated=args.calibrated)
+    predictor.check_top_k(args.top_k)  # 1 to the model's classes, as serve's ?top_k=
     report = predict_paths(predictor, args.paths, top_k=args.top_k, progress=not args.quiet)
     print(format_report(report))
     if args.output:

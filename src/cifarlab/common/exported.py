@@ -122,6 +122,24 @@ def read_export(folder: Path | str) -> dict:
     return {"model": tensors, "meta": meta, "epoch": config.get("epoch"), "config": config.get("recipe") or {}}
 
 
+def check_weight_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path | str,
+                        exact: bool = True) -> None:
+    """RunError naming the first tensor whose dtype is not the one the model holds it in.
+
+    Loading copies (and casts) each tensor into the model, so a header relabelled from F32 to I32
+    over float32 bytes would load as huge integers and answer one class for everything. An export
+    stores exactly the model's dtypes (`exact`); a checkpoint may hold another float type (a
+    bfloat16 run), never an integer where the model has floats or the reverse.
+    """
+    for name, tensor in tensors.items():
+        wanted = expected.get(name)
+        if wanted is None or tensor.dtype == wanted.dtype:
+            continue
+        if exact or tensor.is_floating_point() != wanted.is_floating_point() or tensor.is_complex() != wanted.is_complex():
+            raise RunError(f"{source}: tensor {name[:80]!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                           f"the model holds it as {str(wanted.dtype).removeprefix('torch.')} (a relabelled or foreign file)")
+
+
 def read_export_config(folder: Path) -> dict:
     """config.json of an export, its format and every field read here checked, the model's
     metadata as a checkpoint's is (so that errors name config.json, not the weights)."""

@@ -34,6 +34,7 @@ except ModuleNotFoundError as e:  # the core install has neither
     raise DataError(f"generated corruptions need scipy and Pillow ({e}); install them with: pip install 'cifarlab[robustness]'") from None
 
 SEVERITIES = (1, 2, 3, 4, 5)
+MAX_SEED = 2**63 - 1  # numpy seeds take non-negative integers; a bound keeps the message short
 CHUNK = 1000  # images corrupted at a time (the random draws follow the chunks, so this is part of the result)
 
 # make_cifar_c.py's parameters, one entry per severity 1-5.
@@ -66,8 +67,16 @@ FAMILIES = {
 }
 
 
+def check_seed(seed) -> int:
+    """The seed if numpy can seed with it (a whole number from 0 to MAX_SEED), else a one-line DataError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise DataError(f"corruption seed {seed!r:.40} (--corruption-seed): must be a whole number from 0 to 2**63 - 1")
+    return int(seed)
+
+
 def corrupt(images, name: str, severity: int, seed: int = 0):
     """uint8 images (N, 3, H, W), torch or numpy, corrupted by `name` at `severity` (1-5); same type back."""
+    seed = check_seed(seed)
     if name not in PARAMETERS:
         raise DataError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
     if severity not in SEVERITIES:

@@ -33,6 +33,22 @@ def md5sum(path: Path) -> str:
     return h.hexdigest()
 
 
+def unreadable_folder(root: Path) -> str | None:
+    """Why the folder `root` cannot be read (listed), or None: it can, or there is no folder there.
+
+    A folder that cannot be listed hides what it holds (its parquet files, say): it must not read
+    as "no data" and then be downloaded into.
+    """
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # created on download, or a file (an archive) that is read as one
+    except OSError as e:
+        return f"cannot be read ({e.strerror or _one_line(e)})"
+    return None
+
+
 def download_cifar10(root: Path, archive: Archive = BINARY_ARCHIVE, progress: bool = True) -> Path:
     """Download, verify and extract the official archive into `root`; returns the batches folder.
 
@@ -40,6 +56,9 @@ def download_cifar10(root: Path, archive: Archive = BINARY_ARCHIVE, progress: bo
     folder is renamed into place, so an interrupted or corrupt download leaves nothing behind.
     """
     root = Path(root)
+    problem = unreadable_folder(root)
+    if problem:
+        raise DataError(f"{root}: {problem}; not downloading CIFAR-10 into a folder that cannot be read")
     try:
         root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=root))

@@ -15,6 +15,7 @@ label is a one-line DataError naming the file, found before any evaluation start
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,24 @@ def _exact_counts() -> bool:
     return os.environ.get(ANY_RECORD_COUNT_ENV) != "1"
 
 
+def _not_a_file(path: Path) -> str:
+    """What stands at `path` instead of a regular file, in words (a FIFO would block a reader forever)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"is {kind}, not a regular .npy file"
+
+
 def _open_npy(path: Path) -> np.ndarray:
     """A memory-mapped array from an .npy file; DataError naming the file for anything else."""
     if not path.is_file():
-        raise DataError(f"{path}: not found")
+        raise DataError(f"{path}: {_not_a_file(path)}")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # not .npy, pickled objects, cut short, unreadable

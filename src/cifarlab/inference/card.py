@@ -75,8 +75,34 @@ def model_card(config: dict, params: int, measured: dict) -> str:
     return "\n\n".join(sections) + "\n"
 
 
-def _yaml(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid YAML double-quoted scalar
+# Each character a Markdown renderer (with HTML, as model hubs run) could read as markup, written
+# so that it only shows itself: HTML's specials as entities, Markdown's ASCII punctuation escaped.
+_HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}
+_MARKDOWN_PUNCTUATION = set("\\`*_{}[]()#+-.!|~$")
+
+
+def _text(value: Any) -> str:
+    """Free text from a checkpoint or a config (class names, preset, model name, options) as card
+    text that shows exactly those characters: one line (line breaks and other control characters
+    become spaces, so `---` or a heading cannot start a block), no HTML tag, comment or entity, no
+    Markdown link, image, emphasis or code span."""
+    out = []
+    for char in str(value):
+        if char in _HTML_ENTITIES:
+            out.append(_HTML_ENTITIES[char])
+        elif char in _MARKDOWN_PUNCTUATION:
+            out.append("\\" + char)
+        elif not char.isprintable():
+            out.append(" ")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _yaml(value: Any) -> str:
+    """A YAML scalar holding `value` as a string, whatever its characters: a JSON string (ASCII, with
+    escapes) is a valid YAML double-quoted scalar."""
+    return json.dumps(str(value))
 
 
 def front_matter(config: dict, test: dict | None) -> str:
@@ -114,10 +140,11 @@ def front_matter(config: dict, test: dict | None) -> str:
 def _title(config: dict, params: int, measured: dict) -> str:
     test = measured.get("test")
     accuracy = f", {test['test_accuracy']:.2%} accurate on the CIFAR-10 test set" if test else ""
+    model, classes = _text(config["model"]), ", ".join(_text(name) for name in config["classes"])
     return (
-        f"# {config['model']}: a CIFAR-10 classifier\n\n"
-        f"A `{config['model']}` network of {params:,} parameters trained with cifarlab{accuracy}. "
-        f"It sorts 32x32 RGB images into the ten CIFAR-10 classes: {', '.join(config['classes'])}."
+        f"# {model}: a CIFAR-10 classifier\n\n"
+        f"A {model} network of {params:,} parameters trained with cifarlab{accuracy}. "
+        f"It sorts 32x32 RGB images into the {len(config['classes'])} CIFAR-10 classes: {classes}."
     )
 
 
@@ -151,20 +178,21 @@ classes = [config["classes"][i] for i in logits.argmax(1)]
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
-    return "\n".join(["| | |", "|---|---|", *(f"| {name} | {_cell(value)} |" for name, value in rows)])
+    return "\n".join(["| | |", "|---|---|", *(f"| {_text(name)} | {_cell(value)} |" for name, value in rows)])
 
 
 def _cell(value: Any) -> str:
+    """A table cell: a float to 4 digits, anything else as escaped text (options and lists as JSON)."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (dict, list)):
-        return f"`{json.dumps(value)}`"
-    return str(value).replace("|", "\\|")
+        return _text(json.dumps(value))
+    return _text(value)
 
 
 def _model(config: dict, params: int) -> str:
     rows = [
-        ("architecture", f"`{config['model']}`"),
+        ("architecture", config["model"]),
         ("options", config.get("model_options") or "defaults"),
         ("parameters", f"{params:,}"),
         ("input", "3 x 32 x 32 RGB; pixels / 255, then per channel (x - mean) / std"),
@@ -250,9 +278,9 @@ def _files(config: dict) -> str:
     source = config.get("source") or {}
     return (
         "## Files\n\n"
-        f"- `{EXPORT_WEIGHTS}`: the weights (safetensors, float32), SHA-256 `{config['weights']['sha256']}`\n"
+        f"- `{EXPORT_WEIGHTS}`: the weights (safetensors, float32), SHA-256 {_text(config['weights']['sha256'])}\n"
         f"- `{EXPORT_CONFIG}`: architecture, options, classes, normalisation and the training recipe\n"
         f"- `{EXPORT_CARD}`: this card\n\n"
-        f"Exported by cifarlab {__version__} from `{Path(source.get('checkpoint', '?')).name}` "
-        f"(epoch {config.get('epoch', '?')}); loaded back, it gave logits identical to the checkpoint's."
+        f"Exported by cifarlab {__version__} from {_text(Path(source.get('checkpoint', '?')).name)} "
+        f"(epoch {_text(config.get('epoch', '?'))}); loaded back, it gave logits identical to the checkpoint's."
     )

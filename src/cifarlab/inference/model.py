@@ -14,15 +14,25 @@ before the softmax: it changes the probabilities, never the logits or the rankin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from cifarlab.common.exported import load_model_state, model_file
-from cifarlab.common.metrics import predict_logits
+from cifarlab.common.exported import check_weight_dtypes, is_export, load_model_state, model_file
+from cifarlab.common.metrics import TEMPERATURE_RANGE, predict_logits
 from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, model_from_checkpoint
+from cifarlab.errors import CifarlabError
 from cifarlab.runtime import memory_format, resolve_device, use_amp
+
+
+class TopKError(CifarlabError, ValueError):
+    """A number of classes to show outside 1..the model's classes (predict --top-k, serve ?top_k=)."""
+
+
+class NonFiniteProbabilities(CifarlabError, ArithmeticError):
+    """The model's probabilities for an image are not finite numbers (broken weights or temperature)."""
 
 
 class Predictor:
@@ -44,6 +54,7 @@ class Predictor:
         self.checkpoint = model_file(checkpoint)  # checkpoint.pt, or an export's model.safetensors
         self.state = load_model_state(self.checkpoint)
         model, self.meta = model_from_checkpoint(self.state, str(self.checkpoint))
+        check_weight_dtypes(self.state["model"], model.state_dict(), self.checkpoint, exact=is_export(self.checkpoint))
         self.device = resolve_device(device)
         self.channels_last = bool(self.meta.get("channels_last", False))
         # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
@@ -75,10 +86,16 @@ class Predictor:
             channels_last=self.channels_last,
         ).cpu()
 
+    def check_top_k(self, k: int, name: str = "--top-k") -> int:
+        """`k` if it is a number of classes this model can show, else a TopKError naming `name`."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.classes):
+            raise TopKError(f"{name} {k}: must be from 1 to {len(self.classes)} (the model's number of classes)")
+        return k
+
     def top_k(self, logits: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """The k most probable (class, probability) pairs of each row of logits."""
         probs = self.probabilities(logits)
-        values, indices = probs.topk(min(k, len(self.classes)), dim=1)
+        values, indices = probs.topk(self.check_top_k(k), dim=1)
         return [
             [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
             for row_i, row_p in zip(indices, values)
@@ -87,7 +104,12 @@ class Predictor:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits, divided by the temperature first when there is one."""
         logits = logits.float()
-        return F.softmax(logits if self.temperature is None else logits / self.temperature, dim=1)
+        probs = F.softmax(logits if self.temperature is None else logits / self.temperature, dim=1)
+        if not torch.isfinite(probs).all():
+            scaled = "" if self.temperature is None else f" divided by temperature {self.temperature:g}"
+            raise NonFiniteProbabilities(f"{self.checkpoint}: the model's logits{scaled} give probabilities that are "
+                                         "not finite numbers (NaN or infinite weights, or a broken temperature)")
+        return probs
 
 
 def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
@@ -104,7 +126,18 @@ def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
     if calibration.get("epoch") != epoch:
         raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, "
                        f"this is epoch {epoch}; {fit}")
-    return float(calibration["temperature"])
+    return checked_temperature(calibration["temperature"], run.file(CALIBRATION), fit)
+
+
+def checked_temperature(temperature, source: Path, fit: str) -> float:
+    """A stored temperature within the range `fit_temperature` searches, else a RunError: a value
+    outside it (1e-300 passes "positive, finite") cannot come from a fit and overflows the logits."""
+    low, high = TEMPERATURE_RANGE
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or not low <= temperature <= high:
+        raise RunError(f"{source}: temperature {temperature!r:.40} is outside {low:g} to {high:g}, the range a "
+                       f"fit searches; {fit}")
+    return float(temperature)
 
 
 def run_data_dir(ckpt: Path) -> Path | None:

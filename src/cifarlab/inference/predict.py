@@ -244,6 +244,7 @@ def predict_paths(
     log: Callable[[str], None] = print,
 ) -> PredictReport:
     """Predict every image in `paths` (files or folders) in batches; bad files become error rows."""
+    predictor.check_top_k(top_k)
     files, skipped = find_images(paths)
     if not files:
         raise PredictError(f"no image files in {', '.join(map(str, paths))}")

@@ -73,6 +73,9 @@ def check_request(request: RobustnessRequest) -> tuple[Cifar10C | None, Labelled
         raise RobustnessError("--corruption-names names a corruption twice")
     files = open_cifar10c(request.corruptions_dir, names) if request.corruptions_dir is not None else None
     if request.corruptions and files is None:
+        from cifarlab.data.corruptions import check_seed  # needs scipy and Pillow: imported only when asked for
+
+        check_seed(request.seed)
         known = _generated_corruptions()
         unknown = [n for n in names or [] if n not in known]
         if unknown:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from cifarlab.data import DataError, default_data_dir, find_dataset, load_cifar10
+from cifarlab.data.download import unreadable_folder
 from cifarlab.models import count_parameters, list_models
 from cifarlab.models.measure import build_on_meta
 from cifarlab.runtime import autocast_dtype, native_bf16, resolve_device, set_cpu_threads
@@ -16,7 +17,13 @@ from cifarlab.training.config import PRESETS
 def data_status(data_dir: Path | None) -> dict:
     """Where the data would be read from and whether it reads and verifies (no download)."""
     root = Path(data_dir) if data_dir else default_data_dir()
-    found = find_dataset(root)
+    problem = unreadable_folder(root)
+    if problem:
+        return {"location": str(root), "status": f"{problem}: check its permissions (nothing is downloaded into it)"}
+    try:
+        found = find_dataset(root)
+    except DataError as e:
+        return {"location": str(root), "status": f"unusable: {e}"}
     if found is None:
         return {"location": str(root), "status": "not found (it is downloaded on first use)"}
     try:
