@@ -117,3 +117,17 @@ def save_png(fig: Figure, path: Path) -> bytes:
 
 def write_page(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render(name: str, **context: Any) -> str:
+    """A page from a Jinja2 template in cifarlab/templates, every value escaped unless marked safe
+    (the inline style sheet is ours)."""
+    import jinja2
+    from markupsafe import Markup
+
+    environment = jinja2.Environment(loader=jinja2.PackageLoader("cifarlab", "templates"), autoescape=True)
+    return environment.get_template(name).render(style=Markup(STYLE), **context)
