@@ -28,8 +28,10 @@ from cifarlab.experiments.study import (
     heartbeat,
     open_storage,
     open_study,
+    quiet,
     require_optuna,
     take_trial,
+    wanted_names,
 )
 from cifarlab.training.config import TrainConfig
 
@@ -98,7 +100,8 @@ def run_worker(worker: Worker, log: Callable[[str], None] = print) -> int:
     ran = 0
     while True:
         with database_errors(storage, "lost the study's database"):
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
+            with quiet(optuna):
+                optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
             trial = take_trial(study, rdb)
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -119,8 +122,9 @@ def run_trial(worker: Worker, study: Any, rdb: Any, trial: Any, data: Any, log: 
         overrides = _overrides(worker.spec, trial)
         trial.set_user_attr("run", str(out.resolve()))
         trial.set_user_attr("host", os.uname().nodename)
-        log(f"[{name}] {worker.spec.unit} {trial.number + 1}: {variant_name(overrides, list(overrides))} "
-            f"({device_for(worker.number, worker.device)})")
+        names = wanted_names(worker.spec)
+        where = f"{names.index(name) + 1}/{len(names)}" if name in names else f"?/{len(names)}"
+        log(f"[{where}] {name} ({device_for(worker.number, worker.device)}): {variant_name(overrides, list(overrides))}")
         try:
             reason = _train(worker, name, overrides, data, log)
         except KeyboardInterrupt:

@@ -103,14 +103,14 @@ def open_storage(storage: Storage, create: bool = True) -> Any:
         kwargs = {"connect_args": {"timeout": 60}}
     else:  # an unreachable server answers within seconds, not the driver's default minutes
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    with database_errors(storage, "cannot open the study's database"), _quiet(optuna):
+    with database_errors(storage, "cannot open the study's database"), quiet(optuna):
         return RDBStorage(storage.url, engine_kwargs=kwargs, heartbeat_interval=storage.heartbeat, grace_period=3 * storage.heartbeat,
                           heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
                           skip_table_creation=not create)
 
 
 @contextlib.contextmanager
-def _quiet(optuna: Any) -> Iterator[None]:
+def quiet(optuna: Any) -> Iterator[None]:
     """Without Optuna's warning that heartbeats are experimental (it says nothing a user can act on)."""
     import warnings
 

@@ -146,5 +146,5 @@ def list_variants(spec: SweepSpec, out: Path | str | None = None, storage: str |
     values = {v.name: v.overrides for v in spec.variants}
     lines = [(n, by_name[n]["status"], variant_name(by_name[n]["overrides"] or values.get(n, {}), keys) if keys else "") for n in names]
     done = sum(state == "finished" for _, state, _ in lines)
-    head = f"{spec.describe(spec.size)}, study {spec.study_name!r} in {where.shown}:"
+    head = f"{spec.describe(spec.size)} in {folder}; study {spec.study_name!r} in {where.shown}:"
     return listing(head, lines, f"{done:,} finished, {len(lines) - done:,} to run")
