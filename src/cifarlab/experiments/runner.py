@@ -121,7 +121,7 @@ def run_trial(worker: Worker, study: Any, rdb: Any, trial: Any, data: Any, log: 
     with database_errors(worker.storage, f"lost the study's database during {name}"), heartbeat(rdb, trial):
         overrides = _overrides(worker.spec, trial)
         trial.set_user_attr("run", str(out.resolve()))
-        trial.set_user_attr("host", os.uname().nodename)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")  # which worker ran it (a retry shows another)
         names = wanted_names(worker.spec)
         where = f"{names.index(name) + 1}/{len(names)}" if name in names else f"?/{len(names)}"
         log(f"[{where}] {name} ({device_for(worker.number, worker.device)}): {variant_name(overrides, list(overrides))}")

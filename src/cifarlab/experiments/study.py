@@ -74,21 +74,26 @@ def storage_for(url: str | None, folder: Path, heartbeat: int = 30) -> Storage:
 @contextlib.contextmanager
 def database_errors(storage: Storage, doing: str) -> Iterator[None]:
     """Database failures (unreachable, dropped mid-sweep, a damaged file) as one line naming the storage."""
-    from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import NoSuchModuleError, SQLAlchemyError
 
-    where = storage.local_file or storage.shown
     try:
         yield
     except NoSuchModuleError as e:
         raise SweepError(f"--storage {storage.shown}: no database driver for it ({e})") from None
     except ImportError as e:
         raise SweepError(f"--storage {storage.shown}: its driver is not installed ({e.name or e}); pip install 'cifarlab[search]'") from None
-    except DBAPIError as e:
-        reason = " ".join(str(e.orig).split()) if e.orig is not None else type(e).__name__
-        hint = "; move the file away or name another --out" if storage.local_file else ""
-        raise SweepError(storage.hide(f"{where}: {doing}: {reason}{hint}")) from None
-    except SQLAlchemyError as e:
-        raise SweepError(storage.hide(f"{where}: {doing}: {' '.join(str(e).split())}")) from None
+    except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps a failed commit's error in its own
+        raise SweepError(storage.hide(f"{storage.local_file or storage.shown}: {doing}: {_reason(e)}"
+                                      f"{'; move the file away or name another --out' if storage.local_file else ''}")) from None
+
+
+def _reason(error: BaseException) -> str:
+    """The database's own words: a driver error's message, under SQLAlchemy's and Optuna's wrappers."""
+    while error.__cause__ is not None and not getattr(error, "orig", None):
+        error = error.__cause__
+    error = getattr(error, "orig", None) or error
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def open_storage(storage: Storage, create: bool = True) -> Any:

@@ -93,9 +93,10 @@ def run_sweep(
     where = storage_for(storage, folder, heartbeat)
     for v in spec.variants:  # an old run of other settings under a variant's name: refused before anything trains
         check_run_folder(spec, v.name, v.config, folder)
+    rdb = None if where.local_file else open_storage(where)  # a bad or unreachable server: said before a folder is made
     folder.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder, exclusive=where.local_file is not None):
-        rdb = open_storage(where)
+        rdb = rdb or open_storage(where)
         study = open_study(rdb, where, spec)
         with database_errors(where, "cannot read the study"):
             if where.local_file:
