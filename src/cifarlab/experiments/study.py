@@ -108,10 +108,19 @@ def open_storage(storage: Storage, create: bool = True) -> Any:
         kwargs = {"connect_args": {"timeout": 60}}
     else:  # an unreachable server answers within seconds, not the driver's default minutes
         kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-    with database_errors(storage, "cannot open the study's database"), quiet(optuna):
-        return RDBStorage(storage.url, engine_kwargs=kwargs, heartbeat_interval=storage.heartbeat, grace_period=3 * storage.heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
-                          skip_table_creation=not create)
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(3):
+        try:
+            with database_errors(storage, "cannot open the study's database"), quiet(optuna):
+                return RDBStorage(storage.url, engine_kwargs=kwargs, heartbeat_interval=storage.heartbeat,
+                                  grace_period=3 * storage.heartbeat, skip_table_creation=not create,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+        except SweepError as e:
+            # workers starting together on a new database race to make its tables: the loser finds them made
+            if attempt == 2 or not isinstance(e.__context__, (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)):
+                raise
+            time.sleep(1 + attempt)
 
 
 @contextlib.contextmanager
