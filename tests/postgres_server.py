@@ -14,7 +14,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("CIFARLAB_PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _server_binaries() -> Path:
+    """Debian's newest installed PostgreSQL (the package puts each major version in its own folder)."""
+    if os.environ.get("CIFARLAB_PG_BIN"):
+        return Path(os.environ["CIFARLAB_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _server_binaries()
 USER, PASSWORD, DATABASE = "sweeper", "pw-s3cret-42", "sweeps"
 
 
