@@ -82,11 +82,23 @@ def _init(server: Server) -> None:
     _run([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"])
     with open(data / "pg_hba.conf", "a") as hba:
         hba.write("host all all 10.0.0.0/8 scram-sha-256\n")
-    options = f"-c listen_addresses={','.join(server.hosts)} -p {server.port} -k {server.root} -c fsync=off -c max_connections=100"
-    _run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(server.root / "log"), "-w", "-t", "60", "start"])
+    resume(server)
     psql = [str(PG_BIN / "psql"), "-h", str(server.root), "-p", str(server.port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
     _run([*psql, f"CREATE USER {USER} WITH PASSWORD '{PASSWORD}'"])
     _run([*psql, f"CREATE DATABASE {DATABASE} OWNER {USER}"])
+
+
+def _options(server: Server) -> str:
+    return f"-c listen_addresses={','.join(server.hosts)} -p {server.port} -k {server.root} -c fsync=off -c max_connections=100"
+
+
+def pause(server: Server) -> None:
+    """Stop the server as a crash would (its data stays), for a database that dies mid-sweep."""
+    _run([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate", "-w", "stop"])
+
+
+def resume(server: Server) -> None:
+    _run([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), "-o", _options(server), "-l", str(server.root / "log"), "-w", "-t", "60", "start"])
 
 
 def stop(server: Server) -> None:

@@ -168,3 +168,30 @@ def test_optuna_dashboard_serves_the_study(postgres, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_database_that_dies_mid_sweep_is_one_line_and_the_sweep_continues_once_it_is_back(tiny_binary, tmp_path):
+    """Its own server (the session's stays up for the other tests): stopped while a trial trains."""
+    server, why = postgres_server.start()
+    if server is None:
+        pytest.skip(why)
+    try:
+        spec = spec_file(tmp_path, "[grid]\nseed = [0, 1]\n", "dies", epochs=3)
+        first = worker(spec, server.url(), tiny_binary, tmp_path / "dies")
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "dies" / "seed=0" / "checkpoint.pt").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        postgres_server.pause(server)
+        output = first.communicate(timeout=300)[0]
+        assert first.returncode == 1, output
+        last = output.strip().splitlines()[-1]
+        assert last.startswith(f"cifarlab sweep: error: postgresql+psycopg://{postgres_server.USER}:***@127.0.0.1:{server.port}/")
+        assert "lost the study's database" in last and postgres_server.PASSWORD not in output
+        postgres_server.resume(server)
+        again = worker(spec, server.url(), tiny_binary, tmp_path / "dies")
+        output = again.communicate(timeout=600)[0]
+        assert again.returncode == 0, output
+        trials = trials_of(server.url(), "dies")
+        assert sorted(t.user_attrs["variant"] for t in trials if t.state.name == "COMPLETE") == ["seed=0", "seed=1"]
+    finally:
+        postgres_server.stop(server)

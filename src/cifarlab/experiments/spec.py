@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from cifarlab.common.rundir import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model
@@ -134,7 +135,7 @@ def _check_model(config: TrainConfig, where: str, built: set[str]) -> None:
         with torch.device("meta"):
             build_model(config.model, **config.model_options)
     except (ModelError, ValueError, TypeError, RuntimeError) as e:  # RuntimeError: torch's, e.g. a width too large
-        raise SweepError(f"{where}: model_options: {str(e).strip().splitlines()[0]}") from None
+        raise SweepError(f"{where}: model_options: {first_problem(e)}") from None
     built.add(key)
 
 
