@@ -73,7 +73,14 @@ def storage_cost(url: str | None, folder: Path, trials: int, name: str) -> dict:
     import optuna
 
     from cifarlab.experiments.spec import load_spec
-    from cifarlab.experiments.study import enqueue, open_storage, open_study, storage_for, take_trial
+    from cifarlab.experiments.study import (
+        enqueue,
+        open_storage,
+        open_study,
+        quiet,
+        storage_for,
+        take_trial,
+    )
 
     spec_path = folder / f"{name}.toml"
     spec_path.write_text(SPEC.replace("SEEDS", json.dumps(list(range(trials)))))
@@ -87,7 +94,8 @@ def storage_cost(url: str | None, folder: Path, trials: int, name: str) -> dict:
     enqueued = time.perf_counter() - started
     started = time.perf_counter()
     for _ in range(trials):
-        optuna.storages.fail_stale_trials(study)
+        with quiet(optuna):
+            optuna.storages.fail_stale_trials(study)
         trial = take_trial(study, rdb)
         trial.set_user_attr("run", str(folder / name / trial.user_attrs["variant"]))
         trial.set_user_attr("worker", "bench")
@@ -112,7 +120,8 @@ def main() -> None:
 
     os.environ[ANY_COUNT] = "1"
     result: dict = {"cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "trials": args.trials,
-                    "note": "tiny trials (1 epoch, 40 images); wall time of the whole command, process start and torch import included"}
+                    "note": "tiny trials (1 epoch, 40 images); wall time of the whole command, process start and torch import included",
+                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     server, why = postgres_server.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +138,7 @@ def main() -> None:
     finally:
         if server:
             postgres_server.stop(server)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

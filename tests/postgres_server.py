@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+
 def _server_binaries() -> Path:
     """Debian's newest installed PostgreSQL (the package puts each major version in its own folder)."""
     if os.environ.get("CIFARLAB_PG_BIN"):

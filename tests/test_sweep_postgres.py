@@ -14,12 +14,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 import postgres_server
+import pytest
 
 from cifarlab.experiments.leaderboard import rows_from_folders
 from cifarlab.experiments.spec import load_spec
-from cifarlab.experiments.study import latest_trials, open_storage, open_study, storage_for
+from cifarlab.experiments.study import (
+    open_storage,
+    open_study,
+    storage_for,
+)
 
 pytestmark = pytest.mark.postgres
 SRC = str(Path(__file__).resolve().parents[1] / "src")

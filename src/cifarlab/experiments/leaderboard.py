@@ -84,7 +84,9 @@ def format_leaderboard(rows: list[dict]) -> str:
 def write_leaderboard(spec: SweepSpec, folder: Path, rows: list[dict]) -> list[dict]:
     """leaderboard.json, leaderboard.html (a Jinja2 template, escaped) and its PNGs in the sweep folder.
     The curves need the run folders; where this machine cannot reach them, the page goes without."""
-    from cifarlab.experiments import pages  # matplotlib only here: the rest stays importable without it
+    from cifarlab.experiments import (
+        pages,  # matplotlib only here: the rest stays importable without it
+    )
     from cifarlab.experiments.figures import curves_figure
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,7 @@ def run_worker(worker: Worker, log: Callable[[str], None] = print) -> int:
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     return ran
-                time.sleep(storage.heartbeat)  # another worker's trial may yet go stale and come back
+                time.sleep(min(storage.heartbeat, 2))  # another worker's trial may yet fail and come back
                 continue
         run_trial(worker, study, rdb, trial, data, log)
         ran += 1

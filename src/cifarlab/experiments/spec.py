@@ -39,7 +39,12 @@ from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model
 from cifarlab.text import plural
-from cifarlab.training.config import ConfigError, TrainConfig, apply_overrides, get_preset
+from cifarlab.training.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    get_preset,
+)
 
 SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants", "search")
 # A larger spec needs --yes: at minutes per variant, a grid one list too long would queue months.

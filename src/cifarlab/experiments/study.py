@@ -165,7 +165,7 @@ def open_study(rdb: Any, storage: Storage, spec: SweepSpec, create: bool = True)
             if not study.user_attrs.get("spec_hash"):  # the first of several workers to make it says whose it is
                 study.set_user_attr("sweep", wanted)
                 study.set_user_attr("spec_hash", spec_hash(wanted))
-        saved = study.user_attrs.get("spec_hash")
+        saved = _spec_hash_of(study)
     if saved is None:
         raise SweepError(f"{storage.local_file or storage.shown}: study {spec.study_name!r} was not made by a cifarlab sweep; "
                          "name another study or storage")
@@ -173,6 +173,16 @@ def open_study(rdb: Any, storage: Storage, spec: SweepSpec, create: bool = True)
         raise SweepError(f"{storage.local_file or storage.shown}: study {spec.study_name!r} was made with "
                          f"{_difference(study.user_attrs.get('sweep', {}), wanted)}; use another --out, study or --storage")
     return study
+
+
+def _spec_hash_of(study: Any) -> str | None:
+    """The study's spec hash, waiting a moment for it: a worker that has just made the study sets it next."""
+    for _ in range(25):
+        saved = study.user_attrs.get("spec_hash")
+        if saved is not None or study.get_trials(deepcopy=False):
+            return saved
+        time.sleep(0.2)
+    return None
 
 
 # ---------------------------------------------------------------- the queue
@@ -221,13 +231,15 @@ def _enqueue_lock(optuna: Any, rdb: Any, name: str) -> Iterator[None]:
     that workers starting together on several machines enqueue each variant once."""
     marker = f"{name}~enqueueing"
     deadline = time.monotonic() + 2 * ENQUEUE_STALE_SECONDS
+    first_seen: float | None = None  # a holder that died before stamping its marker is timed from here
     while True:
         try:
             optuna.create_study(storage=rdb, study_name=marker).set_user_attr("since", time.time())
             break
         except optuna.exceptions.DuplicatedStudyError:
-            since = _marker_since(optuna, rdb, marker)
-            if since is not None and time.time() - since > ENQUEUE_STALE_SECONDS:
+            first_seen = first_seen or time.time()
+            since = _marker_since(optuna, rdb, marker) or first_seen
+            if time.time() - since > ENQUEUE_STALE_SECONDS:
                 with contextlib.suppress(KeyError):
                     optuna.delete_study(study_name=marker, storage=rdb)  # its holder died
             elif time.monotonic() > deadline:
@@ -242,7 +254,7 @@ def _enqueue_lock(optuna: Any, rdb: Any, name: str) -> Iterator[None]:
 
 def _marker_since(optuna: Any, rdb: Any, marker: str) -> float | None:
     try:
-        return optuna.load_study(study_name=marker, storage=rdb).user_attrs.get("since", 0.0)
+        return optuna.load_study(study_name=marker, storage=rdb).user_attrs.get("since")
     except KeyError:  # let go of between our two calls
         return None
 

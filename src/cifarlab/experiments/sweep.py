@@ -31,7 +31,13 @@ from cifarlab.experiments.leaderboard import (
     write_leaderboard,
 )
 from cifarlab.experiments.runner import Worker, check_run_folder, run_workers
-from cifarlab.experiments.spec import MAX_VARIANTS, SweepError, SweepSpec, load_spec, variant_name
+from cifarlab.experiments.spec import (
+    MAX_VARIANTS,
+    SweepError,
+    SweepSpec,
+    load_spec,
+    variant_name,
+)
 from cifarlab.experiments.study import (
     STUDY_DB,
     Storage,
