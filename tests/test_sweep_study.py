@@ -19,6 +19,7 @@ from cifarlab.cli import main
 from cifarlab.experiments.leaderboard import rows_from_folders
 from cifarlab.experiments.spec import load_spec
 from cifarlab.experiments.study import (
+    enqueue,
     latest_trials,
     open_storage,
     open_study,
@@ -153,6 +154,18 @@ def test_a_study_made_by_another_spec_is_refused(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".sweep.lock", "optuna.db"]
 
 
+def test_a_variant_given_other_settings_under_its_old_name_is_refused(tmp_path, capsys):
+    """The spec's settings agree, but [[variants]] "x" changed: the study's trial of that name ran other values."""
+    first = load_spec(write_spec(tmp_path, HEAD + '[[variants]]\nname = "x"\nlr = 0.1\n'))
+    (tmp_path / "spec").mkdir()
+    where = storage_for(None, tmp_path / "spec")
+    rdb = open_storage(where)
+    enqueue(rdb, where, open_study(rdb, where, first), first)
+    changed = write_spec(tmp_path, HEAD + '[[variants]]\nname = "x"\nlr = 0.2\n')
+    err = one_line_error(capsys, ["sweep", str(changed), "--device", "cpu"])
+    assert "study 'spec' ran variant 'x' with {'lr': 0.1}, the spec now gives it other settings" in err
+
+
 # ---------------------------------------------------------------- running
 
 
@@ -201,3 +214,27 @@ def test_a_sweep_killed_with_sigkill_resumes_its_trial_and_counts_each_once(tiny
     assert finished == ["seed=0", "seed=1"]  # each once
     assert [t.user_attrs["variant"] for t in trials if t.state.name == "FAIL"] == ["seed=0"]  # the killed one, retried
     assert len((folder / "seed=0" / "metrics.jsonl").read_text().splitlines()) == 3  # resumed: no epoch lost or doubled
+
+
+def test_the_sweep_modules_import_each_other_without_a_cycle():
+    """search.py and sweep.py imported each other; the split (spec, study, runner, leaderboard) runs one way."""
+    import ast
+
+    import cifarlab.experiments as experiments
+
+    folder = Path(experiments.__file__).parent
+    graph = {}
+    for path in folder.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cifarlab.experiments."):
+                found.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.ImportFrom) and node.module == "cifarlab.experiments":
+                found |= {alias.name for alias in node.names}
+        graph[path.stem] = found
+
+    def reaches(start: str, target: str, seen: set) -> bool:
+        return any(n == target or (n not in seen and reaches(n, target, seen | {n})) for n in graph.get(start, ()))
+
+    assert [m for m in graph if reaches(m, m, set())] == []
+    assert {"spec", "study", "runner", "leaderboard", "sweep"} <= set(graph) and "search" not in graph
