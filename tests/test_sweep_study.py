@@ -141,6 +141,17 @@ def test_bad_or_unreachable_storage_is_one_line_without_the_password(tmp_path, c
     assert not (tmp_path / "spec").exists()
 
 
+def test_a_sqlite_url_given_as_storage_is_a_database_like_any_other(tmp_path, capsys):
+    spec = write_spec(tmp_path, HEAD + "[grid]\nseed = [0, 1]\n")
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert main(["sweep", str(spec), "--list", "--storage", url]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 finished, 2 to run"
+    loaded = load_spec(spec)
+    where = storage_for(url, tmp_path)
+    open_study(open_storage(where), where, loaded)  # made, with the sqlite driver's own connection options
+    assert (tmp_path / "elsewhere.db").exists()
+
+
 def test_a_study_made_by_another_spec_is_refused(tmp_path, capsys):
     first = load_spec(write_spec(tmp_path, HEAD + "[grid]\nseed = [0, 1]\n", "a.toml"))
     where = storage_for(None, tmp_path / "out")

@@ -103,11 +103,7 @@ def open_storage(storage: Storage, create: bool = True) -> Any:
 
     if storage.local_file and not create and not storage.local_file.exists():
         return None
-    kwargs: dict[str, Any] = {}
-    if storage.local_file:  # several local workers write one file: wait for its lock rather than fail
-        kwargs = {"connect_args": {"timeout": 60}}
-    else:  # an unreachable server answers within seconds, not the driver's default minutes
-        kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    kwargs = _engine_options(storage)
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(3):
@@ -121,6 +117,17 @@ def open_storage(storage: Storage, create: bool = True) -> Any:
             if attempt == 2 or not isinstance(e.__context__, (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)):
                 raise
             time.sleep(1 + attempt)
+
+
+def _engine_options(storage: Storage) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    backend = make_url(storage.url).get_backend_name()
+    if backend == "sqlite":  # several local workers write one file: wait for its lock rather than fail
+        return {"connect_args": {"timeout": 60}}
+    if backend == "postgresql":  # an unreachable server answers within seconds, not the driver's default minutes
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+    return {"pool_pre_ping": True}
 
 
 @contextlib.contextmanager

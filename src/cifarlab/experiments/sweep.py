@@ -125,7 +125,7 @@ def _write_board(spec: SweepSpec, folder: Path, where: Storage, rdb: Any, study:
 
 def _stored(spec: SweepSpec, where: Storage) -> dict[str, Any]:
     """The study's trials by variant, from its storage alone; none where it was never made (made now: nothing)."""
-    rdb = open_storage(where, create=False)
+    rdb = open_storage(where, create=where.local_file is None)  # the folder's file is not made just to list it
     if rdb is None:
         return {}
     study = open_study(rdb, where, spec, create=False)
