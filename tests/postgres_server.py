@@ -109,29 +109,43 @@ def stop(server: Server) -> None:
     shutil.rmtree(server.root, ignore_errors=True)
 
 
+def _network_names(count: int) -> tuple[str, list[str], str]:
+    """Names and a subnet of this test session's own (its pid in them), so two sessions on one machine
+    never take or remove each other's."""
+    tag = os.getpid() % 100000
+    subnet = f"10.{100 + (tag >> 8) % 100}.{tag % 256}"
+    return f"cfl{tag}br", [f"cfl{tag}h{n}" for n in range(count)], subnet
+
+
 def make_hosts(count: int) -> tuple[str | None, list[str], str]:
-    """A bridge with the database's address (10.77.0.1) and `count` network namespaces, each a host
-    with its own address on it (10.77.0.2, ...), joined by veth pairs; (None, [], why) where the
+    """A bridge with the database's address (SUBNET.1) and `count` network namespaces, each a host
+    with its own address on it (SUBNET.2, ...), joined by veth pairs; (None, [], why) where the
     machine does not allow it."""
-    commands = [["ip", "link", "add", "cfl-br0", "type", "bridge"], ["ip", "addr", "add", "10.77.0.1/24", "dev", "cfl-br0"],
-                ["ip", "link", "set", "cfl-br0", "up"]]
-    names = [f"cfl-host{n}" for n in range(count)]
+    bridge, names, subnet = _network_names(count)
+    commands = [["ip", "link", "add", bridge, "type", "bridge"], ["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge],
+                ["ip", "link", "set", bridge, "up"]]
     for n, name in enumerate(names):
-        commands += [["ip", "netns", "add", name], ["ip", "link", "add", f"cfl-v{n}a", "type", "veth", "peer", "name", f"cfl-v{n}b"],
-                     ["ip", "link", "set", f"cfl-v{n}a", "master", "cfl-br0"], ["ip", "link", "set", f"cfl-v{n}a", "up"],
-                     ["ip", "link", "set", f"cfl-v{n}b", "netns", name],
-                     ["ip", "-n", name, "addr", "add", f"10.77.0.{n + 2}/24", "dev", f"cfl-v{n}b"],
-                     ["ip", "-n", name, "link", "set", f"cfl-v{n}b", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+        commands += [["ip", "netns", "add", name], ["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b"],
+                     ["ip", "link", "set", f"{name}a", "master", bridge], ["ip", "link", "set", f"{name}a", "up"],
+                     ["ip", "link", "set", f"{name}b", "netns", name],
+                     ["ip", "-n", name, "addr", "add", f"{subnet}.{n + 2}/24", "dev", f"{name}b"],
+                     ["ip", "-n", name, "link", "set", f"{name}b", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+    made: list[list[str]] = []
     for cmd in commands:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            remove_hosts(names)
+            remove_hosts(names if made else [])
             return None, [], f"cannot make network namespaces here ({' '.join(cmd)}: {done.stderr.strip()})"
-    return "10.77.0.1", names, ""
+        made.append(cmd)
+    return f"{subnet}.1", names, ""
 
 
 def remove_hosts(names: list[str]) -> None:
-    for n, name in enumerate(names):
+    """Remove what make_hosts made (nothing when it made nothing)."""
+    if not names:
+        return
+    bridge, _, _ = _network_names(len(names))
+    for name in names:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
-        subprocess.run(["ip", "link", "del", f"cfl-v{n}a"], capture_output=True)
-    subprocess.run(["ip", "link", "del", "cfl-br0"], capture_output=True)
+        subprocess.run(["ip", "link", "del", f"{name}a"], capture_output=True)
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)

@@ -79,7 +79,7 @@ def worker(spec: Path, url: str, data: Path, out: Path, *extra: str, netns: str 
 
 def test_a_12_trial_grid_on_two_hosts_runs_each_trial_once_and_the_database_holds_the_leaderboard(postgres, hosts, tiny_binary, tmp_path):
     """Two workers as two hosts: network namespaces with their own addresses on a bridge, the database
-    on a third (10.77.0.1); where the machine does not allow namespaces, two processes on loopback.
+    on a third (SUBNET.1 on a bridge); where the machine does not allow namespaces, two processes on loopback.
     The sweep folder is shared, as a shared filesystem would be."""
     address, names, why = hosts
     spec = spec_file(tmp_path, "[grid]\nlr = [0.01, 0.02, 0.03]\nseed = [0, 1, 2, 3]\n", "grid12", epochs=2)
