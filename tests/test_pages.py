@@ -89,9 +89,10 @@ def test_tampered_run_files_appear_escaped_in_the_comparison(tiny_run, tmp_path)
 
 
 def test_every_value_is_escaped_by_default():
-    rendered = pages.render("page.html", title="<script>", subtitle="a & b", body=[])
+    rendered = pages.render("leaderboard.html", title="<script>", subtitle="a & b", header=[], rows=[], row_classes=None, num_from=2, images=[])
     assert "<title>&lt;script&gt;</title>" in rendered and "a &amp; b" in rendered
-    assert "<script" not in pages.table(["<th>"], [["<td>"]]) and "&lt;td&gt;" in pages.table(["h"], [["<td>"]])
+    table = pages.render("leaderboard.html", title="t", subtitle="s", header=["<th>"], rows=[["<td>"]], row_classes=None, num_from=2, images=[])
+    assert "<th>&lt;th&gt;</th>" in table and "<td>&lt;td&gt;</td>" in table
     with pytest.raises(jinja2.UndefinedError, match="'run_name' is undefined"):  # a name left out fails loudly
         pages.render("report.html")
 
@@ -125,8 +126,9 @@ def test_wide_tables_scroll_inside_a_1280_px_page(tiny_run, tmp_path, browser):
     comparison = compare_runs(runs, tmp_path / "cmp")
     report = build_report(runs[0], tiny_run.parent / "data", **QUIET)
     header = ["rank", "variant", *(f"a_long_setting_name_{k}" for k in range(24)), "status"]
-    leaderboard = tmp_path / "leaderboard.html"  # assembled as the sweep leaderboard is
-    pages.write_page(leaderboard, pages.page("Sweep", "wide", [pages.table(header, [[1, "v", *range(24), "finished"]])]))
+    leaderboard = tmp_path / "leaderboard.html"  # the sweep leaderboard's template
+    pages.write_page(leaderboard, pages.render("leaderboard.html", title="Sweep", subtitle="wide", header=header,
+                                               rows=[[1, "v", *range(24), "finished"]], row_classes=None, num_from=2, images=[]))
     for path in (comparison, report, leaderboard):
         seen = page_width(browser, path)
         assert seen["page"] <= 1280, (path.name, seen)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cifarlab.cli import main
-from cifarlab.experiments.sweep import STATE, load_spec, run_sweep
+from cifarlab.experiments.sweep import load_spec, run_sweep
 
 HEAD = """
 base = "paper"
@@ -94,8 +94,8 @@ def test_random_sweep_ranks_and_a_rerun_after_a_kill_keeps_finished_trials(tiny_
         run_sweep(spec, None, tiny_binary, "cpu", progress=False, log=kill_after_first)
     first = trained(out, ["trial-000"])
     assert not (out / "trial-001").exists()
-    recorded = json.loads((out / STATE).read_text())["variants"]
-    assert recorded["trial-000"]["overrides"] == spec.variants[0].overrides
+    held = study_trials(out)
+    assert held["trial-000"].user_attrs["overrides"] == spec.variants[0].overrides and held["trial-000"].state.name == "COMPLETE"
 
     assert main(["sweep", str(path), "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
@@ -119,18 +119,20 @@ def test_random_sweep_ranks_and_a_rerun_after_a_kill_keeps_finished_trials(tiny_
 # ---------------------------------------------------------------- tpe
 
 
-def study_trials(folder: Path, name: str = "search") -> list:
+def study_trials(folder: Path, name: str = "search") -> dict:
+    """The study's trial that counts for each variant (a retry follows the trial it retries)."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}").get_trials()
+    from cifarlab.experiments.study import latest_trials
+
+    return latest_trials(optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'optuna.db'}").get_trials())
 
 
 def test_tpe_study_resumes_an_interrupted_trial_then_continues_with_a_larger_budget(tiny_binary, tmp_path, capsys):
-    pytest.importorskip("optuna")
     head = HEAD.replace("epochs = 1", "epochs = 2")
     out = tmp_path / "search"
     spec = load_spec(search_spec(tmp_path, "tpe", 3, head=head))
-    assert spec.variants == []  # the study makes them as it goes
+    assert spec.variants == ()  # the study draws them as it goes
     seen = []
 
     def kill_in_second(line: str) -> None:
@@ -141,38 +143,41 @@ def test_tpe_study_resumes_an_interrupted_trial_then_continues_with_a_larger_bud
     with pytest.raises(KeyboardInterrupt):
         run_sweep(spec, None, tiny_binary, "cpu", progress=False, log=kill_in_second)
     before = study_trials(out)
-    assert [t.state.name for t in before] == ["COMPLETE", "RUNNING"]
+    assert [before[n].state.name for n in ("trial-000", "trial-001", "trial-002")] == ["COMPLETE", "WAITING", "WAITING"]
+    assert before["trial-001"].params  # the retry keeps the values drawn for it
     assert (out / "trial-001" / "checkpoint.pt").exists() and not (out / "trial-001" / "results.json").exists()
     first = trained(out, ["trial-000"])
 
     lines: list[str] = []
     rows = run_sweep(load_spec(search_spec(tmp_path, "tpe", 3, head=head)), None, tiny_binary, "cpu", progress=False, log=lines.append)
-    assert "1 of 3 trials done, 1 to resume, 1 to ask" in lines[0]
+    assert "1 finished already, 2 to run (0 newly queued)" in lines[0]
     assert any(line.startswith(f"resuming {out / 'trial-001'}") for line in lines)
     assert len((out / "trial-001" / "metrics.jsonl").read_text().splitlines()) == 2
     assert trained(out, ["trial-000"]) == first
     middle = study_trials(out)
-    assert [t.state.name for t in middle] == ["COMPLETE"] * 3 and [t.params for t in middle[:2]] == [t.params for t in before]
+    assert [t.state.name for t in middle.values()] == ["COMPLETE"] * 3
+    assert [middle[n].params for n in ("trial-000", "trial-001")] == [before[n].params for n in ("trial-000", "trial-001")]
     assert [r["rank"] for r in rows] == [1, 2, 3]
 
     capsys.readouterr()
     path = search_spec(tmp_path, "tpe", 5, head=head)  # a larger budget: two more trials
     assert main(["sweep", str(path), "--data-dir", str(tiny_binary), "--device", "cpu", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "3 of 5 trials done, 0 to resume, 2 to ask" in printed and "[1/5]" not in printed and "[4/5] trial-003" in printed
+    assert "3 finished already, 2 to run (2 newly queued)" in printed and "[1/5]" not in printed and "[4/5] trial-003" in printed
     after = study_trials(out)
-    assert [t.state.name for t in after] == ["COMPLETE"] * 5 and [t.params for t in after[:3]] == [t.params for t in middle]
+    assert [t.state.name for t in after.values()] == ["COMPLETE"] * 5
+    assert [after[f"trial-00{i}"].params for i in range(3)] == [middle[f"trial-00{i}"].params for i in range(3)]
     assert trained(out, ["trial-000"]) == first
     # the sampler is reseeded by the trials made so far: a fresh TPESampler(seed) would replay the first draws
-    assert after[3].params != after[0].params and after[4].params != after[1].params
+    assert after["trial-003"].params != after["trial-000"].params and after["trial-004"].params != after["trial-001"].params
     board = json.loads((out / "leaderboard.json").read_text())
     assert sorted(r["name"] for r in board) == [f"trial-00{i}" for i in range(5)] and [r["rank"] for r in board] == [1, 2, 3, 4, 5]
-    assert {r["name"]: r["val_accuracy"] for r in board} == {f"trial-00{t.number}": t.value for t in after}
+    assert {r["name"]: r["val_accuracy"] for r in board} == {n: t.value for n, t in after.items()}
     assert board[0]["overrides"]["model_options.widths"] in WIDTHS
 
     assert main(["sweep", str(path), "--list"]) == 0
     listed = capsys.readouterr().out.splitlines()
-    assert listed[0].startswith("5 trials of a tpe search over paper, study 'search'") and listed[-1] == "5 finished, 0 to ask"
+    assert listed[0].startswith(f"5 trials of a tpe search over the paper preset in {out}; study 'search'") and listed[-1] == "5 finished, 0 to run"
     assert all(line.split()[1] == "finished" for line in listed[1:-1])
 
     # the study is continued only by a spec that agrees with it
@@ -184,27 +189,22 @@ def test_tpe_study_resumes_an_interrupted_trial_then_continues_with_a_larger_bud
 
 
 def test_a_failing_tpe_trial_is_told_to_the_study_and_recorded(tiny_binary, tmp_path):
-    pytest.importorskip("optuna")
     space = '[search.space]\nlr = { log_uniform = [1e5, 1e6] }\n'  # diverges
     head = HEAD.replace("epochs = 1", "epochs = 2\nstop_patience = 0")
     rows = run_sweep(load_spec(search_spec(tmp_path, "tpe", 1, head=head, space=space)), None, tiny_binary, "cpu", progress=False, log=lambda s: None)
-    assert [t.state.name for t in study_trials(tmp_path / "search")] == ["FAIL"]
+    held = study_trials(tmp_path / "search")
+    assert [t.state.name for t in held.values()] == ["FAIL"] and "TrainingDiverged" in held["trial-000"].user_attrs["result"]["reason"]
     assert rows[0]["status"] == "failed" and "TrainingDiverged" in rows[0]["reason"] and rows[0]["rank"] is None
-    assert json.loads((tmp_path / "search" / STATE).read_text())["variants"]["trial-000"]["status"] == "failed"
 
 
-def test_tpe_refuses_parallel_and_needs_optuna(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("optuna")
+def test_running_or_listing_a_sweep_needs_optuna_and_says_so(tmp_path, capsys, monkeypatch):
     path = search_spec(tmp_path, "tpe", 3)
-    assert main(["sweep", str(path), "--parallel", "2"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "--parallel 2: a tpe search runs one trial at a time" in err
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
     assert main(["sweep", str(path), "--list"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == f"cifarlab sweep: error: {path} [search] method = \"tpe\" needs Optuna: pip install 'cifarlab[search]'"
+    assert err == "cifarlab sweep: error: sweeps keep their trials in an Optuna study: pip install 'cifarlab[search]'"
     assert not (tmp_path / "search").exists()
-    assert len(load_spec(search_spec(tmp_path, "random", 3)).variants) == 3  # random needs no Optuna
+    assert len(load_spec(search_spec(tmp_path, "random", 3)).variants) == 3  # reading a spec needs no Optuna
 
 
 # ---------------------------------------------------------------- checking the spec
@@ -236,7 +236,7 @@ OK_HEAD = 'base = "paper"\n'
         ('method = "grid"\ntrials = 2\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] method must be 'random' or 'tpe'"]),
         ('method = "random"\ntrials = 0\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] trials must be an integer of at least 1"]),
         ('method = "random"\ntrials = 2000\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["trials = 2,000 is more than 1,000; pass --yes"]),
-        ('method = "random"\ntrials = 2\nstudy = "x"\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] study names an Optuna study"]),
+        ('method = "random"\ntrials = 2\nstudy = ""\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] study must be a name"]),
         ('method = "random"\ntrials = 2\nbudget = 3\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] unknown key 'budget'"]),
         ('method = "random"\ntrials = 2\n', ["[search] needs a [search.space] table"]),
     ],
@@ -268,7 +268,6 @@ def test_a_search_spec_is_checked_as_a_whole(tmp_path, capsys, text, name):
 
 
 def test_the_example_search_spec_loads():
-    pytest.importorskip("optuna")
     example = Path(__file__).resolve().parents[1] / "examples" / "paper_search.toml"
     spec = load_spec(example)
     assert spec.search.method == "tpe" and spec.search.trials >= 20 and spec.train_subset

@@ -536,26 +536,36 @@ def cmd_compare(args) -> int:
 
 
 def add_sweep(sub) -> None:
-    p = sub.add_parser("sweep", help="train the variants of a sweep spec (TOML) and rank them")
+    p = sub.add_parser("sweep", help="train the variants of a sweep spec (TOML) as trials of one Optuna study, and rank them")
     p.add_argument("spec", type=Path, metavar="SPEC.toml")
     p.add_argument("--out", type=Path, help="sweep folder (default: next to the spec, named after it)")
+    p.add_argument("--storage", metavar="URL", help="the study's database: default a SQLite file in the sweep folder; "
+                   "any URL Optuna accepts, e.g. postgresql+psycopg://user:password@host/db, shared by workers on several machines")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
-    p.add_argument("--device", default="auto", help="auto (variant i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="run N variants at a time in worker processes (not a tpe search's trials)")
+    p.add_argument("--device", default="auto", help="auto (worker i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="run N workers on this machine, in processes of their own")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="S",
+                   help="seconds between a worker's heartbeats; a trial silent for 3 of them is retried (default: %(default)s)")
+    p.add_argument("--retry-failed", action="store_true", help="queue the variants that failed again")
     p.add_argument("--list", action="store_true", help="only list the variants (a search's trials, with their values) and their state")
+    p.add_argument("--leaderboard", action="store_true", help="only write the leaderboard pages again, from the study's storage")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--yes", action="store_true", help="accept a spec of more than 1,000 variants or trials")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args) -> int:
-    from cifarlab.experiments.sweep import MAX_VARIANTS, format_leaderboard, list_variants, load_spec, run_sweep
+    from cifarlab.experiments.sweep import MAX_VARIANTS, format_leaderboard, list_variants, load_spec, rebuild_leaderboard, run_sweep
 
     spec = load_spec(args.spec, max_variants=None if args.yes else MAX_VARIANTS)
     if args.list:
-        print(list_variants(spec, args.out))
+        print(list_variants(spec, args.out, args.storage))
         return 0
-    board = run_sweep(spec, args.out, args.data_dir, args.device, args.parallel, progress=not args.quiet)
+    if args.leaderboard:
+        board = rebuild_leaderboard(spec, args.out, args.storage)
+    else:
+        board = run_sweep(spec, args.out, args.data_dir, args.device, args.workers, progress=not args.quiet, storage=args.storage,
+                          heartbeat=args.heartbeat, retry_failed=args.retry_failed)
     print(format_leaderboard(board))
     return 0
 

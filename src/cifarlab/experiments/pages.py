@@ -78,35 +78,6 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-# ---------------------------------------------------------------- pieces for a page assembled in Python
-# The sweep leaderboard still joins parts as strings: these render the same macros as the
-# templates, and `page` puts the parts into base.html's layout. A page with a template of its own
-# (report.html, compare.html) needs none of them.
-
-
-def _macro(name: str):
-    return getattr(environment().get_template("macros.html").module, name)
-
-
-def table(header: list[str], rows: Iterable[list[Any]], row_classes: Iterable[str] | None = None, num_from: int = 1) -> str:
-    """An HTML table in a scrolling container; cells are escaped; columns from `num_from` on are right-aligned."""
-    rows = [list(r) for r in rows]
-    return str(_macro("table")(header, rows, list(row_classes) if row_classes is not None else None, num_from))
-
-
-def note(text: str, bad: bool = False) -> str:
-    return str(_macro("note")(text, bad))
-
-
-def image(png: bytes, alt: str) -> str:
-    return str(_macro("image")(data_uri(png), alt))
-
-
-def page(title: str, subtitle: str, body: Iterable[str]) -> str:
-    """A page of HTML parts made by the functions above; the parts are put in as they are."""
-    return render("page.html", title=title, subtitle=subtitle, body=[Markup(part) for part in body])
-
-
 # ---------------------------------------------------------------- figures and files
 
 
@@ -132,3 +103,4 @@ def save_png(fig: Figure, path: Path) -> bytes:
 
 def write_page(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+

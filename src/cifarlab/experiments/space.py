@@ -4,15 +4,15 @@
     method = "random"                  # or "tpe": Optuna's TPE sampler (pip install 'cifarlab[search]')
     trials = 20                        # the budget: trials in all, finished or failed
     seed = 0
-    study = "paper-tpe"                # tpe only: the Optuna study's name (default: the spec's name)
+    study = "paper-tpe"                # the Optuna study's name (default: the spec's name)
     [search.space]                     # one distribution per field, model options dotted
     lr = { log_uniform = [0.001, 0.1] }
     "model_options.fc_dropout" = { uniform = [0.2, 0.6] }
     "model_options.widths" = { choice = [[16, 16, 32, 32, 64, 64, 64], [32, 32, 64, 64, 128, 128, 128]] }
     batch_size = { int = [32, 128] }   # int_log: integers spread evenly on a log scale
 
-Ranges include both bounds. This module only parses and draws; sweep.py checks the values against
-TrainConfig and the model, and search.py runs the TPE study.
+Ranges include both bounds. This module only parses and draws; spec.py checks the values against
+TrainConfig and the model; every search is an Optuna study (study.py), TPE's sampler drawing as it goes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ EXAMPLE = "{ uniform = [low, high] }, { log_uniform = [low, high] }, { int = [lo
 
 
 class SpaceError(CifarlabError, ValueError):
-    """A bad [search] table; one line naming the table and the field (sweep.py adds the spec's path)."""
+    """A bad [search] table; one line naming the table and the field (spec.py adds the spec's path)."""
 
 
 def _is_number(value: Any) -> bool:
@@ -116,13 +116,13 @@ class Search:
     method: str  # one of METHODS
     trials: int
     seed: int
-    study: str  # the Optuna study's name (tpe)
+    study: str  # the Optuna study's name
     axes: tuple[Axis, ...]
 
     def random_overrides(self, index: int) -> dict[str, Any]:
         """Trial `index` of a random search: fixed by (seed, index) alone, so a rerun after a kill, or
         one with a larger budget, makes the same trials again. (Should a numpy upgrade ever change
-        its streams, a rerun is refused, naming the field, rather than mixing trials: sweep.py
+        its streams, a rerun is refused, naming the field, rather than mixing trials: runner.py
         compares each run's config.json with its trial.)"""
         rng = np.random.default_rng([self.seed, index])
         return {axis.key: axis.draw(rng) for axis in self.axes}
@@ -199,8 +199,6 @@ def parse_search(table: Any, default_study: str) -> Search:
     trials = _whole_number(table, "trials", None, 1)
     seed = _whole_number(table, "seed", 0, 0)
     study = table.get("study", default_study)
-    if "study" in table and method != "tpe":
-        raise SpaceError("[search] study names an Optuna study, which only method = \"tpe\" keeps")
     if not isinstance(study, str) or not study.strip():
         raise SpaceError(f"[search] study must be a name, got {study!r}")
     space = table.get("space")
@@ -209,11 +207,3 @@ def parse_search(table: Any, default_study: str) -> Search:
     axes = tuple(parse_axis(key, entry) for key, entry in _space_entries(space).items())
     return Search(method, trials, seed, study, axes)
 
-
-def require_optuna() -> Any:
-    """The optuna module, or a one-line SpaceError naming the extra that brings it."""
-    try:
-        import optuna
-    except ImportError:
-        raise SpaceError("[search] method = \"tpe\" needs Optuna: pip install 'cifarlab[search]'") from None
-    return optuna
