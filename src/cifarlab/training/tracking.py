@@ -267,7 +267,7 @@ def save_pyfunc_model(run: RunDir, into: Path) -> Path:
     torch.save({k: state[k] for k in ("model", "meta", "epoch", "config") if k in state}, data / CHECKPOINT)
     classes = state["meta"]["classes"]
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3), "images")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, 32, 32, 3))]),
         outputs=Schema([ColSpec("string", "class"), *(ColSpec("float", name) for name in classes)]),
     )
     example = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
