@@ -171,12 +171,13 @@ def test_the_logged_model_predicts_as_cifarlab_predict(server, tracked_run, data
 
 def test_the_logged_model_has_a_signature_and_an_input_example(server, tracked_run, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
-    info = mlflow.models.get_model_info(f"runs:/{run_id_of(tracked_run)}/model")
+    uri = f"runs:/{run_id_of(tracked_run)}/model"
+    info = mlflow.models.get_model_info(uri)
     assert info.signature.inputs.to_dict() == [{"type": "tensor", "tensor-spec": {"dtype": "uint8", "shape": (-1, 32, 32, 3)}}]
     assert [c["name"] for c in info.signature.outputs.to_dict()][:2] == ["class", "airplane"]
     assert info.saved_input_example_info is not None
     with pytest.raises(Exception, match="uint8|shape"):
-        mlflow.pyfunc.load_model(info.model_uri).predict(np.zeros((1, 28, 28, 3), dtype=np.uint8))
+        mlflow.pyfunc.load_model(uri).predict(np.zeros((1, 28, 28, 3), dtype=np.uint8))
 
 
 @pytest.mark.slow
@@ -258,6 +259,7 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_variant(server, data, tmp_pa
     assert "leaderboard.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.slow  # a second server of its own, to kill: 10-80 s to start on 2 busy cores
 def test_a_server_gone_mid_run_leaves_a_complete_run_folder(data, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast: this test is about what happens after
     process, url = start_server(tmp_path / "doomed")

@@ -55,6 +55,7 @@ from cifarlab.experiments.runs import load_run
 from cifarlab.experiments.space import Search, SpaceError, parse_search, require_optuna, trial_name
 from cifarlab.models import ModelError, build_model
 from cifarlab.training.config import ConfigError, TrainConfig, apply_overrides, get_preset
+from cifarlab.training.tracking import sweep_parent_run
 
 STATE = "sweep.json"
 LEADERBOARD = "leaderboard.html"
@@ -458,6 +459,14 @@ def run_sweep(
 ) -> list[dict]:
     """Run every variant not yet finished, then write the leaderboard; returns its rows. A tpe
     search runs in search.py, one trial at a time."""
+    # MLflow hook (training/tracking.py): with `mlflow` set, the sweep is a parent run and every
+    # variant's or trial's training (here or in a worker process) logs as its child
+    with sweep_parent_run(sweep_folder(spec, out), spec.base_config, log, (LEADERBOARD, LEADERBOARD_JSON)):
+        return _run_sweep(spec, out, data_dir, device, parallel, progress, log)
+
+
+def _run_sweep(spec: SweepSpec, out: Path | str | None, data_dir: Path | str | None, device: str, parallel: int,
+               progress: bool, log: Callable[[str], None]) -> list[dict]:
     from cifarlab.data import load_cifar10
     from cifarlab.experiments import pages  # noqa: F401  (without matplotlib: fail now, not after training)
 
