@@ -45,6 +45,8 @@ class ImageClassifier:
 
 def _images(model_input) -> np.ndarray:
     """The input as uint8 (N, 32, 32, 3), or a one-line ValueError saying what came instead."""
+    if isinstance(model_input, dict) and len(model_input) == 1:  # one named tensor
+        model_input = next(iter(model_input.values()))
     images = np.asarray(model_input)
     if images.ndim == 3:
         images = images[None]
