@@ -19,16 +19,21 @@ import pytest
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10
 from cifarlab.training.config import get_preset
-from cifarlab.training.tracking import PARENT_ENV, RUN_FILE, Tracker, TrackingError, flat
+from cifarlab.training.tracking import (
+    PARENT_ENV,
+    RUN_FILE,
+    Tracker,
+    TrackingError,
+    flat,
+)
 from cifarlab.training.train import resume, train
 
 mlflow = pytest.importorskip("mlflow")
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from conftest import write_binary  # noqa: E402
+from conftest import write_binary
+from mlflow.tracking import MlflowClient
 
 MLFLOW = [sys.executable, "-m", "mlflow"]
-TINY = dict(epochs=2, val_size=20, batch_size=32)  # the quick preset on 64 images: about a second an epoch
+TINY = {"epochs": 2, "val_size": 20, "batch_size": 32}  # the quick preset on 64 images: about a second an epoch
 
 
 def free_port() -> int:
@@ -55,8 +60,8 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [*MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]
-    log = open(folder / "server.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    with open(folder / "server.log", "wb") as log:  # the server keeps its own copy of the file
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     url = f"http://127.0.0.1:{port}"
     if not wait_for(f"{url}/health", process):
         stop(process)
