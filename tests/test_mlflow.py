@@ -300,6 +300,16 @@ def test_an_unreachable_server_at_start_is_one_line_before_training(data, tmp_pa
     assert (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / RUN_FILE).exists()
 
 
+def test_without_a_uri_the_run_goes_to_mlflows_default_store(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    train_tiny(tmp_path / "run", data, mlflow="default", epochs=1)
+    saved = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert saved["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow 3's default: ./mlflow.db
+    logged = MlflowClient(saved["tracking_uri"]).get_run(saved["run_id"])
+    assert logged.info.status == "FINISHED" and logged.data.params["model_options.widths"] == "[64, 128, 256]"
+
+
 def test_mlflow_missing_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the package were not installed
     argv = ["train", "--preset", "quick", "--epochs", "1", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--mlflow"]

@@ -120,7 +120,7 @@ def config_params(config: dict, train_subset: int | None) -> dict[str, str]:
 
 
 def numbers(values: dict) -> dict[str, float]:
-    """The finite-or-not numbers of a (nested) record, dotted; booleans, text and None left out."""
+    """The numbers of a (nested) record under dotted names; booleans, text and None left out."""
     return {k: float(v) for k, v in flat(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -176,7 +176,7 @@ class Tracker:
         self._log_batch("parameters and tags", params=config_params(facts["train"], facts.get("train_subset")),
                         tags=run_tags(job, self.run))
         logged = self._logged_epochs() if job.history else set()
-        for record in job.history:
+        for record in job.history if logged is not None else []:  # None: unknown, so none (rather than twice)
             if record["epoch"] not in logged:
                 self.epoch(record)
 
@@ -197,9 +197,10 @@ class Tracker:
         same_store = isinstance(saved, dict) and saved.get("tracking_uri") == self.client.tracking_uri
         return saved.get("run_id") if same_store else None
 
-    def _logged_epochs(self) -> set[int]:
+    def _logged_epochs(self) -> set[int] | None:
+        """The epochs the server has (None when it cannot say)."""
         history = self._call("the logged epochs", self.client.get_metric_history, self.run_id, "train_loss")
-        return {m.step for m in history or []}
+        return None if history is None else {m.step for m in history}
 
     def epoch(self, record: dict) -> None:
         """An epoch's metrics as it ends (the training's on_epoch callback); the run id into
@@ -215,6 +216,9 @@ class Tracker:
             if self.run.file(name).exists():
                 self._call(name, self.client.log_artifact, self.run_id, str(self.run.file(name)))
         self._call("the model", self._log_model)
+        if self.config.get("mlflow_register"):
+            name = self.config["mlflow_register"]
+            self._call(f"registered model {name}", register_model, self.client, name, self.run_id)
         self.end("FINISHED")
 
     def end(self, status: str) -> None:
@@ -242,9 +246,6 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="cifarlab-mlflow-") as tmp:
             folder = save_pyfunc_model(self.run, Path(tmp))
             self.client.log_artifacts(self.run_id, str(folder), MODEL_PATH)
-        name = self.config.get("mlflow_register")
-        if name:
-            register_model(self.client, name, self.run_id)
 
 
 def run_tags(job, run: RunDir) -> dict[str, str]:
