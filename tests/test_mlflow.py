@@ -229,6 +229,28 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_every_epoch_once(serve
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id], f"tags.run_folder = '{run.resolve()}'")) == 1
 
 
+KILLED_AFTER_EPOCH_1 = """
+import os, signal, sys
+from cifarlab.training.config import get_preset
+from cifarlab.training.train import train
+config = get_preset("quick").replace(epochs=2, val_size=20, batch_size=32, mlflow=sys.argv[1])
+train(config, sys.argv[2], train_subset=64, data_dir=sys.argv[3], device="cpu", progress=False,
+      on_epoch=lambda record: os.kill(os.getpid(), signal.SIGKILL))
+"""
+
+
+def test_a_run_sigkilled_after_epoch_1_and_resumed_is_one_mlflow_run(server, data, tmp_path):
+    run = tmp_path / "run"
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_EPOCH_1, server, str(run), str(data)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-500:]
+    client = MlflowClient(server)
+    run_id = run_id_of(run)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody could tell it otherwise
+    resume(run, data_dir=data, device="cpu", progress=False, log=lambda line: None)
+    assert run_id_of(run) == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1, 2]
+
+
 def test_a_resume_logs_the_checkpointed_epoch_the_server_never_got(server, data, tmp_path, monkeypatch):
     """Killed after epoch 1's checkpoint but before its metrics reached MLflow: the resume logs it, then epoch 2."""
     original = Tracker._log_batch
