@@ -35,8 +35,12 @@ FIELD_HELP = {
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
     "compile": "torch.compile the network for training; the compile time is reported apart in results.json",
     "sync_bn": "under torchrun: BatchNorm statistics over the global batch (GPUs only)",
+    "mlflow": "log the run to MLflow: to this tracking URI, or without one to MLflow's default store (docs/mlflow.md)",
+    "mlflow_register": "also register the logged MLflow model under this name",
+    "mlflow_optional": "with --mlflow: an unreachable tracking server is a warning and training goes on without it",
 }
 _SKIPPED_FIELDS = ("preset", "model_options")  # --preset chooses the base; model options go through --set
+_OPTIONAL_VALUES = {"mlflow": "default"}  # a flag whose value may be left out: --mlflow means this
 
 
 def add_config_flags(p) -> None:
@@ -56,6 +60,8 @@ def add_config_flags(p) -> None:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, dest=f.name, choices=typing.get_args(kind), help=help_text)
+        elif f.name in _OPTIONAL_VALUES:  # --mlflow [URI]
+            p.add_argument(flag, dest=f.name, nargs="?", const=_OPTIONAL_VALUES[f.name], metavar="URI", help=help_text)
         elif typing.get_origin(kind) is list:  # --milestones 82 123
             p.add_argument(flag, dest=f.name, nargs="+", type=typing.get_args(kind)[0], metavar="N", help=help_text)
         else:

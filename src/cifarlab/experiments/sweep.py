@@ -51,6 +51,7 @@ from cifarlab.experiments.study import (
     wanted_names,
 )
 from cifarlab.text import plural
+from cifarlab.training.tracking import sweep_parent_run
 
 __all__ = ["LEADERBOARD", "LEADERBOARD_JSON", "MAX_VARIANTS", "STUDY_DB", "SweepError", "format_leaderboard", "list_variants",
            "load_spec", "rebuild_leaderboard", "rows_from_folders", "run_sweep"]
@@ -113,8 +114,11 @@ def run_sweep(
         log(f"sweep {spec.path.name}: {plural(spec.size, spec.unit)} in {folder}, study {spec.study_name!r} in {where.shown}; "
             f"{done:,} finished already, {spec.size - done:,} to run ({added:,} newly queued)")
         worker = Worker(spec, where, folder, None if data_dir is None else str(data_dir), device, progress)
-        run_workers(worker, workers, log)
-        return _write_board(spec, folder, where, rdb, study)
+        # With `mlflow` set (a spec's [fixed]), the sweep is one parent MLflow run and every trial's
+        # training, in this process or a worker, logs as its child (training/tracking.py).
+        with sweep_parent_run(folder, spec.base_config, log, (LEADERBOARD, LEADERBOARD_JSON)):
+            run_workers(worker, workers, log)
+            return _write_board(spec, folder, where, rdb, study)
 
 
 def _write_board(spec: SweepSpec, folder: Path, where: Storage, rdb: Any, study: Any) -> list[dict]:

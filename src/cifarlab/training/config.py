@@ -96,6 +96,11 @@ class TrainConfig:
     # PyTorch's deterministic algorithms (slower; cudnn autotuning off); operations without a
     # deterministic implementation are named in one line at the end, not refused
     deterministic: bool = False
+    # MLflow tracking (training/tracking.py, docs/mlflow.md): "" off; "default" MLflow's own store
+    # (MLFLOW_TRACKING_URI, else ./mlflow.db); else a tracking URI such as http://127.0.0.1:5000
+    mlflow: str = ""
+    mlflow_register: str = ""  # also register the logged model under this name ("" = do not)
+    mlflow_optional: bool = False  # an unreachable tracking server at start: warn and train without it
 
     def __post_init__(self):
         choices = lambda kind: "one of " + ", ".join(typing.get_args(kind))  # noqa: E731
@@ -174,6 +179,8 @@ def inactive_fields(values: dict[str, Any]) -> set[str]:
         unused.add("flip_mode")
     if not values.get("stop_patience"):
         unused.add("stop_min_delta")
+    if not values.get("mlflow"):
+        unused |= {"mlflow", "mlflow_register", "mlflow_optional"}
     return unused
 
 

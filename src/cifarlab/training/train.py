@@ -57,6 +57,7 @@ from cifarlab.runtime import (
 )
 from cifarlab.training.config import ConfigError, TrainConfig
 from cifarlab.training.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
+from cifarlab.training.tracking import tracking
 
 INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
 
@@ -382,10 +383,13 @@ def _run(run: RunDir, config: TrainConfig | None, train_subset: int | None, io: 
         held.enter_context(_sigterm_stops_training())
         # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
         config, train_subset, resume = distributed.from_main(_claim_run, held, run, config, train_subset, io.log)
+        tracker = held.enter_context(tracking(run, config, io.log))  # MLflow hook: connects before any data is loaded
         held.enter_context(_determinism(config, io.log))
         tune_for_training(dev)  # after _determinism: autotuned kernels are not reproducible
         job = _prepare(run, config, resume, train_subset, dev, io)
-        return _train_and_test(job, io, started)
+        tracker.begin(job, resume)  # MLflow hook: the run, its parameters and tags
+        io = dataclasses.replace(io, on_epoch=tracker.on_epoch(io.on_epoch))  # MLflow hook: each epoch's metrics
+        return tracker.finish(_train_and_test(job, io, started))  # MLflow hook: results, artifacts, model
 
 
 def _claim_run(
