@@ -36,7 +36,7 @@ def test_train_subset_must_be_positive(tiny_binary, capsys, tmp_path, subset):
 
 def test_config_errors_say_what_is_allowed(capsys, tmp_path):
     err = one_line_error(capsys, ["train", "--epochs", "0", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)])
-    assert "bad value for epochs: 0 (allowed: at least 1)" in err
+    assert "bad value for epochs: 0 (allowed: 1 to 100,000)" in err
 
 
 def test_evaluate_batch_size_and_output_checked_before_work(tiny_run, capsys, tmp_path):

@@ -21,7 +21,8 @@ import torch.nn as nn
 from conftest import write_binary
 
 from cifarlab.common import distributed
-from cifarlab.common.rundir import RunDir, load_checkpoint
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.inference.model import Predictor

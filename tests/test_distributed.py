@@ -25,7 +25,8 @@ from conftest import write_binary
 from cifarlab.common import distributed
 from cifarlab.common.distributed import evaluate_sharded
 from cifarlab.common.metrics import evaluate
-from cifarlab.common.rundir import load_checkpoint, read_metrics
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.runfiles import read_metrics
 from cifarlab.data import MEAN, STD, DataError
 from cifarlab.data.augment import augment, normalize
 from cifarlab.inference.evaluate import evaluate_checkpoint

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.common.rundir import RunError
+from cifarlab.common.files import RunError
 from cifarlab.data import ANY_RECORD_COUNT_ENV, BIN_TRAIN, DataError, load_cifar10
 from cifarlab.inference.export import ExportError, export_safetensors
 from cifarlab.inference.model import Predictor

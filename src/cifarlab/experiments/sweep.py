@@ -47,9 +47,8 @@ from cifarlab.common.rundir import (
     RESULTS,
     STATUS,
     RunDir,
-    RunError,
-    atomic_write_json,
 )
+from cifarlab.common.files import RunError, atomic_write_json
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.runs import load_run
 from cifarlab.experiments.space import Search, SpaceError, parse_search, require_optuna, trial_name

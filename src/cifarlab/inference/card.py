@@ -22,8 +22,9 @@ from cifarlab.common.rundir import (
     RESULTS,
     ROBUSTNESS,
     RunDir,
-    RunError,
 )
+from cifarlab.common.files import RunError
+from cifarlab.training.config import read_run_config
 
 NOT_MEASURED = "Not measured."
 # The recipe fields a reader wants first; config.json's "recipe" holds every one.
@@ -38,7 +39,7 @@ def run_measurements(run_path: Path, epoch: int | None) -> dict:
     Empty when the checkpoint has no run directory around it (or an unreadable one)."""
     run = RunDir(run_path)
     try:
-        config = run.config() if run.exists() else None
+        config = read_run_config(run.path) if run.exists() else None
     except RunError:
         config = None  # a checkpoint copied elsewhere, or an export exported again
     if config is None:

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 
 from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
-from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir, RunError, atomic_write_json
+from cifarlab.common import runfiles
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
@@ -60,7 +62,7 @@ def evaluate_checkpoint(
         "confusion_matrix": ev.confusion.tolist(),
     }
     output = Path(output) if output else model.checkpoint.parent / EVALUATION
-    atomic_write_json(output, result)
+    runfiles.write(runfiles.Evaluation, output, result)
     return result, output
 
 

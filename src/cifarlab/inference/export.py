@@ -37,16 +37,8 @@ import torch.nn as nn
 
 from cifarlab import __version__
 from cifarlab.common.exported import read_export_config, write_export
-from cifarlab.common.rundir import (
-    EVALUATION,
-    EXPORT_CARD,
-    EXPORT_CONFIG,
-    EXPORT_DIR,
-    EXPORT_WEIGHTS,
-    RunError,
-    atomic_write_bytes,
-    atomic_write_json,
-)
+from cifarlab.common.files import RunError, atomic_write_bytes, atomic_write_json
+from cifarlab.common.rundir import EVALUATION, EXPORT_CARD, EXPORT_CONFIG, EXPORT_DIR, EXPORT_WEIGHTS
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.augment import normalize
 from cifarlab.errors import CifarlabError

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from cifarlab.common.exported import load_model_state, model_file
 from cifarlab.common.metrics import predict_logits
-from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, model_from_checkpoint
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CALIBRATION, RunDir
+from cifarlab.models.checkpoint import model_from_checkpoint
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 

@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable, Iterable
 import numpy as np
 import torch
 
-from cifarlab.common.rundir import atomic_write_bytes
+from cifarlab.common.files import atomic_write_bytes
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor
 from cifarlab.text import plural

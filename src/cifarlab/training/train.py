@@ -32,18 +32,14 @@ import torch.nn.functional as F
 
 from cifarlab.common import distributed
 from cifarlab.common.distributed import evaluate_sharded
-from cifarlab.common.rundir import (
-    RunDir,
-    RunError,
-    first_problem,
-    load_initial_weights,
-    model_metadata,
-    seconds_to_stabilise,
-)
+from cifarlab.common.checkpoint import load_training_state, model_metadata
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CHECKPOINT, RunDir, seconds_to_stabilise
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
 from cifarlab.data.augment import alternating_flips, augment, normalize
 from cifarlab.errors import CifarlabError
 from cifarlab.models import build_model, count_parameters
+from cifarlab.models.checkpoint import load_initial_weights
 from cifarlab.runtime import (
     autocast,
     autocast_dtype,
@@ -54,7 +50,8 @@ from cifarlab.runtime import (
     tune_for_training,
     use_amp,
 )
-from cifarlab.training.config import ConfigError, TrainConfig
+from cifarlab.text import first_problem
+from cifarlab.training.config import ConfigError, TrainConfig, read_run_config
 from cifarlab.training.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
 
 INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
@@ -407,7 +404,7 @@ def _claim_run(
     run.require()
     held.enter_context(run.lock())
     run.remove_temporaries()
-    saved = run.config()
+    saved = read_run_config(run.path)
     config = TrainConfig.from_dict(saved["train"], source=run.describe_config())
     if run.has_checkpoint():
         return config, saved.get("train_subset"), True
@@ -461,7 +458,7 @@ def _run_facts(job: Job, train_subset: int | None, dev: torch.device) -> dict:
 def _restore(job: Job, log: Callable[[str], None]) -> None:
     """Load the run's checkpoint into the learner (DDP: rank 0 reads it, every process loads it);
     RunError when it does not fit the run's config."""
-    state = distributed.from_main(job.run.load_training_state)  # RNG states stay CPU tensors
+    state = distributed.from_main(load_training_state, job.run.file(CHECKPOINT))  # RNG states stay CPU tensors
     try:
         job.learner.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
