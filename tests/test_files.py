@@ -82,7 +82,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
 
 
 def test_a_killed_exports_staging_folder_is_removed(tmp_path):
-    staging = files.temporary_name(tmp_path / "safetensors")
+    staging = files.temporary_name(tmp_path / "safetensors")  # as export names its folder
     staging.mkdir()
     (staging / "model.safetensors").write_bytes(b"half")
     os.utime(staging, (time.time() - 10, time.time() - 10))

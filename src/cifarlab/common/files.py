@@ -99,20 +99,21 @@ def temporary_name(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def staging_folder(target: Path) -> Iterator[Path]:
-    """A hidden temporary folder next to `target`, locked while in use and removed on any failure;
-    the caller renames it into place. A killed process's folder is cleaned up as its files are."""
-    staging = temporary_name(target)
+def temporary_for(target: Path, folder: bool = False) -> Iterator[Path]:
+    """A hidden temporary file (or folder) next to `target`, for a writer that writes by path (the
+    ONNX exporter, a folder of files), locked while in use and removed at the end unless the caller
+    renamed it into place. A killed process's is cleaned up as an atomic write's is."""
+    target = Path(target)
+    tmp = temporary_name(target)
     with writing(target):
-        staging.mkdir()
-    fd = os.open(staging, os.O_RDONLY)
+        remove_stale_temporaries(target.parent)
+        tmp.mkdir() if folder else os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        fd = os.open(tmp, os.O_RDONLY)
     try:
-        try_lock(fd)
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        try_lock(fd)  # a writer that writes by path truncates this same file: the lock stays on it
+        yield tmp
     finally:
+        shutil.rmtree(tmp, ignore_errors=True) if folder else tmp.unlink(missing_ok=True)
         os.close(fd)
 
 

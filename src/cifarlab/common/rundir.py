@@ -77,6 +77,14 @@ class RunDir:
     def exists(self) -> bool:
         return self.file(CONFIG).is_file()
 
+    def holds_run(self) -> bool:
+        """Whether config.json here is a run's rather than an export's (which has a 'format') or
+        absent. A damaged one counts as a run's, so that its reader says what is wrong with it."""
+        try:
+            return self.exists() and "format" not in read_json(self.file(CONFIG))
+        except RunError:
+            return True
+
     def require(self) -> "RunDir":
         if not self.path.is_dir():
             raise RunError(f"{self.path}: no such run directory")
