@@ -170,7 +170,13 @@ def test_adam_and_adamw_train(tmp_path, optimizer):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     results = quiet_train(small_config(epochs=1, optimizer=optimizer, lr=1e-3), tmp_path / "run", data)
     state = load_checkpoint(tmp_path / "run")
-    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))  # Adam's moment estimates
+    moments = [s for s in state["optimizer"]["state"].values()]
+    steps = results["epochs"] * load_checkpoint(tmp_path / "run")["history"][0]["steps"]
+    assert moments and all(float(m["step"]) == steps for m in moments)  # every parameter stepped every batch
+    assert all(m["exp_avg"].abs().sum() > 0 and (m["exp_avg_sq"] >= 0).all() and m["exp_avg_sq"].sum() > 0 for m in moments)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(1e-3 * 0.1 ** 0) and group["weight_decay"] == small_config().weight_decay
+    assert group.get("decoupled_weight_decay", optimizer == "adamw") == (optimizer == "adamw")  # AdamW decays apart
     assert results["epochs"] == 1
 
 
@@ -290,10 +296,47 @@ def test_folders_that_are_not_resumable_runs_are_never_overwritten(tiny_run, tmp
 
 
 def test_a_training_that_fails_before_writing_leaves_no_folder(tmp_path):
-    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    with pytest.raises(Exception, match="val"):  # validation split larger than the data
-        quiet_train(small_config(val_size=10**6), tmp_path / "run", data)
+    from cifarlab.data import DataError
+    from cifarlab.training.config import ConfigError
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent  # 200 training images
+    with pytest.raises(DataError, match=r"^--val-size 500 must be between 0 and 199$"):  # larger than the data
+        quiet_train(small_config(val_size=500), tmp_path / "run", data)
     assert not (tmp_path / "run").exists()
+    # issue 20: val_size 199 of 200 (or a subset the split leaves one image of) was a ZeroDivisionError
+    # in train_epoch, with a half-made run folder left behind
+    for val_size, subset in ((199, None), (150, 1)):
+        with pytest.raises(ConfigError, match=f"^val_size {val_size} leaves 1 training image of 200 .*fewer than the 2 a batch needs"):
+            quiet_train(small_config(val_size=val_size, batch_size=512), tmp_path / "run", data, train_subset=subset)
+        assert not (tmp_path / "run").exists()
+
+
+def test_init_from_an_exported_safetensors_folder(tiny_run, tmp_path, capsys):
+    from cifarlab.cli import main
+
+    assert main(["export", str(tiny_run), "--format", "safetensors", "--output", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    config = small_config(epochs=1, lr=1e-9, init_from=str(tmp_path / "export"), val_size=20,
+                          model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]})
+    quiet_train(config, tmp_path / "warm", tiny_run.parent / "data")
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert saved["init_from"] == {"checkpoint": str((tmp_path / "export" / "model.safetensors").resolve()), "epoch": 2, "model": "paper"}
+    source, warm = load_checkpoint(tiny_run)["model"], load_checkpoint(tmp_path / "warm")["model"]
+    assert torch.allclose(source["features.0.weight"], warm["features.0.weight"], atol=1e-6)  # lr 1e-9: barely moved
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_in_our_words(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("never run",))
+
+    torch.save({"model": {}, "meta": {}, "x": Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunError) as refused:
+        load_checkpoint(tmp_path)
+    message = str(refused.value)
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: not a readable cifarlab checkpoint (it holds Python objects other "
+                       "than tensors and plain values, which cifarlab never loads (they could run code))")
+    assert "weights_only" not in message
 
 
 def test_a_damaged_checkpoint_or_config_is_one_line_on_resume(tiny_run, tmp_path):

@@ -50,7 +50,7 @@ from cifarlab.runtime import (
     tune_for_training,
     use_amp,
 )
-from cifarlab.text import first_problem
+from cifarlab.text import first_problem, plural
 from cifarlab.training.config import ConfigError, TrainConfig, read_run_config
 from cifarlab.training.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
 
@@ -277,6 +277,17 @@ def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> fl
     return seconds
 
 
+def check_batches(images: int, config: TrainConfig, total: int) -> None:
+    """ConfigError, before the run directory is written, when the training split cannot make one
+    batch that every process gets at least 2 images of (BatchNorm needs 2)."""
+    world = distributed.world_size()
+    if config.batch_size < 2 * world:
+        raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
+    if images < 2 * world:
+        raise ConfigError(f"val_size {config.val_size:,} leaves {plural(images, 'training image')} of {total:,} "
+                          f"(after --train-subset), fewer than the {2 * world} a batch needs; lower val_size")
+
+
 def _batch_sizes(n: int, batch_size: int) -> list[int]:
     """The batch sizes of an epoch of n images, as train_epoch draws them."""
     world = distributed.world_size()
@@ -420,9 +431,7 @@ def _prepare(run: RunDir, config: TrainConfig, resume: bool, train_subset: int |
     with distributed.main_first():  # DDP: rank 0 downloads, the others then read; a failure fails all
         data = io.data if io.data is not None else load_cifar10(io.data_dir)
     splits = make_splits(data, config.val_size, dev, train_subset)
-    world = distributed.world_size()
-    if config.batch_size < 2 * world:
-        raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
+    check_batches(len(splits.train_x), config, len(data.train_labels))
     learner = build_learner(config, splits, dev, generator, warm_start=not resume)
     train_dtype = autocast_dtype(config.amp, dev)
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD, train_dtype)
