@@ -29,7 +29,8 @@ from cifarlab.inference.model import Predictor
 from cifarlab.models import build_model
 from cifarlab.runtime import autocast
 from cifarlab.training.config import get_preset
-from cifarlab.training.train import build_learner, make_splits, resume, train, train_epoch
+from cifarlab.training.learner import build_learner, make_splits, train_epoch
+from cifarlab.training.train import resume, train
 
 pytestmark = pytest.mark.cuda
 

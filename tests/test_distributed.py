@@ -33,7 +33,7 @@ from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.models import build_model
 from cifarlab.training.config import get_preset
 from cifarlab.training.optim import Schedule, build_optimizer
-from cifarlab.training.train import Learner, Splits, train_epoch
+from cifarlab.training.learner import Learner, Splits, train_epoch
 
 WORLD = 2
 BATCH = 31  # shards of 15 and 16 images: unequal on purpose

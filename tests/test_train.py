@@ -414,7 +414,7 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
 def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkeypatch):
     """torch.compile with the eager backend (tracing only, seconds on a CPU): the compile warm-up must
     leave weights, BatchNorm statistics and the dropout RNG as they were, so the run is unchanged."""
-    import cifarlab.training.train as train_module
+    import cifarlab.training.learner as train_module
 
     monkeypatch.setattr(train_module, "COMPILE_BACKEND", "eager")
     data = write_binary(tmp_path / "data", per_batch=10, test=20).parent  # 30 training images: batches of 16 and 14
@@ -424,3 +424,53 @@ def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkey
     a, b = load_checkpoint(tmp_path / "plain")["model"], load_checkpoint(tmp_path / "compiled")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert plain["compile_seconds"] is None and compiled["compile_seconds"] > 0
+
+
+# ---------------------------------------------------------------- what a newcomer tripped on (issue 23)
+
+
+def test_a_stopped_run_says_how_to_resume_and_resumes_on_its_own_data(tmp_path, capsys, monkeypatch):
+    """status.json names the epoch the run is in; Ctrl-C's last line is the command that resumes the
+    run; that command, without --data-dir, trains on the data the run recorded (not the cache)."""
+    import cifarlab.training.train as train_module
+    from cifarlab.cli import main
+
+    data = write_binary(tmp_path / "data", per_batch=10, test=20).parent
+    out = tmp_path / "my run"
+    seen = []
+    real_epoch = train_module.train_epoch
+
+    def epoch_then_stop(learner, splits, config, desc, progress, epoch, log):
+        seen.append(RunDir(out).status())
+        if epoch == 2 and len(seen) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(learner, splits, config, desc, progress, epoch, log)
+
+    monkeypatch.setattr(train_module, "train_epoch", epoch_then_stop)
+    argv = ["train", "--preset", "paper", "--epochs", "2", "--batch-size", "16", "--val-size", "10", "--quiet",
+            "--set", "model_options.widths=[8, 8, 8, 8, 16, 16, 16]", "--set", "model_options.fc_widths=[16, 16]", "--device", "cpu"]
+    assert main([*argv, "--data-dir", str(data), "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"cifarlab train: interrupted; resume it with: cifarlab train --resume '{out}'"
+    assert [(s["status"], s["epoch"], s["current_epoch"]) for s in seen] == [("running", 0, 1), ("running", 1, 2)]
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "nowhere"))  # the default location has no data
+    assert main(["train", "--resume", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    assert [s.get("current_epoch") for s in seen[2:]] == [2]
+
+
+def test_off_a_terminal_a_long_epoch_prints_step_lines_with_the_time_left():
+    from cifarlab.training.progress import StepProgress, duration
+
+    lines, now = [], [0.0]
+    with StepProgress(100, "epoch 3/8", enabled=True, log=lines.append, every=60, clock=lambda: now[0], terminal=False) as bar:
+        for _ in range(100):
+            now[0] += 1.5  # 150 s for the epoch
+            bar.update()
+    assert lines == ["epoch 3/8: step 40/100, about 1m30s left in this epoch",
+                     "epoch 3/8: step 80/100, about 30s left in this epoch"]
+    quiet = []
+    with StepProgress(100, "e", enabled=False, log=quiet.append, clock=lambda: now[0], terminal=False) as bar:
+        now[0] += 1000
+        bar.update()
+    assert quiet == [] and [duration(s) for s in (5, 185, 7440)] == ["5s", "3m05s", "2h04m"]

@@ -570,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cifarlab {args.command}: error: {e}\n")
         sys.stderr.flush()
         return 1
-    except KeyboardInterrupt:
-        print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        command = getattr(e, "resume_command", None)  # a training says how to go on
+        print(f"cifarlab {args.command}: interrupted" + (f"; resume it with: {command}" if command else ""), file=sys.stderr)
         return 130
 
 

@@ -85,12 +85,14 @@ class EpochRecord(_Schema):
 
 
 class Status(_Schema):
-    """status.json: running / finished / stopped / failed, the reason, the epoch the run is in."""
+    """status.json: running / finished / stopped / failed, the reason, the epochs finished (epoch)
+    and, while running, the epoch the run is in (current_epoch)."""
 
     status: Text = None
     reason: Text = None
     pid: Integer = None
     epoch: Integer = None
+    current_epoch: Integer = None
 
 
 class Results(_Schema):
