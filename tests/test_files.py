@@ -14,7 +14,14 @@ import time
 import pytest
 
 from cifarlab.common import files
-from cifarlab.common.files import FileError, RunError, atomic_write_bytes, atomic_write_json, read_toml, remove_stale_temporaries
+from cifarlab.common.files import (
+    FileError,
+    RunError,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_toml,
+    remove_stale_temporaries,
+)
 
 
 def raising(error: int):

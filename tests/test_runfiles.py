@@ -11,7 +11,14 @@ import pytest
 from cifarlab.cli import main
 from cifarlab.common import runfiles
 from cifarlab.common.files import RunError, read_json
-from cifarlab.common.rundir import CALIBRATION, CONFIG, EVALUATION, RESULTS, ROBUSTNESS, STATUS, RunDir
+from cifarlab.common.rundir import (
+    CALIBRATION,
+    CONFIG,
+    EVALUATION,
+    RESULTS,
+    ROBUSTNESS,
+    STATUS,
+)
 from cifarlab.common.runfiles import TEMPERATURE_RANGE
 
 ROBUST = {"clean": {"accuracy": 0.9, "images": 100}, "tta": 0,

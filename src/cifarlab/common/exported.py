@@ -15,10 +15,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
 import torch
 
 from cifarlab.common import runfiles
-from cifarlab.common.checkpoint import checked_metadata, checkpoint_path, load_checkpoint
+from cifarlab.common.checkpoint import (
+    checked_metadata,
+    checkpoint_path,
+    load_checkpoint,
+)
 from cifarlab.common.files import RunError, atomic_write_bytes, read_json
 from cifarlab.common.rundir import CHECKPOINT, EXPORT_CONFIG, EXPORT_WEIGHTS
 from cifarlab.text import first_problem

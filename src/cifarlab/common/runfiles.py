@@ -17,11 +17,20 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from cifarlab.common.files import RunError, append_jsonl, atomic_write_bytes, atomic_write_json, json_kind, parse_json, read_json, read_text
+from cifarlab.common.files import (
+    RunError,
+    append_jsonl,
+    atomic_write_bytes,
+    atomic_write_json,
+    json_kind,
+    parse_json,
+    read_json,
+    read_text,
+)
 
 # The range `calibrate` searches for a temperature (common/metrics.fit_temperature); a stored
 # temperature outside it was not fitted by cifarlab (1e-300 would turn every probability into NaN).
@@ -142,11 +151,14 @@ class CleanFigures(_Schema):
     images: int
 
 
+SeverityAccuracies = Annotated[list[float], Field(min_length=len(SEVERITIES), max_length=len(SEVERITIES))]
+
+
 class CorruptionFigures(_Schema):
     source: str
     mean_accuracy: float
     images: int
-    accuracy: Annotated[dict[str, Annotated[list[float], Field(min_length=len(SEVERITIES), max_length=len(SEVERITIES))]], Field(min_length=1)]
+    accuracy: Annotated[dict[str, SeverityAccuracies], Field(min_length=1)]  # corruption: accuracy at each severity
     seed: Integer = None
     relative_drop: Number = None
 
@@ -184,9 +196,6 @@ class ExportConfig(_Schema):
 
 
 # ---------------------------------------------------------------- reading and writing
-
-S = TypeVar("S", bound=_Schema)
-
 
 def check(schema: type[_Schema], value: Any, where: str) -> dict:
     """`value`, unchanged, when it fits `schema`; else RunError naming `where` and the first field that does not."""

@@ -34,7 +34,13 @@ from cifarlab.common.files import RunError
 from cifarlab.common.rundir import CHECKPOINT, RunDir, seconds_to_stabilise
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10
 from cifarlab.models import count_parameters
-from cifarlab.runtime import autocast_dtype, processor_name, resolve_device, set_cpu_threads, tune_for_training
+from cifarlab.runtime import (
+    autocast_dtype,
+    processor_name,
+    resolve_device,
+    set_cpu_threads,
+    tune_for_training,
+)
 from cifarlab.text import first_problem
 from cifarlab.training.config import ConfigError, TrainConfig, read_run_config
 from cifarlab.training.learner import (
@@ -50,6 +56,7 @@ from cifarlab.training.learner import (
 )
 from cifarlab.training.optim import early_stop_reason
 from cifarlab.training.progress import log_line
+
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (kill, a batch scheduler's time limit, torchrun stopping its workers): handled as
