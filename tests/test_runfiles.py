@@ -55,7 +55,7 @@ CASES = {
         ({**ROBUST, "clean": {"accuracy": "high", "images": 1}}, "clean.accuracy should be a number, found text"),
         ({**ROBUST, "clean": {"images": 1}}, "clean lacks accuracy"),
         ({**ROBUST, "corruptions": {**ROBUST["corruptions"], "accuracy": {"fog": [0.9]}}},
-         "corruptions.accuracy.fog should have at least 5 entries, found 1"),
+         "corruptions.accuracy.fog should be 5 accuracies (one per severity), found [0.9]"),
     ]),
 }
 
@@ -150,3 +150,9 @@ def test_a_typo_gets_did_you_mean(tmp_path):
         TrainConfig.from_dict({"model": "resnet81"})
     with pytest.raises(ConfigError, match=r"bad value for schedule: 'cosin' .*\(did you mean 'cosine'\?\)"):
         TrainConfig.from_dict({"schedule": "cosin"})
+
+
+def test_a_typod_preset_on_the_command_line_gets_did_you_mean(capsys, tmp_path):
+    assert main(["train", "--preset", "qiuck", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown preset 'qiuck' (did you mean 'quick'?)" in err and not (tmp_path / "r").exists()

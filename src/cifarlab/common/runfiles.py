@@ -151,7 +151,13 @@ class CleanFigures(_Schema):
     images: int
 
 
-SeverityAccuracies = Annotated[list[float], Field(min_length=len(SEVERITIES), max_length=len(SEVERITIES))]
+def _one_per_severity(accuracies: list[float]) -> list[float]:
+    if len(accuracies) != len(SEVERITIES):
+        raise ValueError(f"should be {len(SEVERITIES)} accuracies (one per severity)")
+    return accuracies
+
+
+SeverityAccuracies = Annotated[list[float], AfterValidator(_one_per_severity)]
 
 
 class CorruptionFigures(_Schema):
