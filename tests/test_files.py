@@ -81,8 +81,10 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
         child.wait()
         (tmp_path / ".notes.txt.tmp").write_text("not ours")  # not our pattern: never touched
         os.utime(tmp_path / ".notes.txt.tmp", (time.time() - 10, time.time() - 10))
+        os.mkfifo(tmp_path / ".x.json.0123abcd.tmp")  # our pattern, but a FIFO: opening it would hang
+        os.utime(tmp_path / ".x.json.0123abcd.tmp", (time.time() - 10, time.time() - 10))
         atomic_write_json(tmp_path / "evaluation.json", {"a": 1})
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.tmp", "evaluation.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.txt.tmp", ".x.json.0123abcd.tmp", "evaluation.json"]
     finally:
         child.kill()
         child.wait()

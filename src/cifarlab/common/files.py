@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import time
 import tomllib
 from pathlib import Path
@@ -133,9 +134,10 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
 
 
 def _remove_if_abandoned(path: Path) -> bool:
-    if time.time() - path.lstat().st_mtime < FRESH_SECONDS or path.is_symlink():
-        return False
-    fd = os.open(path, os.O_RDONLY)
+    info = path.lstat()
+    if time.time() - info.st_mtime < FRESH_SECONDS or not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        return False  # young (a writer may not have locked it yet), or a link, FIFO or device: never ours
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
         if not try_lock(fd):
             return False  # a live writer's
