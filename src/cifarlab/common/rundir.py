@@ -64,7 +64,7 @@ TENSORBOARD = "tensorboard"  # the event files of `train --tensorboard`
 EXPORT_DIR, EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_CARD = "safetensors", "model.safetensors", CONFIG, "README.md"
 TRAINING_FILES = (CONFIG, METRICS, CHECKPOINT, STATUS, RESULTS)  # what a training writes, and may write again
 LOCK_WAIT_SECONDS = 1.0  # outwaits a `runs` that only looks at the lock (microseconds), never a training (hours)
-MEASUREMENTS = {EVALUATION: runfiles.Evaluation, ROBUSTNESS: runfiles.Robustness, CALIBRATION: runfiles.Calibration}
+MEASUREMENTS: dict[str, type[runfiles.Schema]] = {EVALUATION: runfiles.Evaluation, ROBUSTNESS: runfiles.Robustness, CALIBRATION: runfiles.Calibration}
 
 
 class RunDir:

@@ -38,7 +38,9 @@ TEMPERATURE_RANGE = (0.05, 20.0)  # far beyond any trained network's: a fit at a
 SEVERITIES = (1, 2, 3, 4, 5)  # CIFAR-10-C's corruption severities
 
 
-class _Schema(BaseModel):
+class Schema(BaseModel):
+    """A run file's shape: strict types, fields it does not name kept as written."""
+
     model_config = ConfigDict(strict=True, extra="allow")
 
 
@@ -57,7 +59,7 @@ def _in_temperature_range(value: float) -> float:
 # ---------------------------------------------------------------- the files of a run
 
 
-class TrainSection(_Schema):
+class TrainSection(Schema):
     """config.json's "train": the fields every reader computes with (TrainConfig checks them all)."""
 
     preset: Text = None
@@ -66,7 +68,7 @@ class TrainSection(_Schema):
     tta: Integer = None
 
 
-class RunConfig(_Schema):
+class RunConfig(Schema):
     """config.json: the resolved TrainConfig and the facts of its data and device."""
 
     train: TrainSection
@@ -78,7 +80,7 @@ class RunConfig(_Schema):
     data: Text = None
 
 
-class EpochRecord(_Schema):
+class EpochRecord(Schema):
     """One line of metrics.jsonl (and one entry of a checkpoint's history)."""
 
     epoch: int
@@ -93,7 +95,7 @@ class EpochRecord(_Schema):
     epoch_seconds: Number = None
 
 
-class Status(_Schema):
+class Status(Schema):
     """status.json: running / finished / stopped / failed, the reason, the epochs finished (epoch)
     and, while running, the epoch the run is in (current_epoch)."""
 
@@ -104,7 +106,7 @@ class Status(_Schema):
     current_epoch: Integer = None
 
 
-class Results(_Schema):
+class Results(Schema):
     """results.json, and the test figures of evaluation.json."""
 
     test_accuracy: Number = None
@@ -135,7 +137,7 @@ class Evaluation(Results):
     confusion_matrix: list[list[int]] | None = None
 
 
-class Calibration(_Schema):
+class Calibration(Schema):
     """calibration.json: the temperature fitted on the validation split, with its figures."""
 
     temperature: Annotated[float, AfterValidator(_in_temperature_range)]
@@ -146,7 +148,7 @@ class Calibration(_Schema):
     val_nll_after: Number = None
 
 
-class CleanFigures(_Schema):
+class CleanFigures(Schema):
     accuracy: float
     images: int
 
@@ -160,7 +162,7 @@ def _one_per_severity(accuracies: list[float]) -> list[float]:
 SeverityAccuracies = Annotated[list[float], AfterValidator(_one_per_severity)]
 
 
-class CorruptionFigures(_Schema):
+class CorruptionFigures(Schema):
     source: str
     mean_accuracy: float
     images: int
@@ -169,14 +171,14 @@ class CorruptionFigures(_Schema):
     relative_drop: Number = None
 
 
-class ShiftedFigures(_Schema):
+class ShiftedFigures(Schema):
     source: str
     accuracy: float
     images: int
     relative_drop: Number = None
 
 
-class Robustness(_Schema):
+class Robustness(Schema):
     """robustness.json, written by `cifarlab evaluate --corruptions` (or --cifar101-dir)."""
 
     clean: CleanFigures
@@ -185,13 +187,13 @@ class Robustness(_Schema):
     cifar10_1: ShiftedFigures | None = None
 
 
-class ExportWeights(_Schema):
+class ExportWeights(Schema):
     sha256: str
     file: Text = None
     dtype: Text = None
 
 
-class ExportConfig(_Schema):
+class ExportConfig(Schema):
     """An export's config.json (its model metadata is checked as a checkpoint's, common/checkpoint.py)."""
 
     format: Literal["cifarlab-safetensors"]
@@ -203,7 +205,7 @@ class ExportConfig(_Schema):
 
 # ---------------------------------------------------------------- reading and writing
 
-def check(schema: type[_Schema], value: Any, where: str) -> dict:
+def check(schema: type[Schema], value: Any, where: str) -> dict:
     """`value`, unchanged, when it fits `schema`; else RunError naming `where` and the first field that does not."""
     try:
         schema.model_validate(value)
@@ -214,17 +216,17 @@ def check(schema: type[_Schema], value: Any, where: str) -> dict:
     return value
 
 
-def read(schema: type[_Schema], path: Path | str) -> dict:
+def read(schema: type[Schema], path: Path | str) -> dict:
     """A run file's JSON object, checked against its schema."""
     return check(schema, read_json(path), str(path))
 
 
-def read_optional(schema: type[_Schema], path: Path | str) -> dict | None:
+def read_optional(schema: type[Schema], path: Path | str) -> dict | None:
     """As `read`, or None when the file does not exist (a measurement not made)."""
     return read(schema, path) if Path(path).exists() else None
 
 
-def write(schema: type[_Schema], path: Path | str, value: dict) -> None:
+def write(schema: type[Schema], path: Path | str, value: dict) -> None:
     """Write a run file atomically, after checking it against its schema."""
     atomic_write_json(path, check(schema, value, str(path)))
 
@@ -278,7 +280,7 @@ _KINDS = {"float": "a number", "int": "an integer", "string": "text", "bool": "t
           "model": "an object", "list": "a list", "tuple": "a list"}
 
 
-def problem(where: str, error: dict) -> str:
+def problem(where: str, error: Any) -> str:
     """Pydantic's error as the one line a person reads: the file, the field, what it should be."""
     loc = [str(p) for p in error["loc"]]
     field, kind = ".".join(loc), error["type"]
