@@ -57,12 +57,19 @@ CASES = {
         ({**ROBUST, "corruptions": {**ROBUST["corruptions"], "accuracy": {"fog": [0.9]}}},
          "corruptions.accuracy.fog should be 5 accuracies (one per severity), found [0.9]"),
     ]),
+    "export/config.json": (runfiles.ExportConfig, {"format": "cifarlab-safetensors", "format_version": 1,
+                                                   "weights": {"sha256": "ab", "dtype": "float32"}, "model": "paper"}, [
+        ({"format": "cifarlab-safetensors", "format_version": "1", "weights": {"sha256": "ab"}}, "format_version should be an integer, found text"),
+        ({"format": "cifarlab-safetensors", "format_version": 1}, "lacks weights"),
+        ({"format": "cifarlab-safetensors", "format_version": 1, "weights": ["ab"]}, "weights should be an object, found a list"),
+    ]),
 }
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_each_run_file_round_trips_through_its_schema(name, tmp_path):
     schema, valid, _ = CASES[name]
+    (tmp_path / name).parent.mkdir(exist_ok=True)
     runfiles.write(schema, tmp_path / name, valid)
     assert runfiles.read(schema, tmp_path / name) == valid == read_json(tmp_path / name)
 
@@ -70,6 +77,7 @@ def test_each_run_file_round_trips_through_its_schema(name, tmp_path):
 @pytest.mark.parametrize("name", CASES)
 def test_a_damaged_run_file_is_one_line_naming_the_file_and_the_field(name, tmp_path):
     schema, _, broken = CASES[name]
+    (tmp_path / name).parent.mkdir(exist_ok=True)
     for value, message in broken:
         (tmp_path / name).write_text(json.dumps(value))
         with pytest.raises(RunError) as refused:
