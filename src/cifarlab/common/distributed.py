@@ -25,13 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from cifarlab.common.metrics import (
-    Evaluation,
-    _counts,
-    _from_counts,
-    evaluate,
-    predict_logits,
-)
+from cifarlab.common.metrics import Evaluation, _counts, _from_counts, evaluate, predict_logits
 from cifarlab.runtime import DeviceError, resolve_device
 
 RANK_SEED_STRIDE = 1_000_003  # per-process seeds for dropout: seed + stride * rank
