@@ -137,3 +137,8 @@ def test_the_name_finder_sees_every_way_of_writing_a_name(tmp_path):
 def test_only_the_run_directory_names_run_files():
     naming = {str(p.relative_to(ROOT)) for p in ROOT.rglob("*.py") if strings_naming(p, RUN_FILES)}
     assert naming == {"common/rundir.py"}
+
+
+def test_common_imports_nothing_from_models():
+    """Checkpoint loading that builds a model lives in models/checkpoint.py, above common."""
+    assert {(m, t) for m, targets in module_imports().items() if area(m) == "common" for t in targets if area(t) == "models"} == set()
