@@ -116,7 +116,8 @@ def train(
     """
     if train_subset is not None and train_subset < 1:
         raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
-    return _run(RunDir(out), config, train_subset, Io(data_dir, device, progress, log, data, on_epoch))
+    io = Io(data_dir=data_dir, device=device, progress=progress, log=log, data=data, on_epoch=on_epoch)
+    return _run(RunDir(out), config, train_subset, io)
 
 
 def resume(
@@ -132,7 +133,7 @@ def resume(
     """Continue the run in `out` from its last checkpoint to its end, exactly as if it had never
     stopped (a run that saved no epoch starts again from its config.json); returns results.
     Without `data_dir` (or `data`) it reads the data the run recorded in its config.json."""
-    return _run(RunDir(out), None, None, Io(data_dir, device, progress, log, data, on_epoch))
+    return _run(RunDir(out), None, None, Io(data_dir=data_dir, device=device, progress=progress, log=log, data=data, on_epoch=on_epoch))
 
 
 @dataclass
