@@ -51,6 +51,9 @@ def test_newton_schulz_keeps_the_singular_vectors():
     assert not torch.allclose(newton_schulz(g).float(), u @ v.T, atol=0.05)  # S' is not 1: it is NS, not the SVD
 
 
+needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is new in torch 2.9")
+
+
 def torch_muon_reference(weight: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float) -> list[torch.Tensor]:
     """torch.optim.Muon's updates (its own Newton-Schulz, momentum and Nesterov), set as this
     project's Muon computes: 3 Newton-Schulz steps (torch's default is 5), no weight decay (torch's
@@ -67,6 +70,7 @@ def torch_muon_reference(weight: torch.Tensor, grads: list[torch.Tensor], lr: fl
     return updates
 
 
+@needs_torch_muon
 @pytest.mark.parametrize("shape", [(16, 16), (16, 72)])
 def test_muon_agrees_with_torchs_muon_on_2d_weights(shape):
     """torch.optim.Muon takes only 2-D parameters and does not renormalise; on 2-D weights (square or
@@ -90,6 +94,7 @@ def test_muon_agrees_with_torchs_muon_on_2d_weights(shape):
     assert p.norm().item() != pytest.approx(math.sqrt(shape[0]), rel=1e-3)  # it moved off the norm it is brought back to
 
 
+@needs_torch_muon
 def test_muon_renormalises_filters_and_steps_by_the_orthogonalised_momentum():
     conv = nn.Conv2d(8, 16, 3, bias=False)
     conv.weight.data.mul_(5)
