@@ -51,7 +51,7 @@ def test_newton_schulz_keeps_the_singular_vectors():
     assert not torch.allclose(newton_schulz(g).float(), u @ v.T, atol=0.05)  # S' is not 1: it is NS, not the SVD
 
 
-needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch.optim.Muon is new in torch 2.9")
+needs_torch_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon (added in recent releases)")
 
 
 def torch_muon_reference(weight: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float) -> list[torch.Tensor]:
