@@ -56,13 +56,13 @@ from measure import Stopwatch, inference_throughput, profile_training_steps, sum
 
 import cifarlab  # noqa: E402
 from cifarlab.common.metrics import evaluate  # noqa: E402
-from cifarlab.common.rundir import atomic_write_json  # noqa: E402
+from cifarlab.common.files import atomic_write_json  # noqa: E402
 from cifarlab.data import CLASSES, MEAN, STD, Cifar10, DataError, load_cifar10  # noqa: E402
 from cifarlab.models import list_models  # noqa: E402
 from cifarlab.runtime import autocast_dtype, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
 from cifarlab.training import train as train_module  # noqa: E402
 from cifarlab.training.config import PRESETS, TrainConfig, apply_overrides, get_preset  # noqa: E402
-from cifarlab.training.train import Splits, build_learner, compile_trainee, make_splits, train_epoch  # noqa: E402
+from cifarlab.training.learner import Splits, build_learner, compile_trainee, make_splits, train_epoch  # noqa: E402
 
 RESULT_FILE = "gpu_suite.json"
 TIMED_PRESETS = ("fast", "airbench94")

@@ -34,7 +34,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cifarlab.common.rundir import atomic_torch_save, model_metadata
+from cifarlab.common.checkpoint import model_metadata
+from cifarlab.common.files import atomic_torch_save
 from cifarlab.data import CLASSES, MEAN, STD
 from cifarlab.data.augment import normalize
 from cifarlab.inference.export import export_model

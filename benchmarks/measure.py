@@ -15,7 +15,7 @@ from cifarlab.common.metrics import predict_logits
 from cifarlab.data import MEAN, STD
 from cifarlab.models import count_parameters
 from cifarlab.training.config import TrainConfig
-from cifarlab.training.train import Splits, build_learner, train_epoch
+from cifarlab.training.learner import Splits, build_learner, train_epoch
 
 
 class Stopwatch:

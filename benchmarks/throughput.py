@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from measure import training_throughput
 
-from cifarlab.common.rundir import atomic_write_json
+from cifarlab.common.files import atomic_write_json
 from cifarlab.data import load_cifar10
 from cifarlab.runtime import autocast_dtype, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
 from cifarlab.training.config import apply_overrides, get_preset, parse_assignment
-from cifarlab.training.train import make_splits
+from cifarlab.training.learner import make_splits
 
 
 def main() -> int:

@@ -15,7 +15,8 @@ import torch
 
 from cifarlab.cli import main
 from cifarlab.common.metrics import brier, calibration_scores, ece, fit_temperature, nll
-from cifarlab.common.rundir import CALIBRATION, RunError
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CALIBRATION
 from cifarlab.data import load_cifar10, split_train_val
 from cifarlab.inference.model import Predictor
 from cifarlab.inference.predict import load_image
@@ -196,8 +197,10 @@ def test_a_temperature_of_another_epoch_is_refused(calibrated, tmp_path, pngs):
     (run / CALIBRATION).write_text(json.dumps({**stored, "epoch": stored["epoch"] - 1}))
     err = one_line_error(["predict", str(run), str(pngs), "--calibrated", "--quiet"])
     assert f"fitted on the epoch-{stored['epoch'] - 1} checkpoint" in err
-    (run / CALIBRATION).write_text(json.dumps({**stored, "temperature": 0}))
-    assert "temperature should be a positive number" in one_line_error(["predict", str(run), str(pngs), "--calibrated"])
+    for temperature in (0, 1e-300, 1e300):  # 1e-300 passed a "positive, finite" check and printed nan%
+        (run / CALIBRATION).write_text(json.dumps({**stored, "temperature": temperature}))
+        err = one_line_error(["predict", str(run), str(pngs), "--calibrated"])
+        assert f"temperature should be between 0.05 and 20 (the range calibrate searches), found {temperature}" in err
 
 
 def test_a_run_without_validation_split_cannot_be_calibrated(tiny_run, tmp_path):

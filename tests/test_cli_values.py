@@ -36,7 +36,7 @@ def test_train_subset_must_be_positive(tiny_binary, capsys, tmp_path, subset):
 
 def test_config_errors_say_what_is_allowed(capsys, tmp_path):
     err = one_line_error(capsys, ["train", "--epochs", "0", "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)])
-    assert "bad value for epochs: 0 (allowed: at least 1)" in err
+    assert "bad value for epochs: 0 (allowed: 1 to 100,000)" in err
 
 
 def test_evaluate_batch_size_and_output_checked_before_work(tiny_run, capsys, tmp_path):
@@ -78,8 +78,20 @@ def test_predict_non_utf8_file_names_in_csv(tiny_run, tmp_path, capsys):
     assert main(["predict", str(tiny_run), str(folder), "--output", str(out), "--quiet"]) == 0
     assert b"caf\xe9.png" in out.read_bytes()  # the name as the file system holds it
     assert main(["predict", str(tiny_run), str(folder), "--output", str(tmp_path / "p.json"), "--quiet"]) == 0
-    json.loads((tmp_path / "p.json").read_text())
     capsys.readouterr()
+    import csv
+
+    import torch
+
+    (row,) = csv.DictReader(out.read_bytes().decode("utf-8", "surrogateescape").splitlines())
+    report = json.loads((tmp_path / "p.json").read_text())
+    (prediction,) = report["predictions"]
+    assert (report["files"], report["errors"], prediction["path"]) == (1, 0, str(folder / name))  # surrogates kept
+    probs = torch.softmax(torch.tensor(prediction["logits"], dtype=torch.float64), 0)
+    assert prediction["top1_prob"] == pytest.approx(float(probs.max()), abs=1e-6)  # the probability of its logits
+    assert prediction["top1"] == row["top1"] and float(row["top1_prob"]) == pytest.approx(prediction["top1_prob"], abs=1e-6)
+    ranked = [p["prob"] for p in prediction["top_k"]]
+    assert ranked == sorted(ranked, reverse=True) and sum(ranked) <= 1 + 1e-9 and prediction["top_k"][0]["class"] == row["top1"]
 
 
 def test_export_checks_on_the_runs_own_data(tiny_run, tmp_path, capsys, monkeypatch):

@@ -21,14 +21,16 @@ import torch.nn as nn
 from conftest import write_binary
 
 from cifarlab.common import distributed
-from cifarlab.common.rundir import RunDir, load_checkpoint
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.inference.model import Predictor
 from cifarlab.models import build_model
 from cifarlab.runtime import autocast
 from cifarlab.training.config import get_preset
-from cifarlab.training.train import build_learner, make_splits, resume, train, train_epoch
+from cifarlab.training.learner import build_learner, make_splits, train_epoch
+from cifarlab.training.train import resume, train
 
 pytestmark = pytest.mark.cuda
 

@@ -9,7 +9,7 @@ from cifarlab.common.metrics import tta_logits
 from cifarlab.models import build_model
 from cifarlab.models.fast import FrozenScaleBatchNorm, patch_whitening
 from cifarlab.training.config import TrainConfig, get_preset
-from cifarlab.training.optim import LinearSchedule, Lookahead
+from cifarlab.training.optim import Lookahead, lr_factor
 
 
 def test_fast_net_shapes_and_frozen_parts():
@@ -60,7 +60,7 @@ def test_tta_is_exact_for_symmetric_inputs():
 
 def test_linear_schedule_shape():
     c = get_preset("quick").replace(epochs=1, warmup_fraction=0.25, lr_start_factor=0.2, lr_end_factor=0.07)
-    f = LinearSchedule(c, 100)
+    f = lr_factor(c, 100)
     assert f(0) == 0.2 and abs(f(25) - 1.0) < 1e-9 and abs(f(100) - 0.07) < 1e-9
     assert f(12) < f(24) and f(50) > f(75)
 

@@ -11,7 +11,9 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.common.metrics import predict_logits
-from cifarlab.common.rundir import atomic_torch_save, load_checkpoint, model_from_checkpoint
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.files import atomic_torch_save
+from cifarlab.models.checkpoint import model_from_checkpoint
 from cifarlab.data import load_cifar10
 from cifarlab.inference import predict as predict_module
 from cifarlab.inference.predict import ImageError, load_image

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from cifarlab.common.rundir import RunError
+from cifarlab.common.files import RunError
 from cifarlab.data import ANY_RECORD_COUNT_ENV, DataError, load_cifar10
 from cifarlab.data.corruptions import CORRUPTIONS, SEVERITIES, _disk, _hsv, _rgb, _zoom_matrix, corrupt
 from cifarlab.data.shifted import load_cifar101, open_cifar10c

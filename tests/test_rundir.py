@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.common.rundir import LOCK, RunDir, RunError, atomic_torch_save, atomic_write_json, load_checkpoint
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.files import RunError, atomic_torch_save, atomic_write_json
+from cifarlab.common.rundir import LOCK, RunDir
 from cifarlab.inference.model import Predictor
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab import runtime
-from cifarlab.common.rundir import load_checkpoint
+from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.models import build_model
 from cifarlab.runtime import DeviceError, autocast, autocast_dtype, resolve_device, use_amp

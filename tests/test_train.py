@@ -4,7 +4,10 @@ import pytest
 import torch
 from conftest import write_binary
 
-from cifarlab.common.rundir import RunDir, RunError, load_checkpoint, read_metrics, seconds_to_stabilise
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import RunDir, seconds_to_stabilise
+from cifarlab.common.runfiles import read_metrics
 from cifarlab.training.config import get_preset
 from cifarlab.training.optim import early_stop_reason
 from cifarlab.training.train import TrainingDiverged, check_divergence, resume, train
@@ -167,7 +170,13 @@ def test_adam_and_adamw_train(tmp_path, optimizer):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     results = quiet_train(small_config(epochs=1, optimizer=optimizer, lr=1e-3), tmp_path / "run", data)
     state = load_checkpoint(tmp_path / "run")
-    assert "exp_avg" in next(iter(state["optimizer"]["state"].values()))  # Adam's moment estimates
+    moments = [s for s in state["optimizer"]["state"].values()]
+    steps = results["epochs"] * load_checkpoint(tmp_path / "run")["history"][0]["steps"]
+    assert moments and all(float(m["step"]) == steps for m in moments)  # every parameter stepped every batch
+    assert all(m["exp_avg"].abs().sum() > 0 and (m["exp_avg_sq"] >= 0).all() and m["exp_avg_sq"].sum() > 0 for m in moments)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(1e-3 * 0.1 ** 0) and group["weight_decay"] == small_config().weight_decay
+    assert group.get("decoupled_weight_decay", optimizer == "adamw") == (optimizer == "adamw")  # AdamW decays apart
     assert results["epochs"] == 1
 
 
@@ -287,10 +296,47 @@ def test_folders_that_are_not_resumable_runs_are_never_overwritten(tiny_run, tmp
 
 
 def test_a_training_that_fails_before_writing_leaves_no_folder(tmp_path):
-    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    with pytest.raises(Exception, match="val"):  # validation split larger than the data
-        quiet_train(small_config(val_size=10**6), tmp_path / "run", data)
+    from cifarlab.data import DataError
+    from cifarlab.training.config import ConfigError
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent  # 200 training images
+    with pytest.raises(DataError, match=r"^--val-size 500 must be between 0 and 199$"):  # larger than the data
+        quiet_train(small_config(val_size=500), tmp_path / "run", data)
     assert not (tmp_path / "run").exists()
+    # issue 20: val_size 199 of 200 (or a subset the split leaves one image of) was a ZeroDivisionError
+    # in train_epoch, with a half-made run folder left behind
+    for val_size, subset in ((199, None), (150, 1)):
+        with pytest.raises(ConfigError, match=f"^val_size {val_size} leaves 1 training image of 200 .*fewer than the 2 a batch needs"):
+            quiet_train(small_config(val_size=val_size, batch_size=512), tmp_path / "run", data, train_subset=subset)
+        assert not (tmp_path / "run").exists()
+
+
+def test_init_from_an_exported_safetensors_folder(tiny_run, tmp_path, capsys):
+    from cifarlab.cli import main
+
+    assert main(["export", str(tiny_run), "--format", "safetensors", "--output", str(tmp_path / "export")]) == 0
+    capsys.readouterr()
+    config = small_config(epochs=1, lr=1e-9, init_from=str(tmp_path / "export"), val_size=20,
+                          model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]})
+    quiet_train(config, tmp_path / "warm", tiny_run.parent / "data")
+    saved = json.loads((tmp_path / "warm" / "config.json").read_text())
+    assert saved["init_from"] == {"checkpoint": str((tmp_path / "export" / "model.safetensors").resolve()), "epoch": 2, "model": "paper"}
+    source, warm = load_checkpoint(tiny_run)["model"], load_checkpoint(tmp_path / "warm")["model"]
+    assert torch.allclose(source["features.0.weight"], warm["features.0.weight"], atol=1e-6)  # lr 1e-9: barely moved
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_in_our_words(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("never run",))
+
+    torch.save({"model": {}, "meta": {}, "x": Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(RunError) as refused:
+        load_checkpoint(tmp_path)
+    message = str(refused.value)
+    assert message == (f"{tmp_path / 'checkpoint.pt'}: not a readable cifarlab checkpoint (it holds Python objects other "
+                       "than tensors and plain values, which cifarlab never loads (they could run code))")
+    assert "weights_only" not in message
 
 
 def test_a_damaged_checkpoint_or_config_is_one_line_on_resume(tiny_run, tmp_path):
@@ -368,7 +414,7 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
 def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkeypatch):
     """torch.compile with the eager backend (tracing only, seconds on a CPU): the compile warm-up must
     leave weights, BatchNorm statistics and the dropout RNG as they were, so the run is unchanged."""
-    import cifarlab.training.train as train_module
+    import cifarlab.training.learner as train_module
 
     monkeypatch.setattr(train_module, "COMPILE_BACKEND", "eager")
     data = write_binary(tmp_path / "data", per_batch=10, test=20).parent  # 30 training images: batches of 16 and 14
@@ -378,3 +424,53 @@ def test_compile_trains_the_same_run_and_reports_its_time_apart(tmp_path, monkey
     a, b = load_checkpoint(tmp_path / "plain")["model"], load_checkpoint(tmp_path / "compiled")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert plain["compile_seconds"] is None and compiled["compile_seconds"] > 0
+
+
+# ---------------------------------------------------------------- what a newcomer tripped on (issue 23)
+
+
+def test_a_stopped_run_says_how_to_resume_and_resumes_on_its_own_data(tmp_path, capsys, monkeypatch):
+    """status.json names the epoch the run is in; Ctrl-C's last line is the command that resumes the
+    run; that command, without --data-dir, trains on the data the run recorded (not the cache)."""
+    import cifarlab.training.train as train_module
+    from cifarlab.cli import main
+
+    data = write_binary(tmp_path / "data", per_batch=10, test=20).parent
+    out = tmp_path / "my run"
+    seen = []
+    real_epoch = train_module.train_epoch
+
+    def epoch_then_stop(learner, splits, config, desc, progress, epoch, log):
+        seen.append(RunDir(out).status())
+        if epoch == 2 and len(seen) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(learner, splits, config, desc, progress, epoch, log)
+
+    monkeypatch.setattr(train_module, "train_epoch", epoch_then_stop)
+    argv = ["train", "--preset", "paper", "--epochs", "2", "--batch-size", "16", "--val-size", "10", "--quiet",
+            "--set", "model_options.widths=[8, 8, 8, 8, 16, 16, 16]", "--set", "model_options.fc_widths=[16, 16]", "--device", "cpu"]
+    assert main([*argv, "--data-dir", str(data), "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"cifarlab train: interrupted; resume it with: cifarlab train --resume '{out}'"
+    assert [(s["status"], s["epoch"], s["current_epoch"]) for s in seen] == [("running", 0, 1), ("running", 1, 2)]
+    monkeypatch.setenv("CIFARLAB_DATA", str(tmp_path / "nowhere"))  # the default location has no data
+    assert main(["train", "--resume", str(out), "--quiet", "--device", "cpu"]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs"] == 2
+    assert [s.get("current_epoch") for s in seen[2:]] == [2]
+
+
+def test_off_a_terminal_a_long_epoch_prints_step_lines_with_the_time_left():
+    from cifarlab.training.progress import StepProgress, duration
+
+    lines, now = [], [0.0]
+    with StepProgress(100, "epoch 3/8", enabled=True, log=lines.append, every=60, clock=lambda: now[0], terminal=False) as bar:
+        for _ in range(100):
+            now[0] += 1.5  # 150 s for the epoch
+            bar.update()
+    assert lines == ["epoch 3/8: step 40/100, about 1m30s left in this epoch",
+                     "epoch 3/8: step 80/100, about 30s left in this epoch"]
+    quiet = []
+    with StepProgress(100, "e", enabled=False, log=quiet.append, clock=lambda: now[0], terminal=False) as bar:
+        now[0] += 1000
+        bar.update()
+    assert quiet == [] and [duration(s) for s in (5, 185, 7440)] == ["5s", "3m05s", "2h04m"]

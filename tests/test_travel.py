@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.common.rundir import RunError
+from cifarlab.common.files import RunError
 from cifarlab.data import ANY_RECORD_COUNT_ENV, BIN_TRAIN, DataError, load_cifar10
 from cifarlab.inference.export import ExportError, export_safetensors
 from cifarlab.inference.model import Predictor
@@ -133,8 +133,9 @@ def test_model_card_has_front_matter_and_the_measured_figures(exported, tiny_run
 
 def test_model_card_shows_robustness_and_calibration_when_measured(tiny_run, data_dir, tmp_path):
     run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
-    (run / "robustness.json").write_text(json.dumps({"mean_corruption_accuracy": 0.4321, "corruptions": ["noise"]}))
-    (run / "calibration.json").write_text(json.dumps({"ece": 0.0567}))
+    # as their schemas have them (common/runfiles.py): the card reads them as every reader does
+    (run / "robustness.json").write_text(json.dumps({"mean_corruption_accuracy": 0.4321, "clean": {"accuracy": 0.5, "images": 40}}))
+    (run / "calibration.json").write_text(json.dumps({"ece": 0.0567, "temperature": 1.5, "epoch": 2}))
     folder, _ = export_safetensors(run, data_dir=data_dir, log=lambda s: None)
     assert folder == run / "safetensors"  # the default place
     card = (folder / "README.md").read_text()

@@ -15,7 +15,7 @@ from cifarlab.cli import build_parser, config_from_args, main
 from cifarlab.models import ModelError, build_model, count_parameters, list_models
 from cifarlab.models.measure import build_on_meta, forward_flops
 from cifarlab.training.config import ConfigError, get_preset
-from cifarlab.training.optim import CosineSchedule, OneCycleSchedule, Schedule, StepSchedule, build_optimizer
+from cifarlab.training.optim import Schedule, build_optimizer, lr_factor
 
 # Published parameter counts: (figure, decimals in millions) where a paper gives millions, an exact
 # integer where the reference implementation prints one.
@@ -84,7 +84,7 @@ def test_options_and_bad_values():
 
 
 def one_image_batch_splits(n: int):
-    from cifarlab.training.train import Splits
+    from cifarlab.training.learner import Splits
 
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(n) % 10
@@ -95,7 +95,7 @@ def one_image_batch_splits(n: int):
 def test_one_training_step_on_the_cpu(name):
     """The training code's own step (augmentation, channels_last, bf16 autocast, the optimizer and
     schedule of the standard recipe) on 2 images: one step, finite loss, every weight moved."""
-    from cifarlab.training.train import build_learner, train_epoch
+    from cifarlab.training.learner import build_learner, train_epoch
 
     config = get_preset("standard").replace(model=name, batch_size=2, epochs=1, val_size=0, amp="bf16")
     splits = one_image_batch_splits(2)
@@ -127,17 +127,17 @@ def schedule_config(kind: str, **fields):
 
 
 def test_cosine_schedule():
-    f = CosineSchedule(schedule_config("cosine"), 100)
+    f = lr_factor(schedule_config("cosine"), 10)
     assert f(0) == 1 and math.isclose(f(50), 0.5) and math.isclose(f(25), (1 + math.cos(math.pi / 4)) / 2)
     assert f(100) == 0 and f(99) > 0
-    f = CosineSchedule(schedule_config("cosine", warmup_fraction=0.1, lr_start_factor=0.2, lr_end_factor=0.1), 100)
+    f = lr_factor(schedule_config("cosine", warmup_fraction=0.1, lr_start_factor=0.2, lr_end_factor=0.1), 10)
     assert f(0) == 0.2 and math.isclose(f(5), 0.6) and f(10) == 1 and math.isclose(f(55), 0.55)
 
 
 def test_onecycle_schedule_is_torchs_one_cycle():
     total = 97
     config = schedule_config("onecycle", warmup_fraction=0.3, lr_start_factor=1 / 25, lr_end_factor=1 / 25 / 1e4)
-    ours = OneCycleSchedule(config, total)
+    ours = lr_factor(config.replace(epochs=1), total)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
     torchs = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=total, pct_start=0.3,
                                                  div_factor=25, final_div_factor=1e4, cycle_momentum=False)
@@ -149,11 +149,11 @@ def test_onecycle_schedule_is_torchs_one_cycle():
 
 
 def test_step_schedule_cuts_after_each_milestone_epoch():
-    f = StepSchedule(schedule_config("step", milestones=[3, 6], step_factor=0.1), steps_per_epoch=10)
+    f = lr_factor(schedule_config("step", milestones=[3, 6], step_factor=0.1), steps_per_epoch=10)
     assert [f(s) for s in (0, 29)] == [1, 1]  # epochs 1-3
     assert math.isclose(f(30), 0.1) and math.isclose(f(59), 0.1)  # epochs 4-6
     assert math.isclose(f(60), 0.01) and math.isclose(f(99), 0.01)
-    warm = StepSchedule(schedule_config("step", milestones=[3], warmup_fraction=0.05, lr_start_factor=0.1), 10)
+    warm = lr_factor(schedule_config("step", milestones=[3], warmup_fraction=0.05, lr_start_factor=0.1), 10)
     assert math.isclose(warm(0), 0.1) and warm(5) == 1 and math.isclose(warm(30), 0.1)
 
 
@@ -164,8 +164,9 @@ def test_schedule_sets_both_parameter_groups():
     schedule = Schedule(optimizer, config, steps_per_epoch=4)
     lrs = []
     for _ in range(5):
-        schedule.before_step()
         lrs.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        schedule.after_step()
     assert lrs[3] == [0.1, 0.2] and all(math.isclose(a, b) for a, b in zip(lrs[4], [0.01, 0.02]))
 
 

@@ -87,7 +87,9 @@ def add_train(sub) -> None:
                        description="Train a preset, overriding any of its settings: each setting is a flag, "
                        "and --set FIELD=VALUE reaches every one, model options included "
                        "(--set model_options.widths=[32,64,128]).")
-    p.add_argument("--preset", default="fast", choices=list(PRESETS), help="named recipe (default: %(default)s; the report's own is paper)")
+    # no argparse choices: get_preset refuses a typo with the closest name ("did you mean 'quick'?")
+    p.add_argument("--preset", default="fast", metavar="{" + ",".join(PRESETS) + "}",
+                   help="named recipe (default: %(default)s; the report's own is paper)")
     p.add_argument("--config", type=Path, metavar="FILE", help="start from a run's config.json or a TOML file of settings instead of a preset")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set any setting, model options as model_options.NAME (repeatable)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIMESTAMP)")
@@ -598,8 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"cifarlab {args.command}: error: {e}\n")
         sys.stderr.flush()
         return 1
-    except KeyboardInterrupt:
-        print(f"cifarlab {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        command = getattr(e, "resume_command", None)  # a training says how to go on
+        print(f"cifarlab {args.command}: interrupted" + (f"; resume it with: {command}" if command else ""), file=sys.stderr)
         return 130
 
 

@@ -15,27 +15,22 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from cifarlab.common.rundir import (
-    CHECKPOINT,
-    EXPORT_CONFIG,
-    EXPORT_WEIGHTS,
-    RunError,
-    atomic_write_bytes,
-    atomic_write_json,
+from cifarlab.common import runfiles
+from cifarlab.common.checkpoint import (
     checked_metadata,
     checkpoint_path,
-    json_kind,
     load_checkpoint,
-    read_json,
 )
+from cifarlab.common.files import RunError, atomic_write_bytes, read_json
+from cifarlab.common.rundir import CHECKPOINT, EXPORT_CONFIG, EXPORT_WEIGHTS
+from cifarlab.text import first_problem
 
 FORMAT, FORMAT_VERSION = "cifarlab-safetensors", 1
 SUFFIX = ".safetensors"
-# config.json's fields that make a checkpoint's metadata (rundir.model_metadata writes the same ones)
+# config.json's fields that make a checkpoint's metadata (common/checkpoint.model_metadata writes the same ones)
 MODEL_FIELDS = ("model", "model_options", "classes", "mean", "std", "input_size", "channels_last", "train_dtype")
 
 
@@ -95,7 +90,7 @@ def write_export(folder: Path, state_dict: dict[str, torch.Tensor], config: dict
         **config,
         "weights": {"file": EXPORT_WEIGHTS, "sha256": hashlib.sha256(data).hexdigest(), "dtype": "float32"},
     }
-    atomic_write_json(folder / EXPORT_CONFIG, config)
+    runfiles.write(runfiles.ExportConfig, folder / EXPORT_CONFIG, config)
     return config
 
 
@@ -117,7 +112,7 @@ def read_export(folder: Path | str) -> dict:
     try:
         tensors = _safetensors().load(data)
     except Exception as e:  # safetensors' own error type, or a Rust panic: either way not usable
-        raise RunError(f"{weights_path}: not a readable safetensors file ({_first_line(e)})") from None
+        raise RunError(f"{weights_path}: not a readable safetensors file ({first_problem(e)})") from None
     meta = {key: config[key] for key in MODEL_FIELDS if key in config}
     return {"model": tensors, "meta": meta, "epoch": config.get("epoch"), "config": config.get("recipe") or {}}
 
@@ -141,36 +136,15 @@ def check_weight_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, to
 
 
 def read_export_config(folder: Path) -> dict:
-    """config.json of an export, its format and every field read here checked, the model's
-    metadata as a checkpoint's is (so that errors name config.json, not the weights)."""
+    """config.json of an export through its schema, and the model's metadata checked as a
+    checkpoint's is (so that errors name config.json, not the weights)."""
     path = folder / EXPORT_CONFIG
     config = read_json(path)
     if config.get("format") != FORMAT:
         raise RunError(f"{path}: not a cifarlab model export (format should be {FORMAT!r}, found {config.get('format')!r:.40})")
     version = config.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise RunError(f"{path}: format_version should be a positive integer, found {json_kind(version)}")
-    if version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise RunError(f"{path}: format version {version} is newer than this cifarlab reads ({FORMAT_VERSION}); upgrade cifarlab")
-    problem = _config_problem(config)
-    if problem:
-        raise RunError(f"{path}: {problem}")
+    runfiles.check(runfiles.ExportConfig, config, str(path))
     checked_metadata({key: config[key] for key in MODEL_FIELDS if key in config}, str(path))
     return config
-
-
-def _config_problem(config: dict) -> str | None:
-    weights = config.get("weights")
-    if not isinstance(weights, dict) or not isinstance(weights.get("sha256"), str):
-        return "weights.sha256 should be the weights file's SHA-256 as text"
-    checks: tuple[tuple[str, Any, str], ...] = (("epoch", int, "an integer"), ("recipe", dict, "a table"))
-    for key, kind, name in checks:
-        value = config.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
-            return f"{key} should be {name}, found {json_kind(value)}"
-    return None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

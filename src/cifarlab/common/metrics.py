@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cifarlab.common.runfiles import TEMPERATURE_RANGE
 from cifarlab.data.augment import normalize
 from cifarlab.runtime import autocast, memory_format, use_amp
 
@@ -166,7 +167,6 @@ def calibration_scores(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     return {"nll": nll(scaled, labels), "brier": brier(scaled, labels), "ece": ece(scaled, labels)}
 
 
-TEMPERATURE_RANGE = (0.05, 20.0)  # far beyond any trained network's: a fit at an end means broken logits
 _GOLDEN = (math.sqrt(5) - 1) / 2
 
 

@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from cifarlab.common.rundir import RunError, atomic_write_bytes
+from cifarlab.common.files import RunError, atomic_write_bytes
 
 try:
     import jinja2

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cifarlab.common.rundir import CONFIG, RESULTS, RunDir, first_problem
+from cifarlab.common.rundir import CONFIG, RESULTS, RunDir
+from cifarlab.text import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.leaderboard import run_result
 from cifarlab.experiments.spec import SweepError, SweepSpec, normal_json, variant_name

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, RunError, seconds_to_stabilise
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, seconds_to_stabilise
+from cifarlab.training.config import read_run_config
 
 COLUMNS = ("name", "preset", "model", "params", "epochs", "best_val_accuracy", "test_accuracy", "train_seconds", "status")
 
@@ -75,7 +77,7 @@ def pid_alive(pid: Any) -> bool:
 def load_run(path: Path | str) -> RunView:
     """Read a run directory; RunError (one line, naming the file) if it is not one."""
     run = RunDir(path).require()
-    config = run.config()  # its shape checked, as every file's is
+    config = read_run_config(run.path)  # checked as a resume checks it
     metrics, partial = run.metrics()
     status = run.status()
     state = status.get("status", "unknown")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from cifarlab.common.rundir import first_problem
+from cifarlab.text import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import torch
 
-from cifarlab.common.metrics import TEMPERATURE_RANGE, calibration_scores, fit_temperature, nll
-from cifarlab.common.rundir import CALIBRATION, RunDir, atomic_write_json
+from cifarlab.common.metrics import calibration_scores, fit_temperature, nll
+from cifarlab.common.runfiles import TEMPERATURE_RANGE
+from cifarlab.common.rundir import CALIBRATION, RunDir
+from cifarlab.training.config import read_run_config
 from cifarlab.data import Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for
@@ -57,13 +59,12 @@ def calibrate_run(
         "test_before": calibration_scores(test_logits, data.test_labels),
         "test_after": calibration_scores(test_logits, data.test_labels, temperature),
     }
-    atomic_write_json(run.file(CALIBRATION), record)
-    return record, run.file(CALIBRATION)
+    return record, run.write_measured(CALIBRATION, record)
 
 
 def validation_size(run: RunDir) -> int:
     """The run's val_size; a CalibrateError for a run that held no validation split out."""
-    val_size = run.config()["train"].get("val_size") or 0
+    val_size = read_run_config(run.path)["train"].get("val_size") or 0
     if val_size <= 0:
         raise CalibrateError(f"{run.path}: trained with val_size 0, so there is no validation split to fit a "
                              "temperature on (the test set is never used for fitting); train with --val-size N")

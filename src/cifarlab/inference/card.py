@@ -22,8 +22,8 @@ from cifarlab.common.rundir import (
     RESULTS,
     ROBUSTNESS,
     RunDir,
-    RunError,
 )
+from cifarlab.training.config import read_run_config
 
 NOT_MEASURED = "Not measured."
 # The recipe fields a reader wants first; config.json's "recipe" holds every one.
@@ -35,14 +35,12 @@ RECIPE_FIELDS = (
 
 def run_measurements(run_path: Path, epoch: int | None) -> dict:
     """What the run beside a checkpoint recorded: data facts, test figures, robustness, calibration.
-    Empty when the checkpoint has no run directory around it (or an unreadable one)."""
+    Empty when the checkpoint has no run directory around it (a checkpoint copied elsewhere, or an
+    export exported again); a run's damaged files are refused as every other reader refuses them."""
     run = RunDir(run_path)
-    try:
-        config = run.config() if run.exists() else None
-    except RunError:
-        config = None  # a checkpoint copied elsewhere, or an export exported again
-    if config is None:
+    if not run.holds_run():
         return {}
+    config = read_run_config(run.path)
     test, source = run.results(), RESULTS
     evaluation = run.measured(EVALUATION)
     if test is None and evaluation is not None and evaluation.get("epoch") == epoch:

@@ -15,14 +15,9 @@ from typing import Callable
 import torch
 
 from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
-from cifarlab.common.rundir import (
-    CALIBRATION,
-    EVALUATION,
-    RunDir,
-    RunError,
-    atomic_write_json,
-    read_json,
-)
+from cifarlab.common import runfiles
+from cifarlab.common.files import RunError, read_json
+from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for, stored_temperature
@@ -79,7 +74,7 @@ def evaluate_checkpoint(
     earlier = earlier_settings(output)
     if earlier is not None and earlier != settings(result):
         log(f"{output}: replaces an evaluation made with {earlier}")
-    atomic_write_json(output, result)
+    runfiles.write(runfiles.Evaluation, output, result)
     return result, output
 
 

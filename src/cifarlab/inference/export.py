@@ -37,16 +37,8 @@ import torch.nn as nn
 
 from cifarlab import __version__
 from cifarlab.common.exported import read_export_config, write_export
-from cifarlab.common.rundir import (
-    EVALUATION,
-    EXPORT_CARD,
-    EXPORT_CONFIG,
-    EXPORT_DIR,
-    EXPORT_WEIGHTS,
-    RunError,
-    atomic_write_bytes,
-    atomic_write_json,
-)
+from cifarlab.common.files import RunError, atomic_write_bytes, atomic_write_json, temporary_for, writing
+from cifarlab.common.rundir import EVALUATION, EXPORT_CARD, EXPORT_CONFIG, EXPORT_DIR, EXPORT_WEIGHTS
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.augment import normalize
 from cifarlab.errors import CifarlabError
@@ -172,8 +164,7 @@ def export_model(
     reference = predictor.logits(pixels).numpy()  # exactly what `cifarlab predict` computes
     # Exported graphs are float32 and contiguous, in eval mode (dropout off, BatchNorm running stats).
     model = predictor.model.float().to("cpu", memory_format=torch.contiguous_format).eval()
-    tmp = output.with_name(f".{output.name}.tmp")
-    try:
+    with temporary_for(output) as tmp:
         runner = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, x[:2], tmp)
         check = compare(runner, reference, x)
         if not check["max_abs_diff"] <= tolerance:
@@ -181,9 +172,8 @@ def export_model(
                 f"the {fmt} model differs from PyTorch by up to {check['max_abs_diff']:.3g} in the logits "
                 f"(tolerance {tolerance:g}); nothing was written"
             )
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+        with writing(output):
+            os.replace(tmp, output)
 
     info = describe(fmt, output, ckpt, meta, {"against": "cifarlab predict (PyTorch eager, float32, CPU)", "images": source,
                                               "count": len(x), "tolerance": tolerance, **check})
@@ -251,17 +241,14 @@ def export_safetensors(
     check_export_folder(output)
     pixels, source = check_images(data_dir_for(data_dir, ckpt), images, log)
     reference = predictor.logits(pixels)  # exactly what `cifarlab predict` computes from the run
-    staging = output.with_name(f".{output.name}.{secrets.token_hex(4)}.tmp")
-    staging.mkdir()
-    try:
+    with temporary_for(output, folder=True) as staging:
         config = _write_folder(staging, predictor)
         exported = Predictor(staging, device="cpu").logits(pixels)
         if not torch.equal(exported, reference):
             diff = float((exported - reference).abs().max())
             raise ExportError(f"the exported folder's logits differ from the run's by up to {diff:.3g}; nothing was written")
-        _replace_folder(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with writing(output):
+            _replace_folder(staging, output)
     check = {"against": "cifarlab predict on the run (PyTorch eager, float32, CPU)", "images": source,
              "count": len(pixels), "identical": True}
     return output, {**config, "file": output.name, "check": check}

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from cifarlab.common.exported import check_weight_dtypes, is_export, load_model_state, model_file
+from cifarlab.common.files import RunError
 from cifarlab.common.metrics import TEMPERATURE_RANGE, predict_logits
-from cifarlab.common.rundir import CALIBRATION, RunDir, RunError, model_from_checkpoint
+from cifarlab.common.rundir import CALIBRATION, RunDir
 from cifarlab.errors import CifarlabError
+from cifarlab.models.checkpoint import model_from_checkpoint
 from cifarlab.runtime import memory_format, resolve_device, use_amp
 
 

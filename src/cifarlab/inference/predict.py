@@ -20,10 +20,10 @@ from typing import BinaryIO, Callable, Iterable
 import numpy as np
 import torch
 
-from cifarlab.common.rundir import atomic_write_bytes
+from cifarlab.common.files import atomic_write_bytes
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor
-from cifarlab.text import plural
+from cifarlab.text import first_problem, plural
 
 try:
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -93,8 +93,7 @@ def load_image(source: Path | str | bytes | BinaryIO, max_pixels: int = MAX_PIXE
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"refused as a possible decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ImageError(f"unreadable image ({message})") from None
+        raise ImageError(f"unreadable image ({first_problem(e)})") from None
     return LoadedImage(pixels, (width, height), mode, converted)
 
 

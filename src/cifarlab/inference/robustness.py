@@ -18,17 +18,9 @@ from typing import Callable
 import torch
 
 from cifarlab.common.metrics import score
-from cifarlab.common.rundir import (
-    INTEGER,
-    NUMBER,
-    ROBUSTNESS,
-    TEXT,
-    RunError,
-    atomic_write_json,
-    check_fields,
-    json_kind,
-    read_json,
-)
+from cifarlab.common import runfiles
+from cifarlab.common.rundir import ROBUSTNESS
+from cifarlab.common.runfiles import SEVERITIES
 from cifarlab.data import DataError, load_cifar10
 from cifarlab.data.shifted import Cifar10C, LabelledImages, load_cifar101, open_cifar10c
 from cifarlab.errors import CifarlabError
@@ -37,7 +29,6 @@ from cifarlab.runtime import autocast_dtype
 
 GENERATED = "generated, CIFAR-10-C-style (Hendrycks & Dietterich parameters)"
 FROM_FILES = "CIFAR-10-C (files)"
-SEVERITIES = (1, 2, 3, 4, 5)
 
 
 class RobustnessError(CifarlabError):
@@ -203,7 +194,7 @@ def evaluate_robustness(
         result["cifar10_1"] = {"source": cifar101.source, "file": str(cifar101.path), "images": len(cifar101.labels),
                                "accuracy": shifted, "relative_drop": relative_drop(clean, shifted)}
     output = model.checkpoint.parent / ROBUSTNESS
-    atomic_write_json(output, result)
+    runfiles.write(runfiles.Robustness, output, result)
     return result, output
 
 
@@ -212,33 +203,7 @@ def evaluate_robustness(
 
 def read_robustness(path: Path) -> dict:
     """robustness.json, its shape checked: RunError naming the file and field for a damaged one."""
-    result = read_json(path)
-    where = str(path)
-    _section(where, result, "clean", {"accuracy": NUMBER, "images": INTEGER})
-    if "corruptions" in result:
-        part = _section(where, result, "corruptions", {"source": TEXT, "mean_accuracy": NUMBER, "images": INTEGER})
-        table = part.get("accuracy")
-        if not isinstance(table, dict) or not table or not all(_five_numbers(row) for row in table.values()):
-            raise RunError(f"{where}: corruptions.accuracy should map each corruption to 5 accuracies, found {json_kind(table)}")
-    if "cifar10_1" in result:
-        _section(where, result, "cifar10_1", {"source": TEXT, "accuracy": NUMBER, "images": INTEGER})
-    return result
-
-
-def _section(where: str, result: dict, key: str, fields: dict[str, str]) -> dict:
-    """result[key], an object holding every one of `fields` with a value of its type."""
-    section = result.get(key)
-    if not isinstance(section, dict):
-        raise RunError(f"{where}: {key} should be an object, found {json_kind(section)}")
-    missing = [field for field in fields if section.get(field) is None]
-    if missing:
-        raise RunError(f"{where}: {key} lacks {', '.join(missing)}")
-    return check_fields(where, section, fields, prefix=f"{key}.")
-
-
-def _five_numbers(row) -> bool:
-    return isinstance(row, list) and len(row) == len(SEVERITIES) and all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in row)
+    return runfiles.read(runfiles.Robustness, path)
 
 
 def run_robustness(run: Path | str) -> dict | None:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from cifarlab.common.files import is_number
 from cifarlab.errors import CifarlabError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
@@ -90,10 +91,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def positive_int(option: str, value: Any, most: int | None = None) -> int:
     """An integer >= 1 (and <= `most`), else a one-line ModelError naming the option."""
     if not _is_int(value) or value < 1 or (most is not None and value > most):
@@ -111,14 +108,14 @@ def layer_widths(option: str, values: Any, count: int) -> tuple[int, ...]:
 
 def rate(option: str, value: Any) -> float:
     """A dropout probability or a momentum: 0 <= value < 1 (at 1 nothing would pass, or nothing update)."""
-    if not _is_number(value) or not 0 <= value < 1:
+    if not is_number(value) or not 0 <= value < 1:
         raise ModelError(f"{option} must be a number from 0 up to (not including) 1, got {value!r}")
     return float(value)
 
 
 def finite(option: str, value: Any, positive: bool = False) -> float:
     """A finite number (> 0 if `positive`), else a one-line ModelError."""
-    if not _is_number(value) or not math.isfinite(value) or (positive and value <= 0):
+    if not is_number(value) or not math.isfinite(value) or (positive and value <= 0):
         raise ModelError(f"{option} must be a finite{' positive' if positive else ''} number, got {value!r}")
     return float(value)
 

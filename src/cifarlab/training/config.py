@@ -1,21 +1,27 @@
 """Training configuration: one frozen dataclass, named presets, and overrides from flags.
 
-A run's resolved config is saved as `config.json` in its run directory and read back
-with `TrainConfig.from_dict`, which rejects unknown fields and wrong types by name.
+A run's resolved config is saved as `config.json` in its run directory and read back by
+`read_run_config` (every command that reads a run), whose `TrainConfig.from_dict` rejects
+unknown fields, wrong types (taken from the dataclass's own annotations) and unknown models by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from cifarlab.common.files import FileError, RunError, parse_json, read_text, read_toml
+from cifarlab.common.rundir import CONFIG, RunDir
 from cifarlab.errors import CifarlabError
+from cifarlab.models import list_models
+from cifarlab.text import did_you_mean
 
 Schedule = Literal["plateau", "linear", "constant", "cosine", "step", "onecycle"]
 Optimizer = Literal["sgd", "adam", "adamw", "muon"]
@@ -24,6 +30,9 @@ Amp = Literal["auto", "bf16", "off"]
 
 
 CIFAR10_CLASSES = 10
+MAX_EPOCHS = 100_000  # about 20 years of paper epochs on a CPU: more is a typo
+MAX_MILESTONES = 100  # 100 cuts of even 0.9 leave 3e-5 of the lr: more is a typo (or [1..15000])
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; per-process seeds add to it (common/distributed.py)
 
 
 class ConfigError(CifarlabError, ValueError):
@@ -105,7 +114,8 @@ class TrainConfig:
     def __post_init__(self):
         choices = lambda kind: "one of " + ", ".join(typing.get_args(kind))  # noqa: E731
         checks = {  # field: (valid?, what is allowed)
-            "epochs": (self.epochs >= 1, "at least 1"),
+            "epochs": (1 <= self.epochs <= MAX_EPOCHS, f"1 to {MAX_EPOCHS:,}"),
+            "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63 - 1"),
             "batch_size": (self.batch_size >= 1, "at least 1"),
             "lr": (0 < self.lr < math.inf, "a positive number"),
             "val_size": (0 <= self.val_size < 50_000, "0 to 49,999"),
@@ -128,7 +138,7 @@ class TrainConfig:
             "lr_start_factor": (0 <= self.lr_start_factor <= 1, "0 to 1"),
             "lr_end_factor": (0 <= self.lr_end_factor <= 1, "0 to 1"),
             "milestones": (_increasing(self.milestones) and (self.milestones or self.schedule != "step"),
-                           "epochs >= 1 in increasing order, at least one for the step schedule"),
+                           f"1 to {MAX_MILESTONES} epochs from 1 to {MAX_EPOCHS:,} in increasing order, at least one for the step schedule"),
             "step_factor": (0 < self.step_factor < 1, "0 < step_factor < 1"),
             "bias_lr_scale": (0 < self.bias_lr_scale < math.inf, "a positive number"),
             "eval_batch_size": (self.eval_batch_size >= 1, "at least 1"),
@@ -137,7 +147,9 @@ class TrainConfig:
         }
         for name, (ok, allowed) in checks.items():
             if not ok:
-                raise ConfigError(f"bad value for {name}: {getattr(self, name)!r} (allowed: {allowed})")
+                value = getattr(self, name)
+                hint = did_you_mean(value, typing.get_args(_field_types()[name])) if isinstance(value, str) else ""
+                raise ConfigError(f"bad value for {name}: {value!r:.80} (allowed: {allowed}){hint}")
         classes = self.model_options.get("num_classes", CIFAR10_CLASSES)
         if classes != CIFAR10_CLASSES:  # else a torch IndexError in the loss, deep in the first step
             raise ConfigError(f"bad value for model_options.num_classes: {classes!r} (training data is CIFAR-10: 10)")
@@ -147,11 +159,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = _field_types()
         for name, value in values.items():
-            if name not in fields:
-                raise ConfigError(f"{source}: unknown field {name!r}")
-            _check_type(source, name, value, fields[name].type)
+            if name not in hints:
+                raise ConfigError(f"{source}: unknown field {name!r:.80}{did_you_mean(name, hints)}")
+            if not _fits(value, hints[name]):
+                raise ConfigError(f"{source}: field {name!r} must be {_type_name(hints[name])}, got {value!r:.80}")
+        model = values.get("model")
+        if model is not None and model not in list_models():
+            raise ConfigError(f"{source}: unknown model {model!r:.80}{did_you_mean(model, list_models())}; "
+                              f"known models: {', '.join(list_models())}")
         return cls(**values)
 
     def replace(self, **overrides) -> "TrainConfig":
@@ -210,19 +227,30 @@ def load_config_file(path: Path | str) -> TrainConfig:
     """A run's config.json (its "train" table) or a TOML file of fields ([model_options] a table)."""
     path = Path(path)
     try:
-        text = path.read_text()
         if path.suffix == ".json":
-            values = json.loads(text)
+            values = parse_json(read_text(path), str(path))
             values = values.get("train", values) if isinstance(values, dict) else values
         else:
-            values = tomllib.loads(text)
-    except OSError as e:
-        raise ConfigError(f"--config {path}: cannot read it ({e.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as e:  # JSON and TOML decode errors are ValueErrors
-        raise ConfigError(f"--config {path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({e})") from None
+            values = read_toml(path)
+    except FileError as e:
+        raise ConfigError(f"--config {e}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"--config {path}: expected a table of settings")
     return TrainConfig.from_dict(values, source=str(path))
+
+
+def read_run_config(path: Path | str) -> dict:
+    """A run's config.json, checked as a resume checks it: its shape (common/runfiles.py) and its
+    train section field by field as a TrainConfig. The one reader of config.json for every
+    command (runs, report, compare, export, the model card, a resume), so that one file is
+    refused the same way by all of them: a RunError naming the file and the field."""
+    run = RunDir(path)
+    config = run.config()
+    try:
+        TrainConfig.from_dict(config["train"], source=str(run.file(CONFIG)))
+    except ConfigError as e:
+        raise RunError(str(e)) from None
+    return config
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -233,30 +261,53 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text!r}: expected FIELD=VALUE, e.g. --set lr=0.05")
     try:
         return key, tomllib.loads(f"v = {raw}")["v"]
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply") from None
     except tomllib.TOMLDecodeError:
         if raw and all(c.isalnum() or c in "_-./:" for c in raw):
             return key, raw  # a bare word such as linear or runs/paper-1
         raise ConfigError(f"--set {text!r}: {raw!r} is not a value (numbers, true/false, [lists], \"strings\")") from None
 
 
-_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "Schedule": str, "Amp": str, "Optimizer": str,
-          "FlipMode": str, "dict[str, Any]": dict, "list[int]": list}
-
-
 def _increasing(epochs: list[int]) -> bool:
-    return all(e >= 1 for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
+    return (len(epochs) <= MAX_MILESTONES and all(1 <= e <= MAX_EPOCHS for e in epochs)
+            and all(a < b for a, b in zip(epochs, epochs[1:])))
 
 
-def _check_type(source: str, name: str, value: Any, annotation: str) -> None:
-    expected = _TYPES[annotation]
-    if isinstance(value, bool) and annotation in ("int", "float"):
-        ok = False
-    elif annotation == "list[int]":
-        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        raise ConfigError(f"{source}: field {name!r} must be {annotation}, got {value!r}")
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    """Each field's type, from the dataclass's own annotations (resolved, so `float | None` works)."""
+    return typing.get_type_hints(TrainConfig)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON/TOML has the annotated type (a Literal's choice is checked later,
+    with the allowed values in its message). bool is not a number, and int is a float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin is Literal:
+        return isinstance(value, type(args[0]))
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items())
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float) if hint is float else hint)
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(arg) for arg in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    return "Any" if hint is Any else getattr(hint, "__name__", str(hint))
 
 
 # quick's recipe: airbench94's SGD version (Keller Jordan), rewritten for a mean-reduced loss.
@@ -355,5 +406,5 @@ def list_presets() -> list[str]:
 
 def get_preset(name: str) -> TrainConfig:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r:.80}{did_you_mean(name, PRESETS)}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -25,8 +26,6 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     ]
     if config.optimizer == "muon":
         return _build_muon(model, config, groups)
-    for group in groups:
-        group["base_lr"] = group["lr"]
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr)
     if config.optimizer == "adamw":
@@ -52,10 +51,7 @@ def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> "M
         new_groups.append(dict(params=whiten_bias, lr=groups[1]["lr"], weight_decay=groups[1]["weight_decay"], whiten_bias=True, **sgd))
     elif whiten_bias:
         new_groups[2]["params"] += whiten_bias
-    new_groups = [g for g in new_groups if g["params"]]
-    for group in new_groups:
-        group["base_lr"] = group["lr"]
-    return Muon(new_groups)
+    return Muon([g for g in new_groups if g["params"]])
 
 
 def newton_schulz(g: torch.Tensor, steps: int = 3, eps: float = 1e-7) -> torch.Tensor:
@@ -136,20 +132,13 @@ def early_stop_reason(history: list[dict], current_lr: float, config: TrainConfi
     )
 
 
-class LinearSchedule:
-    """Per-step learning-rate factor: linear warm-up from lr_start_factor to 1, then linear decay to lr_end_factor."""
+# ---------------------------------------------------------------- learning-rate schedules
+# Each per-step schedule is a pure function of the step: the lr factor torch's LambdaLR multiplies
+# every group's initial lr by (one function per group: the whitening bias has its own).
 
-    def __init__(self, config: TrainConfig, total_steps: int):
-        self.total = max(1, total_steps)
-        self.warmup = int(config.warmup_fraction * self.total)
-        self.start, self.end = config.lr_start_factor, config.lr_end_factor
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            frac = step / self.warmup
-            return self.start + (1 - self.start) * frac
-        frac = (step - self.warmup) / max(1, self.total - self.warmup)
-        return 1 + (self.end - 1) * min(1.0, frac)
+def _linear(start: float, end: float, frac: float) -> float:
+    return start + (end - start) * min(1.0, frac)
 
 
 def _cosine(start: float, end: float, frac: float) -> float:
@@ -157,82 +146,68 @@ def _cosine(start: float, end: float, frac: float) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * min(1.0, frac))) / 2
 
 
-class CosineSchedule(LinearSchedule):
-    """LinearSchedule's warm-up, then half a cosine from 1 down to lr_end_factor at the last step."""
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The lr factor at each step (from 0) of a per-step schedule.
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return super().__call__(step)
-        return _cosine(1.0, self.end, (step - self.warmup) / max(1, self.total - self.warmup))
+    linear: a rise from lr_start_factor to 1 over warmup_fraction of all steps, then linearly down
+    to lr_end_factor at the last step. cosine: the same rise, then half a cosine down. onecycle:
+    Smith's one cycle as torch's OneCycleLR computes it (both phases cosine, the peak at step
+    warmup_fraction x total - 1; momentum stays fixed, cycle_momentum=False). step: the same rise
+    (none by default), then x step_factor once for every milestone epoch passed: with milestones
+    [82, 123], x1 in epochs 1-82, x0.1 in epochs 83-123, x0.01 from epoch 124.
+    """
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(config.warmup_fraction * total)
+    start, end = config.lr_start_factor, config.lr_end_factor
 
+    def rise(step: int) -> float:
+        return _linear(start, 1.0, step / warmup)
 
-class OneCycleSchedule:
-    """Smith's one cycle as torch.optim.lr_scheduler.OneCycleLR computes it (cosine annealing, two
-    phases): from lr_start_factor up to 1 at step warmup_fraction x total - 1, then down to
-    lr_end_factor at the last step (total - 1), both along half a cosine. Momentum stays fixed
-    (OneCycleLR's cycle_momentum=False), as the fast CIFAR recipes (airbench, Page's ResNet) keep it."""
+    def after_warmup(step: int) -> float:
+        return (step - warmup) / max(1, total - warmup)
 
-    def __init__(self, config: TrainConfig, total_steps: int):
-        self.total = max(1, total_steps)
-        self.peak = config.warmup_fraction * self.total - 1  # OneCycleLR's end of the first phase
-        self.start, self.end = config.lr_start_factor, config.lr_end_factor
-
-    def __call__(self, step: int) -> float:
-        if step < self.peak:
-            return _cosine(self.start, 1.0, step / self.peak)
-        fall = self.total - 1 - self.peak
-        return _cosine(1.0, self.end, (step - self.peak) / fall if fall > 0 else 1.0)
-
-
-class StepSchedule:
-    """LinearSchedule's warm-up, then the lr times step_factor once for every milestone epoch passed:
-    with milestones [82, 123], x1 in epochs 1-82, x0.1 in epochs 83-123, x0.01 from epoch 124."""
-
-    def __init__(self, config: TrainConfig, steps_per_epoch: int):
-        self.warmup = LinearSchedule(config, config.epochs * steps_per_epoch)
-        self.steps_per_epoch = max(1, steps_per_epoch)
-        self.milestones, self.factor = config.milestones, config.step_factor
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup.warmup:
-            return self.warmup(step)
-        epochs_done = step // self.steps_per_epoch
-        return self.factor ** sum(epochs_done >= m for m in self.milestones)
+    if config.schedule == "onecycle":
+        peak, fall = config.warmup_fraction * total - 1, total - 1 - (config.warmup_fraction * total - 1)
+        return lambda step: (_cosine(start, 1.0, step / peak) if step < peak
+                             else _cosine(1.0, end, (step - peak) / fall if fall > 0 else 1.0))
+    if config.schedule == "step":
+        per_epoch, milestones, cut = max(1, steps_per_epoch), config.milestones, config.step_factor
+        return lambda step: rise(step) if step < warmup else cut ** sum(step // per_epoch >= m for m in milestones)
+    if config.schedule == "cosine":
+        return lambda step: rise(step) if step < warmup else _cosine(1.0, end, after_warmup(step))
+    if config.schedule == "linear":
+        return lambda step: rise(step) if step < warmup else _linear(1.0, end, after_warmup(step))
+    return lambda step: 1.0  # constant
 
 
 class Schedule:
-    """Every schedule kind behind one interface: `before_step()` each batch, `after_epoch(loss)` each epoch.
+    """Every schedule kind behind one interface: `after_step()` after each optimizer step,
+    `after_epoch(loss)` after each epoch.
 
-    plateau acts on the monitored loss after each epoch; linear, cosine, onecycle and step set
-    every group's lr to its base lr times a factor of the step count before each batch.
+    plateau is torch's ReduceLROnPlateau on the monitored loss; linear, cosine, onecycle and step
+    are torch's LambdaLR with lr_factor for every group but airbench's whitening bias, which decays
+    linearly to 0 over its own first whiten_bias_epochs and then stops.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
         self.optimizer = optimizer
-        self.kind = config.schedule
         self.step_count = 0
-        # airbench: the whitening bias decays linearly to 0 over its own first epochs, then stops
-        self.whiten_bias_steps = max(1, config.whiten_bias_epochs * steps_per_epoch)
-        total = config.epochs * steps_per_epoch
-        per_step = {
-            "linear": lambda: LinearSchedule(config, total),
-            "cosine": lambda: CosineSchedule(config, total),
-            "onecycle": lambda: OneCycleSchedule(config, total),
-            "step": lambda: StepSchedule(config, steps_per_epoch),
-        }
-        self.factor = per_step[self.kind]() if self.kind in per_step else None
-        self.plateau = None
-        if self.kind == "plateau":
+        self.per_step: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        if config.schedule == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=config.plateau_factor, patience=config.plateau_patience
             )
+        elif config.schedule != "constant":
+            factor = lr_factor(config, steps_per_epoch)
+            whiten_steps = max(1, config.whiten_bias_epochs * steps_per_epoch)
+            whiten = lambda step: max(0.0, 1 - step / whiten_steps)  # noqa: E731
+            lambdas = [whiten if group.get("whiten_bias") else factor for group in optimizer.param_groups]
+            self.per_step = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
-    def before_step(self) -> None:
-        if self.factor is not None:
-            factor = self.factor(self.step_count)
-            whiten_factor = max(0.0, 1 - self.step_count / self.whiten_bias_steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * (whiten_factor if group.get("whiten_bias") else factor)
+    def after_step(self) -> None:
+        if self.per_step is not None:
+            self.per_step.step()
         self.step_count += 1
 
     def after_epoch(self, monitored_loss: float) -> None:
@@ -240,12 +215,17 @@ class Schedule:
             self.plateau.step(monitored_loss)
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "plateau": self.plateau.state_dict() if self.plateau else None}
+        return {"step_count": self.step_count, "plateau": self.plateau.state_dict() if self.plateau else None,
+                "per_step": self.per_step.state_dict() if self.per_step else None}
 
     def load_state_dict(self, state: dict) -> None:
+        """A checkpoint's schedule; the optimizer's own state (loaded first) holds every group's lr."""
         self.step_count = state["step_count"]
         if self.plateau is not None:
             self.plateau.load_state_dict(state["plateau"])
+        if self.per_step is not None:
+            lrs = [group["lr"] for group in self.optimizer.param_groups]  # a checkpoint from before LambdaLR: its step count
+            self.per_step.load_state_dict(state.get("per_step") or {"last_epoch": self.step_count, "_last_lr": lrs})
 
 
 class Lookahead:

@@ -31,14 +31,9 @@ import torch
 
 from cifarlab import __version__
 from cifarlab.common import distributed
-from cifarlab.common.rundir import (
-    CHECKPOINT,
-    CONFIG,
-    RESULTS,
-    RunDir,
-    atomic_write_json,
-    load_checkpoint,
-)
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
+from cifarlab.common.checkpoint import load_checkpoint
+from cifarlab.common.files import atomic_write_json
 from cifarlab.errors import CifarlabError
 
 DEFAULT_STORE = "default"  # TrainConfig.mlflow: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlflow.db)

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
+import shlex
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -27,280 +26,37 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from cifarlab.common import distributed
+from cifarlab.common.checkpoint import load_training_state, model_metadata
 from cifarlab.common.distributed import evaluate_sharded
-from cifarlab.common.rundir import (
-    RunDir,
-    RunError,
-    first_problem,
-    load_initial_weights,
-    model_metadata,
-    seconds_to_stabilise,
-)
-from cifarlab.data import MEAN, STD, Cifar10, load_cifar10, split_train_val
-from cifarlab.data.augment import normalize
-from cifarlab.data.loader import CifarLoader
-from cifarlab.errors import CifarlabError
-from cifarlab.models import build_model, count_parameters
+from cifarlab.common.files import RunError
+from cifarlab.common.rundir import CHECKPOINT, RunDir, seconds_to_stabilise
+from cifarlab.data import MEAN, STD, Cifar10, load_cifar10
+from cifarlab.models import count_parameters
 from cifarlab.runtime import (
-    autocast,
     autocast_dtype,
-    memory_format,
     processor_name,
     resolve_device,
     set_cpu_threads,
     tune_for_training,
-    use_amp,
 )
-from cifarlab.training.config import ConfigError, TrainConfig
-from cifarlab.training.optim import Lookahead, Schedule, build_optimizer, early_stop_reason
+from cifarlab.text import first_problem
+from cifarlab.training.config import ConfigError, TrainConfig, read_run_config
+from cifarlab.training.learner import (
+    Learner,
+    Splits,
+    TrainingDiverged,
+    build_learner,
+    check_batches,
+    check_divergence,
+    compile_trainee,
+    make_splits,
+    train_epoch,
+)
+from cifarlab.training.optim import early_stop_reason
+from cifarlab.training.progress import log_line
 from cifarlab.training.tracking import tracking
-
-INIT_IMAGES = 5000  # images shown to a model's data-dependent initialisation
-
-
-class TrainingDiverged(CifarlabError, RuntimeError):
-    pass
-
-
-@dataclass
-class Splits:
-    """Every tensor on the training device; images uint8 (N, 3, 32, 32)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    classes: tuple[str, ...]
-    source: str
-
-
-def make_splits(data: Cifar10, val_size: int, device: torch.device, train_subset: int | None = None) -> Splits:
-    """Hold a class-balanced validation split out of the training set and move all to `device`.
-
-    `train_subset`, for tests and quick trials, keeps only the first N training images after the split.
-    """
-    train_idx, val_idx = split_train_val(data.train_labels, val_size)
-    if train_subset is not None:
-        train_idx = train_idx[:train_subset]
-    put = lambda t: t.to(device)  # noqa: E731
-    return Splits(
-        put(data.train_images[train_idx]),
-        put(data.train_labels[train_idx]),
-        put(data.train_images[val_idx]),
-        put(data.train_labels[val_idx]),
-        put(data.test_images),
-        put(data.test_labels),
-        data.classes,
-        data.source,
-    )
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    """A tqdm bar on a terminal; nothing (the epoch summary line only) otherwise."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()))
-
-
-@dataclass
-class Learner:
-    """What training updates, and what a checkpoint must hold to resume it exactly."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    lookahead: Lookahead | None
-    generator: torch.Generator
-    trainee: nn.Module | None = None  # DDP: the DistributedDataParallel wrapper that trains `model`
-    init_source: dict | None = None  # the checkpoint a warm start (config.init_from) took its weights from
-
-    def state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
-            "rng": _rng_state(self.generator),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
-        if self.lookahead:
-            self.lookahead.load_state_dict(state["lookahead"])
-        _set_rng_state(state["rng"], self.generator)
-
-
-def build_learner(
-    config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator, warm_start: bool = True
-) -> Learner:
-    """The model (with its data-dependent initialisation, or a warm start's weights), optimizer,
-    schedule and lookahead of a config. A resume passes warm_start=False: its checkpoint has the weights."""
-    model = build_model(config.model, **config.model_options)
-    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
-        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
-    if config.low_res_epochs and not hasattr(model, "set_stem_stride"):
-        raise ConfigError(f"low_res_epochs needs a model with a stride-settable stem (fast); {config.model!r} has none")
-    model = model.to(dev, memory_format=memory_format(config.channels_last))
-    init_source = None
-    if config.init_from and warm_start:  # weights only; optimizer, schedule and lookahead start fresh
-        init_source = load_initial_weights(model, config.init_from)
-    optimizer = build_optimizer(model, config)
-    steps_per_epoch = math.ceil(len(splits.train_x) / config.batch_size)
-    return Learner(
-        model,
-        optimizer,
-        Schedule(optimizer, config, steps_per_epoch),
-        Lookahead(model, config.epochs * steps_per_epoch) if config.lookahead else None,
-        generator,
-        init_source=init_source,
-    )
-
-
-def train_epoch(
-    learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True, epoch: int = 1
-) -> dict:
-    """One pass over the training images in a random order; returns loss, accuracy, steps.
-    `epoch` (from 1) chooses the alternating flips and, with progressive resolution, the stem's stride.
-
-    DDP: every process draws the same order and augmentation (same generator state) for the
-    global batch, keeps its contiguous shard, and weights its loss by its share of the batch,
-    so the averaged gradient is the global batch's whatever the shard sizes.
-    """
-    model, optimizer, schedule, generator = learner.model, learner.optimizer, learner.schedule, learner.generator
-    if learner.trainee is not None:
-        model = learner.trainee  # DDP
-    device = splits.train_x.device
-    amp = use_amp(config.amp, device)
-    world = distributed.world_size()
-    loader = CifarLoader(splits.train_x, splits.train_y, config.batch_size, crop_pad=config.crop_pad, flip=config.flip,
-                         flip_mode=config.flip_mode, seed=config.seed, generator=generator,
-                         min_last_batch=2 * world)  # a shard of one image breaks BatchNorm
-    fmt = memory_format(config.channels_last)
-    if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
-        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
-    model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    steps = len(loader)
-    with _progress(steps, desc, progress) as bar:
-        for step, (x, y) in enumerate(loader.batches(epoch)):
-            batch = len(y)
-            part = distributed.shard(batch)  # DDP: this process's shard; alone, all of it
-            x, y = x[part].contiguous(memory_format=fmt), y[part]
-            share = len(y) * world / batch  # 1 alone or with equal shards
-            schedule.before_step()
-            with autocast(device, amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (loss if share == 1 else loss * share).backward()
-            optimizer.step()
-            if learner.lookahead is not None:
-                learner.lookahead.step(schedule.step_count)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            if step % 50 == 49 and not distributed.all_finite(loss_sum):
-                break  # stop early (every process together); the caller reports it
-            bar.update(1)
-    totals = distributed.all_reduce_sum(torch.stack([loss_sum.double(), correct.double()]))  # DDP: whole epoch
-    seen = loader.images_per_epoch
-    total = totals[0].item() / seen
-    if not math.isfinite(total):
-        raise TrainingDiverged(f"training loss became {total} in {desc or 'this epoch'}")
-    return {"train_loss": total, "train_accuracy": int(totals[1].item()) / seen, "steps": steps}
-
-
-# A model that predicts every class equally has a loss of ln(classes) (2.30 for CIFAR-10), and
-# training starts near it and goes down. A mean epoch loss ten times that (23: a geometric-mean
-# probability of e^-23, about 1e-10, on the true class) is confidently wrong everywhere; plateaus and
-# learning-rate spikes move the loss by fractions, not tenfold. A run whose first epoch was already
-# above ln(classes) (a badly scaled start) is judged against that epoch instead.
-DIVERGENCE_FACTOR = 10
-
-
-def check_divergence(record: dict, history: list[dict], num_classes: int) -> None:
-    """TrainingDiverged (one line) when an epoch's losses say the run diverged: a validation loss that
-    is not finite, or a finite training loss over DIVERGENCE_FACTOR x max(ln(classes), the first epoch's)."""
-    epoch, loss, val_loss = record["epoch"], record["train_loss"], record.get("val_loss")
-    if val_loss is not None and not math.isfinite(val_loss):
-        raise TrainingDiverged(f"validation loss became {val_loss} in epoch {epoch} (training loss {loss:.4g}); try a lower lr")
-    reference = max([math.log(num_classes)] + [h["train_loss"] for h in history[:1]])
-    if loss > DIVERGENCE_FACTOR * reference:
-        raise TrainingDiverged(
-            f"training loss {loss:.4g} in epoch {epoch} is over {DIVERGENCE_FACTOR}x {reference:.4g} "
-            f"(the larger of ln({num_classes} classes) and the first epoch's loss): diverged; try a lower lr"
-        )
-
-
-COMPILE_BACKEND = "inductor"  # torch.compile's default; tests use "eager" (tracing only) to stay fast
-
-
-def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> float:
-    """Train through torch.compile of the trained module (the DDP wrapper, if any), and compile it
-    now, so its compile time is not inside the first epoch's; returns those seconds.
-
-    Compiling means one forward and backward pass on each batch shape an epoch has (a full batch
-    and the last, shorter one), each specialised (dynamic=False). Their gradients are thrown away
-    and the BatchNorm statistics and random number generators they moved are put back, so the
-    run is the one it would have been, only compiled.
-    """
-    device = splits.train_x.device
-    trained = learner.trainee if learner.trainee is not None else learner.model
-    learner.trainee = torch.compile(trained, backend=COMPILE_BACKEND, dynamic=False)
-    buffers = [b.detach().clone() for b in learner.model.buffers()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    start = time.perf_counter()
-    learner.trainee.train()
-    for size in _batch_sizes(len(splits.train_x), config.batch_size):
-        part = distributed.shard(size)  # DDP: the shard each process trains on
-        x = normalize(splits.train_x[:size], MEAN, STD)[part].contiguous(memory_format=memory_format(config.channels_last))
-        with autocast(device, use_amp(config.amp, device)):
-            logits = learner.trainee(x)
-        F.cross_entropy(logits.float(), splits.train_y[:size][part]).backward()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start
-    learner.optimizer.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for buffer, saved in zip(learner.model.buffers(), buffers):
-            buffer.copy_(saved)
-    torch.set_rng_state(cpu_rng)
-    if cuda_rng is not None:
-        torch.cuda.set_rng_state(cuda_rng, device)
-    return seconds
-
-
-def _batch_sizes(n: int, batch_size: int) -> list[int]:
-    """The batch sizes of an epoch of n images, as train_epoch draws them."""
-    world = distributed.world_size()
-    last = n % batch_size
-    sizes = [min(batch_size, n)]
-    if last and n > batch_size and last >= 2 * world:  # train_epoch drops a last batch too small to shard
-        sizes.append(last)
-    return sizes
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Terminated(KeyboardInterrupt):
@@ -333,28 +89,52 @@ class Io:
 
     data_dir: Path | str | None = None
     device: str = "auto"
-    progress: bool = True
-    log: Callable[[str], None] = print
+    progress: bool = True  # a bar on a terminal; off one, a step line with the time left now and then
+    log: Callable[[str], None] = log_line
     data: Cifar10 | None = None  # already loaded (sweeps load it once); else read from data_dir
     on_epoch: Callable[[dict], None] | None = None  # each finished epoch's record (TensorBoard, tests)
 
 
-def train(config: TrainConfig, out: Path | str, train_subset: int | None = None, **io) -> dict:
+def train(
+    config: TrainConfig,
+    out: Path | str,
+    train_subset: int | None = None,
+    *,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = log_line,
+    data: Cifar10 | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
     """Train `config` into a new run directory `out`; returns what results.json holds.
 
-    `io`: the fields of Io (data_dir, device, progress, log, data, on_epoch). The run directory
-    stays locked while this runs: a second training into it, or a resume of it, is a one-line
-    RunError. Under torchrun, call `distributed.init_from_env` first and pass the device it returns.
+    `data_dir` (default: $CIFARLAB_DATA or the cache) or `data` already loaded; `device` auto, cpu,
+    cuda or cuda:N; `progress` a bar (or, off a terminal, step lines); `log` each line of output;
+    `on_epoch` each finished epoch's record. The run directory stays locked while this runs: a
+    second training into it, or a resume of it, is a one-line RunError. Under torchrun, call
+    `distributed.init_from_env` first and pass the device it returns.
     """
     if train_subset is not None and train_subset < 1:
         raise ConfigError(f"--train-subset {train_subset}: must be at least 1")
-    return _run(RunDir(out), config, train_subset, Io(**io))
+    io = Io(data_dir=data_dir, device=device, progress=progress, log=log, data=data, on_epoch=on_epoch)
+    return _run(RunDir(out), config, train_subset, io)
 
 
-def resume(out: Path | str, **io) -> dict:
+def resume(
+    out: Path | str,
+    *,
+    data_dir: Path | str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = log_line,
+    data: Cifar10 | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
     """Continue the run in `out` from its last checkpoint to its end, exactly as if it had never
-    stopped (a run that saved no epoch starts again from its config.json); returns results."""
-    return _run(RunDir(out), None, None, Io(**io))
+    stopped (a run that saved no epoch starts again from its config.json); returns results.
+    Without `data_dir` (or `data`) it reads the data the run recorded in its config.json."""
+    return _run(RunDir(out), None, None, Io(data_dir=data_dir, device=device, progress=progress, log=log, data=data, on_epoch=on_epoch))
 
 
 @dataclass
@@ -382,7 +162,9 @@ def _run(run: RunDir, config: TrainConfig | None, train_subset: int | None, io: 
     with contextlib.ExitStack() as held:
         held.enter_context(_sigterm_stops_training())
         # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
-        config, train_subset, resume = distributed.from_main(_claim_run, held, run, config, train_subset, io.log)
+        config, train_subset, resume, recorded = distributed.from_main(_claim_run, held, run, config, train_subset, io.log)
+        if io.data_dir is None and io.data is None and recorded is not None:
+            io = dataclasses.replace(io, data_dir=recorded)  # a resume finds the data its run trained on
         tracker = held.enter_context(tracking(run, config, io.log))  # MLflow hook: connects before any data is loaded
         held.enter_context(_determinism(config, io.log))
         tune_for_training(dev)  # after _determinism: autotuned kernels are not reproducible
@@ -394,10 +176,11 @@ def _run(run: RunDir, config: TrainConfig | None, train_subset: int | None, io: 
 
 def _claim_run(
     held: contextlib.ExitStack, run: RunDir, config: TrainConfig | None, train_subset: int | None, log
-) -> tuple[TrainConfig, int | None, bool]:
+) -> tuple[TrainConfig, int | None, bool, str | None]:
     """Lock the run directory (held until `held` closes) and check this training may use it; returns
-    the config, the train subset and whether to resume from a checkpoint. A resume of a run that
-    saved no epoch starts it again from its config.json."""
+    the config, the train subset, whether to resume from a checkpoint and (a resume) the data folder
+    the run recorded, when it is still there. A resume of a run that saved no epoch starts it again
+    from its config.json."""
     if config is not None:
         run.check_new_run()  # before locking too: a refused folder gets no lock file
         held.enter_context(run.lock())
@@ -405,17 +188,18 @@ def _claim_run(
         run.remove_temporaries()
         if config.init_from:  # recorded absolute, so the run still finds its source from anywhere
             config = config.replace(init_from=str(Path(config.init_from).resolve()))
-        return config, train_subset, False
+        return config, train_subset, False, None
     run.require()
     held.enter_context(run.lock())
     run.remove_temporaries()
-    saved = run.config()
+    saved = read_run_config(run.path)
     config = TrainConfig.from_dict(saved["train"], source=run.describe_config())
+    recorded = saved.get("data") if saved.get("data") and Path(saved["data"]).exists() else None
     if run.has_checkpoint():
-        return config, saved.get("train_subset"), True
+        return config, saved.get("train_subset"), True, recorded
     run.check_restartable()
     log(f"{run.path} saved no epoch before it stopped: starting it again from its config")
-    return config, saved.get("train_subset"), False
+    return config, saved.get("train_subset"), False, recorded
 
 
 def _prepare(run: RunDir, config: TrainConfig, resume: bool, train_subset: int | None, dev: torch.device, io: Io) -> Job:
@@ -425,9 +209,7 @@ def _prepare(run: RunDir, config: TrainConfig, resume: bool, train_subset: int |
     with distributed.main_first():  # DDP: rank 0 downloads, the others then read; a failure fails all
         data = io.data if io.data is not None else load_cifar10(io.data_dir)
     splits = make_splits(data, config.val_size, dev, train_subset)
-    world = distributed.world_size()
-    if config.batch_size < 2 * world:
-        raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
+    check_batches(len(splits.train_x), config, len(data.train_labels))
     learner = build_learner(config, splits, dev, generator, warm_start=not resume)
     train_dtype = autocast_dtype(config.amp, dev)
     meta = model_metadata(config.to_dict(), splits.classes, MEAN, STD, train_dtype)
@@ -463,7 +245,7 @@ def _run_facts(job: Job, train_subset: int | None, dev: torch.device) -> dict:
 def _restore(job: Job, log: Callable[[str], None]) -> None:
     """Load the run's checkpoint into the learner (DDP: rank 0 reads it, every process loads it);
     RunError when it does not fit the run's config."""
-    state = distributed.from_main(job.run.load_training_state)  # RNG states stay CPU tensors
+    state = distributed.from_main(load_training_state, job.run.file(CHECKPOINT))  # RNG states stay CPU tensors
     try:
         job.learner.load_state_dict(state)
     except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
@@ -497,6 +279,7 @@ def _train_and_test(job: Job, io: Io, started: float) -> dict:
         raise
     except KeyboardInterrupt as e:
         write_status("stopped", reason="terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted", epoch=len(job.history))
+        setattr(e, "resume_command", resume_command(job.run.path))  # the CLI's last line: how to go on
         raise
     except Exception as e:
         write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(job.history))
@@ -506,6 +289,11 @@ def _train_and_test(job: Job, io: Io, started: float) -> dict:
     io.log(f"test accuracy {results['test_accuracy']:.2%} (error {results['test_error']:.2%}, tta={config.tta}); "
            f"results in {job.run.describe_results()}")
     return results
+
+
+def resume_command(path: Path) -> str:
+    """The command line that resumes the run in `path`, quoted for a shell."""
+    return f"cifarlab train --resume {shlex.quote(str(path))}"
 
 
 def _start_line(job: Job) -> str:
@@ -521,7 +309,9 @@ def _train_to_stop(job: Job, io: Io) -> str | None:
     config, optimizer = job.config, job.learner.optimizer
     stop = early_stop_reason(job.history, optimizer.param_groups[0]["lr"], config) if job.history else None
     while stop is None and len(job.history) < config.epochs:
-        record = _epoch(job, len(job.history) + 1, io.progress)
+        if distributed.is_main():  # the epoch the run is in, for `runs` and whoever reads status.json
+            job.run.write_status("running", epoch=len(job.history), current_epoch=len(job.history) + 1)
+        record = _epoch(job, len(job.history) + 1, io)
         check_divergence(record, job.history, len(job.splits.classes))  # before the checkpoint: a resume starts sane
         job.history.append(record)
         _save_checkpoint(job)
@@ -534,11 +324,11 @@ def _train_to_stop(job: Job, io: Io) -> str | None:
     return stop
 
 
-def _epoch(job: Job, epoch: int, progress: bool) -> dict:
+def _epoch(job: Job, epoch: int, io: Io) -> dict:
     """Train one epoch and validate; the epoch's record for metrics.jsonl."""
     config, learner, splits = job.config, job.learner, job.splits
     start = time.perf_counter()
-    record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", progress, epoch)
+    record = train_epoch(learner, splits, config, f"epoch {epoch}/{config.epochs}", io.progress, epoch, io.log)
     if epoch == config.epochs and learner.lookahead is not None:
         learner.lookahead.finish()  # evaluate and keep the slow weights
     distributed.broadcast_buffers(learner.model)  # DDP: rank 0's BatchNorm statistics everywhere
