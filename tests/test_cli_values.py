@@ -108,4 +108,4 @@ def test_serve_port_out_of_range_is_one_line(tiny_run, capsys, port):
 
 
 def test_sweep_given_a_folder_is_one_line(tmp_path, capsys):
-    assert "is a folder; name a sweep spec" in one_line_error(capsys, ["sweep", str(tmp_path)])
+    assert "is a folder; name a TOML file" in one_line_error(capsys, ["sweep", str(tmp_path)])

@@ -20,12 +20,12 @@ from cifarlab.experiments.report import build_report
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
 NAME = "run<img src=x onerror=alert(1)><script>alert(1)"  # a folder name cannot hold "/"
 PRESET = "<script>alert('preset')</script>"
-TTA = "<script>alert('tta')</script>"
 FITTED_ON = "<svg onload=alert(2)>validation split"
 CLASS = "<script>alert('class')</script>"
 CORRUPTION = "<script>alert('corruption')</script>"
 SOURCE = "<iframe src=javascript:alert(4)>"
-INJECTED = (NAME, PRESET, TTA, FITTED_ON, CLASS, CORRUPTION, SOURCE)
+INJECTED = (NAME, PRESET, FITTED_ON, CLASS, CORRUPTION, SOURCE)
+TTA = "<script>alert('tta')</script>"  # where a number belongs: refused by the file's schema
 
 
 class Elements(HTMLParser):
@@ -55,10 +55,10 @@ def tampered_run(tiny_run: Path, dest: Path) -> Path:
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     state["meta"]["classes"][0] = CLASS
     torch.save(state, run / "checkpoint.pt")
-    calibration = {"temperature": 1.5, "epoch": state["epoch"], "fitted_on": FITTED_ON, "tta": TTA,
+    calibration = {"temperature": 1.5, "epoch": state["epoch"], "fitted_on": FITTED_ON, "tta": 0,
                    "val_nll_before": 2.3, "val_nll_after": 2.2}
     (run / "calibration.json").write_text(json.dumps(calibration))
-    robustness = {"checkpoint": "x", "epoch": state["epoch"], "tta": TTA, "clean": {"images": 40, "accuracy": 0.5},
+    robustness = {"checkpoint": "x", "epoch": state["epoch"], "tta": 0, "clean": {"images": 40, "accuracy": 0.5},
                   "corruptions": {"source": SOURCE, "images": 40, "mean_accuracy": 0.3, "relative_drop": 0.4,
                                   "accuracy": {CORRUPTION: [0.5, 0.4, 0.3, 0.2, 0.1]}}}
     (run / "robustness.json").write_text(json.dumps(robustness))
@@ -80,6 +80,23 @@ def test_tampered_run_files_appear_escaped_in_the_report(tiny_run, tmp_path):
     assert_escaped(text, INJECTED)
     assert "Temperature T = 1.5000" in text  # the calibration section was drawn, with the tampered tta in it
     assert Elements(text).tags.count("img") == len(list(run.glob("report-*.png")))  # figures are the only images
+
+
+def test_markup_where_a_number_belongs_is_refused_in_one_line(tiny_run, tmp_path):
+    """calibration.json's `tta` once reached report.html unescaped; now each file's schema refuses
+    text where its number belongs, in one line naming file and field: a damaged robustness.json
+    stops the report, a damaged calibration.json is left out of it with the reason shown as text."""
+    from cifarlab.common.files import RunError
+
+    run = tampered_run(tiny_run, tmp_path)
+    for name in ("calibration.json", "robustness.json"):
+        record = json.loads((run / name).read_text())
+        (run / name).write_text(json.dumps({**record, "tta": TTA}))
+    with pytest.raises(RunError, match=r"robustness.json: tta should be an integer, found text$"):
+        build_report(run, tiny_run.parent / "data", **QUIET)
+    (run / "robustness.json").unlink()
+    page = build_report(run, tiny_run.parent / "data", **QUIET).read_text()
+    assert_escaped(page, ("calibration.json: tta should be an integer, found text",))
 
 
 def test_tampered_run_files_appear_escaped_in_the_comparison(tiny_run, tmp_path):

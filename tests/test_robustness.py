@@ -203,6 +203,7 @@ def evaluated(tiny_run, tmp_path_factory):
     """A copy of the tiny run after `evaluate --corruptions` (all 15, seed 3) and its printed output."""
     run = tmp_path_factory.mktemp("robust") / "run"
     shutil.copytree(tiny_run, run)
+    (run / "evaluation.json").unlink(missing_ok=True)  # the shared run may hold one from another test: start without
     out = _evaluate(run, tiny_run.parent / "data", "--corruptions", "--corruption-seed", "3")
     return run, out
 

@@ -1,4 +1,6 @@
 import json
+import time
+import os
 
 import pytest
 import torch
@@ -235,6 +237,13 @@ def test_a_second_training_or_resume_of_a_running_run_is_one_line(tmp_path):
     assert load_checkpoint(out)["epoch"] == 1 and len(read_metrics(out / "metrics.jsonl")[0]) == 1  # untouched
 
 
+def backdate(path, seconds: float = 60) -> None:
+    """A killed writer's temporary is as old as the kill: clean-up leaves younger ones alone, since
+    a live writer may have created them a moment ago (common/files.py FRESH_SECONDS)."""
+    past = time.time() - seconds
+    os.utime(path, (past, past))
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_again_in_place(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     out = tmp_path / "run"
@@ -243,6 +252,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_in_place(tmp_path
         train(config, out, data_dir=data, device="cpu", progress=False, log=_interrupt_at("paper:"))
     assert RunDir(out).status()["status"] == "stopped" and not (out / "checkpoint.pt").exists()
     (out / ".checkpoint.pt.0badc0de.tmp").write_bytes(b"half a checkpoint")  # a kill during the first save
+    backdate(out / ".checkpoint.pt.0badc0de.tmp")
     assert quiet_train(config, out, data)["epochs"] == 1  # the same --out, nothing deleted by hand
     assert not list(out.glob(".*.tmp")) and RunDir(out).status()["status"] == "finished"
 
@@ -260,6 +270,7 @@ def test_a_stale_checkpoint_temporary_is_removed_on_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(small_config(epochs=2), out, data_dir=data, device="cpu", progress=False, log=_interrupt_after_epoch(1))
     (out / ".checkpoint.pt.5ca1ab1e.tmp").write_bytes(b"x" * 1000)  # a kill while the next checkpoint was written
+    backdate(out / ".checkpoint.pt.5ca1ab1e.tmp")
     assert quiet_resume(out, data)["epochs"] == 2
     assert not list(out.glob(".*.tmp"))
 

@@ -182,7 +182,9 @@ def read_text(path: Path | str, kind: str = "JSON") -> str:
         raise RunError(f"{path}: not found") from None
     except UnicodeDecodeError as e:
         raise RunError(f"{path}: not valid {kind} (not UTF-8 text: byte {e.start})") from None
-    except OSError as e:  # a folder of that name, no permission
+    except IsADirectoryError:
+        raise RunError(f"{path}: is a folder; name a {kind} file") from None
+    except OSError as e:  # no permission, a FIFO's error
         raise RunError(f"{path}: cannot be read ({e.strerror})") from None
 
 
@@ -205,19 +207,19 @@ def read_json(path: Path | str) -> dict:
     return value
 
 
-def read_toml(path: Path | str) -> dict:
-    """A TOML file's table; FileError naming the file: missing, unreadable, not TOML, too deep."""
+def read_toml(path: Path | str, error: type[CifarlabError] = FileError) -> dict:
+    """A TOML file's table; `error` naming the file: missing, a folder, unreadable, not TOML, too deep."""
     path = Path(path)
     try:
         text = read_text(path, "TOML")
     except RunError as e:
-        raise FileError(str(e)) from None
+        raise error(str(e)) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise FileError(f"{path}: not valid TOML ({e})") from None
+        raise error(f"{path}: not valid TOML ({e})") from None
     except RecursionError:
-        raise FileError(f"{path}: not valid TOML (nested too deeply)") from None
+        raise error(f"{path}: not valid TOML (nested too deeply)") from None
 
 
 def json_kind(value: Any) -> str:

@@ -27,18 +27,17 @@ import hashlib
 import itertools
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cifarlab.text import first_problem
+from cifarlab.common.files import read_toml
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model
-from cifarlab.text import plural
+from cifarlab.text import first_problem, plural
 from cifarlab.training.config import (
     ConfigError,
     TrainConfig,
@@ -183,20 +182,6 @@ def variant_name(overrides: dict[str, Any], keys: list[str]) -> str:
 
 
 # ---------------------------------------------------------------- reading the spec
-
-
-def read_toml(path: Path, error: type[CifarlabError] = CifarlabError) -> dict:
-    """A TOML file as a dict; `error` (one line naming the file) if it cannot be read or parsed."""
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise error(f"{path}: not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a folder; name a .toml file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read it ({e.strerror})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise error(f"{path}: not valid TOML ({str(e) or 'nested too deeply'})") from None
 
 
 def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:

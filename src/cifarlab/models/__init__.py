@@ -5,8 +5,9 @@ from cifarlab.models.registry import (
     ModelError,
     build_model,
     count_parameters,
+    is_registered,
     list_models,
     register,
 )
 
-__all__ = ["ModelError", "build_model", "count_parameters", "list_models", "register"]
+__all__ = ["ModelError", "build_model", "count_parameters", "is_registered", "list_models", "register"]

@@ -39,14 +39,20 @@ def register(name: str):
 def build_model(name: str, **options) -> nn.Module:
     """Build a registered model; unknown names, unknown options and bad values (a builder's
     ValueError, e.g. a WRN depth that is not 6n + 4) give a one-line error."""
-    if name not in _BUILDERS:
-        load_plugins()
-    if name not in _BUILDERS:
+    if not is_registered(name):
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
     try:
         return _BUILDERS[name](**options)
     except (TypeError, ValueError) as e:
         raise ModelError(f"bad options for model {name!r}: {e}") from None
+
+
+def is_registered(name: str) -> bool:
+    """Whether `name` builds a model. Users' plugins are imported only for a name not built in, so
+    a plugin module may itself import cifarlab (its presets check their built-in models here)."""
+    if name not in _BUILDERS:
+        load_plugins()
+    return name in _BUILDERS
 
 
 def list_models() -> list[str]:

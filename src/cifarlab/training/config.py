@@ -20,7 +20,7 @@ from typing import Any, Literal
 from cifarlab.common.files import FileError, RunError, parse_json, read_text, read_toml
 from cifarlab.common.rundir import CONFIG, RunDir
 from cifarlab.errors import CifarlabError
-from cifarlab.models import list_models
+from cifarlab.models import is_registered, list_models
 from cifarlab.text import did_you_mean
 
 Schedule = Literal["plateau", "linear", "constant", "cosine", "step", "onecycle"]
@@ -166,7 +166,7 @@ class TrainConfig:
             if not _fits(value, hints[name]):
                 raise ConfigError(f"{source}: field {name!r} must be {_type_name(hints[name])}, got {value!r:.80}")
         model = values.get("model")
-        if model is not None and model not in list_models():
+        if model is not None and not is_registered(model):
             raise ConfigError(f"{source}: unknown model {model!r:.80}{did_you_mean(model, list_models())}; "
                               f"known models: {', '.join(list_models())}")
         return cls(**values)
