@@ -29,8 +29,9 @@ from cifarlab.training.tracking import (
 from cifarlab.training.train import resume, train
 
 mlflow = pytest.importorskip("mlflow")
-from conftest import write_binary
 from mlflow.tracking import MlflowClient
+
+from conftest import write_binary
 
 MLFLOW = [sys.executable, "-m", "mlflow"]
 TINY = {"epochs": 2, "val_size": 20, "batch_size": 32}  # the quick preset on 64 images: about a second an epoch

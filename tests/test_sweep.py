@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import open_page, write_binary
 
 from cifarlab.cli import main
 from cifarlab.experiments.sweep import LEADERBOARD, load_spec, run_sweep
 from cifarlab.training.config import apply_overrides, get_preset
+from conftest import open_page, write_binary
 
 
 def study_trials(db: Path, name: str) -> dict:

@@ -33,7 +33,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bfloat16 natively (emulated bf16 on CPU is slower than fp32).
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist

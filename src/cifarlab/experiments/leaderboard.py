@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarlab.common.rundir import RunError
 from cifarlab.common.files import atomic_write_json
+from cifarlab.common.rundir import RunError
 from cifarlab.experiments.runs import load_run
 from cifarlab.experiments.spec import SweepSpec
 

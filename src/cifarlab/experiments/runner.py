@@ -12,14 +12,14 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from cifarlab.common.rundir import CONFIG, RESULTS, RunDir
-from cifarlab.text import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.leaderboard import run_result
 from cifarlab.experiments.spec import SweepError, SweepSpec, normal_json, variant_name
@@ -34,6 +34,7 @@ from cifarlab.experiments.study import (
     take_trial,
     wanted_names,
 )
+from cifarlab.text import first_problem
 from cifarlab.training.config import TrainConfig
 
 

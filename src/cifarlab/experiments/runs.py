@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarlab.common.files import RunError
 from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, seconds_to_stabilise

@@ -34,11 +34,10 @@ from typing import Any
 
 import torch
 
-from cifarlab.text import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model
-from cifarlab.text import plural
+from cifarlab.text import first_problem, plural
 from cifarlab.training.config import (
     ConfigError,
     TrainConfig,

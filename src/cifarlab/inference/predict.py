@@ -13,9 +13,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ def load_image(source: Path | str | bytes | BinaryIO, max_pixels: int = MAX_PIXE
     return LoadedImage(pixels, (width, height), mode, converted)
 
 
-def to_model_input(im: "Image.Image") -> tuple[torch.Tensor, tuple[str, ...]]:
+def to_model_input(im: Image.Image) -> tuple[torch.Tensor, tuple[str, ...]]:
     """A decoded Pillow image as uint8 (3, 32, 32) RGB, and a note for each change made.
 
     - EXIF orientation is applied (photos from phones are stored rotated).

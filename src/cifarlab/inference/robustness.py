@@ -11,14 +11,14 @@ relative drop (clean - mean) / clean compares like with like.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from cifarlab.common.metrics import score
 from cifarlab.common import runfiles
+from cifarlab.common.metrics import score
 from cifarlab.common.rundir import ROBUSTNESS
 from cifarlab.common.runfiles import SEVERITIES
 from cifarlab.data import DataError, load_cifar10

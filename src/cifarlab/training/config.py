@@ -158,7 +158,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         hints = _field_types()
         for name, value in values.items():
             if name not in hints:
@@ -171,7 +171,7 @@ class TrainConfig:
                               f"known models: {', '.join(list_models())}")
         return cls(**values)
 
-    def replace(self, **overrides) -> "TrainConfig":
+    def replace(self, **overrides) -> TrainConfig:
         """A copy with the given fields changed (None values are ignored, as unset flags)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return TrainConfig.from_dict({**self.to_dict(), **given})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -33,7 +33,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> "Muon":
+def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> Muon:
     """airbench94_muon's split: Muon for the conv filters, Nesterov SGD for the head (lr) and the
     1-d parameters (lr x bias_lr_scale), the whitening bias in a group of its own so the schedule
     can stop it after `whiten_bias_epochs`."""

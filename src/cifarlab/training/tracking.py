@@ -24,16 +24,17 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from cifarlab import __version__
 from cifarlab.common import distributed
-from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
 from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import atomic_write_json
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
 from cifarlab.errors import CifarlabError
 
 DEFAULT_STORE = "default"  # TrainConfig.mlflow: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlflow.db)
