@@ -44,7 +44,7 @@ class RunView:
         return (self.path / CHECKPOINT).is_file()
 
     def best_val_accuracy(self) -> float | None:
-        vals = [m.get("val_accuracy") for m in self.metrics if m.get("val_accuracy") is not None]
+        vals = [v for m in self.metrics if (v := m.get("val_accuracy")) is not None]
         return max(vals) if vals else None
 
     def final_val_accuracy(self) -> float | None:

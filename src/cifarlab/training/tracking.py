@@ -172,9 +172,10 @@ class Tracker:
         self._log_batch("parameters and tags", params=config_params(facts["train"], facts.get("train_subset")),
                         tags=run_tags(job, self.run))
         logged = self._logged_epochs() if job.history else set()
-        for record in job.history if logged is not None else []:  # None: unknown, so none (rather than twice)
-            if record["epoch"] not in logged:
-                self.epoch(record)
+        if logged is not None:  # None: unknown, so none (rather than twice)
+            for record in job.history:
+                if record["epoch"] not in logged:
+                    self.epoch(record)
 
     def _create_run(self) -> str:
         tags = {"mlflow.source.name": "cifarlab train", "mlflow.source.type": "LOCAL"}
