@@ -314,7 +314,7 @@ def _type_name(hint: Any) -> str:
 # airbench's lr 11.5 per 1024 examples with a summed loss and momentum 0.85 is lr 1.5 at batch
 # 1024 here (it scales with the batch); its weight decay 0.0153 per 1024 examples is 0.00133
 # here: the same decay per step (lr x wd) in both groups.
-_SGD_RECIPE = dict(
+_SGD_RECIPE: dict[str, Any] = dict(
     model="fast",
     crop_pad=2,
     flip=True,
