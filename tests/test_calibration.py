@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from cifarlab.cli import main
-from cifarlab.common.metrics import brier, calibration_scores, ece, fit_temperature, nll
 from cifarlab.common.files import RunError
+from cifarlab.common.metrics import brier, calibration_scores, ece, fit_temperature, nll
 from cifarlab.common.rundir import CALIBRATION
 from cifarlab.data import load_cifar10, split_train_val
 from cifarlab.inference.model import Predictor
@@ -217,10 +217,9 @@ def test_a_run_without_validation_split_cannot_be_calibrated(tiny_run, tmp_path)
 def test_evaluate_corruptions_and_report_read_the_runs_own_data(tiny_run, tmp_path, monkeypatch):
     """Without --data-dir, a run is measured on the data set it trained on (config.json records
     it), as calibrate and export do, not on whatever CIFARLAB_DATA points at."""
-    from conftest import write_binary
-
     from cifarlab.experiments.predictions import checkpoint_predictions
     from cifarlab.experiments.runs import load_run
+    from conftest import write_binary
 
     other = write_binary(tmp_path / "other", per_batch=20, test=20).parent  # 20 test images; the run's data has 40
     monkeypatch.setenv("CIFARLAB_DATA", str(other))

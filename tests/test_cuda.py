@@ -18,7 +18,6 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from conftest import write_binary
 
 from cifarlab.common import distributed
 from cifarlab.common.checkpoint import load_checkpoint
@@ -31,6 +30,7 @@ from cifarlab.runtime import autocast
 from cifarlab.training.config import get_preset
 from cifarlab.training.learner import build_learner, make_splits, train_epoch
 from cifarlab.training.train import resume, train
+from conftest import write_binary
 
 pytestmark = pytest.mark.cuda
 

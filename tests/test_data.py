@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fake_batch, write_binary, write_python
 
 from cifarlab.data import (
     ANY_RECORD_COUNT_ENV,
@@ -27,6 +26,7 @@ from cifarlab.data import (
     read_python_batch,
     split_train_val,
 )
+from conftest import fake_batch, write_binary, write_python
 
 
 def test_binary_and_python_layouts_read_the_same_images(tmp_path):
@@ -398,7 +398,7 @@ def fuzz(reader, seeds: list[bytes], records: int, folder: Path, count: int, see
         except Exception as e:  # noqa: BLE001 - the point: any other exception fails the test, named with its input
             pytest.fail(f"input {i} ({raw[:60]!r}...) escaped as {type(e).__name__}: {e}")
         assert images.shape == (records, 3, 32, 32) and images.dtype == torch.uint8
-        assert labels.dtype == torch.int64 and 0 <= int(labels.min()) and int(labels.max()) <= 9
+        assert labels.dtype == torch.int64 and int(labels.min()) >= 0 and int(labels.max()) <= 9
         outcomes["loaded"] += 1
     return outcomes
 

@@ -20,20 +20,20 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import write_binary
 
 from cifarlab.common import distributed
+from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.distributed import evaluate_sharded
 from cifarlab.common.metrics import evaluate
-from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.runfiles import read_metrics
 from cifarlab.data import MEAN, STD, DataError
 from cifarlab.data.augment import augment, normalize
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.models import build_model
 from cifarlab.training.config import get_preset
-from cifarlab.training.optim import Schedule, build_optimizer
 from cifarlab.training.learner import Learner, Splits, train_epoch
+from cifarlab.training.optim import Schedule, build_optimizer
+from conftest import write_binary
 
 WORLD = 2
 BATCH = 31  # shards of 15 and 16 images: unequal on purpose

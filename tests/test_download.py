@@ -4,9 +4,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import write_binary
 
 from cifarlab.data import Archive, DataError, load_cifar10, md5sum
+from conftest import write_binary
 
 
 def make_archive(tmp_path) -> Path:

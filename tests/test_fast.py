@@ -128,9 +128,8 @@ def test_plateau_schedule_cuts_after_patience():
 
 @pytest.mark.parametrize("preset", ["quick", "fast"])
 def test_fast_presets_train_on_tiny_data(tmp_path, preset):
-    from conftest import write_binary
-
     from cifarlab.training.train import train
+    from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     progressive = dict(low_res_epochs=1, lr=0.67 * 64) if preset == "fast" else {}  # its SGD lr is per batch of 2000
@@ -169,10 +168,9 @@ def test_stem_stride_switch_keeps_the_weights_and_quarters_the_feature_maps():
 
 
 def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_path, monkeypatch):
-    from conftest import write_binary
-
     from cifarlab.models.fast import FastNet
     from cifarlab.training.train import resume, train
+    from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     config = get_preset("fast").replace(epochs=3, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=2, tta=0,

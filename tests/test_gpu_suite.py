@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_binary
 
 from cifarlab.training.config import PRESETS
+from conftest import write_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["environment", "cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"]

@@ -27,10 +27,10 @@ from cifarlab.training.tracking import (
     flat,
 )
 from cifarlab.training.train import resume, train
+from conftest import write_binary
 
 mlflow = pytest.importorskip("mlflow")
-from conftest import write_binary
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient  # noqa: E402  (only once importorskip has found mlflow)
 
 MLFLOW = [sys.executable, "-m", "mlflow"]
 TINY = {"epochs": 2, "val_size": 20, "batch_size": 32}  # the quick preset on 64 images: about a second an epoch

@@ -15,7 +15,7 @@ def test_registry_lists_and_rejects():
 
 def test_paper_network_layer_counts_and_output():
     m = build_model("paper")
-    kinds = [type(l) for l in m.modules()]
+    kinds = [type(layer) for layer in m.modules()]
     assert kinds.count(nn.Conv2d) == 7
     assert kinds.count(nn.Linear) == 3
     assert kinds.count(nn.Dropout2d) == 2
@@ -23,9 +23,9 @@ def test_paper_network_layer_counts_and_output():
     assert kinds.count(nn.MaxPool2d) == 2
     assert kinds.count(nn.BatchNorm2d) == 6
     assert kinds.count(nn.LeakyReLU) == 9  # every conv and fc layer except the output
-    pools = [l for l in m.modules() if isinstance(l, nn.MaxPool2d)]
+    pools = [layer for layer in m.modules() if isinstance(layer, nn.MaxPool2d)]
     assert nn.modules.utils._pair(pools[0].kernel_size) == (2, 2) and pools[1].kernel_size == (3, 2)
-    drops = [l.p for l in m.modules() if isinstance(l, (nn.Dropout, nn.Dropout2d))]
+    drops = [layer.p for layer in m.modules() if isinstance(layer, (nn.Dropout, nn.Dropout2d))]
     assert drops == [0.35, 0.48, 0.48, 0.4]
     m.eval()
     assert m(torch.randn(5, 3, 32, 32)).shape == (5, 10)

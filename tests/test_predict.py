@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from cifarlab.cli import main
-from cifarlab.common.metrics import predict_logits
 from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import atomic_torch_save
-from cifarlab.models.checkpoint import model_from_checkpoint
+from cifarlab.common.metrics import predict_logits
 from cifarlab.data import load_cifar10
 from cifarlab.inference import predict as predict_module
 from cifarlab.inference.predict import ImageError, load_image
+from cifarlab.models.checkpoint import model_from_checkpoint
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import open_page
 
 import cifarlab.experiments
 from cifarlab.cli import main
@@ -24,6 +23,7 @@ from cifarlab.experiments.report import (
     confused_pairs,
 )
 from cifarlab.experiments.runs import list_runs, load_run
+from conftest import open_page
 
 QUIET = dict(log=lambda s: None, progress=False, device="cpu")
 
@@ -297,13 +297,12 @@ def test_compare_shows_the_test_accuracy_report_shows_for_a_stopped_run(tiny_run
 
 
 def test_a_low_resolution_checkpoint_is_measured_at_its_training_resolution_and_said_so(tmp_path):
-    from conftest import write_binary
-
     from cifarlab.experiments.compare import compare_runs
     from cifarlab.experiments.predictions import checkpoint_predictions
     from cifarlab.inference.model import Predictor
     from cifarlab.training.config import get_preset
     from cifarlab.training.train import train
+    from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=40).parent
     config = get_preset("fast").replace(epochs=2, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=1, tta=0,

@@ -141,7 +141,11 @@ def _bad_cifar10c(folder: Path, change) -> None:
 
 
 CIFAR10C_DAMAGE = {
-    "channels first": (lambda f: np.save(f / "contrast.npy", np.zeros((20, 3, 32, 32), np.uint8)), "contrast.npy", r"shape \(20, 3, 32, 32\), expected \(20, 32, 32, 3\) uint8"),
+    "channels first": (
+        lambda f: np.save(f / "contrast.npy", np.zeros((20, 3, 32, 32), np.uint8)),
+        "contrast.npy",
+        r"shape \(20, 3, 32, 32\), expected \(20, 32, 32, 3\) uint8",
+    ),
     "too few images": (lambda f: np.save(f / "contrast.npy", np.zeros((15, 32, 32, 3), np.uint8)), "contrast.npy", r"expected \(20, 32, 32, 3\)"),
     "float images": (lambda f: np.save(f / "contrast.npy", np.zeros((20, 32, 32, 3), np.float32)), "contrast.npy", "float32 array"),
     "label 10": (lambda f: np.save(f / "labels.npy", np.full(20, 10, np.uint8)), "labels.npy", "label 10 of image 0 is outside 0-9"),
@@ -151,8 +155,16 @@ CIFAR10C_DAMAGE = {
     "not npy": (lambda f: (f / "contrast.npy").write_bytes(b"not an array"), "contrast.npy", "not a readable .npy array"),
     "pickled": (lambda f: np.save(f / "contrast.npy", np.array([{"a": 1}], dtype=object)), "contrast.npy", "not a readable .npy array"),
     "no labels": (lambda f: (f / "labels.npy").unlink(), "labels.npy", "not found"),
-    "labels a FIFO": (lambda f: ((f / "labels.npy").unlink(), os.mkfifo(f / "labels.npy")), "labels.npy", r"is a named pipe \(FIFO\), not a regular .npy file"),
-    "images a folder": (lambda f: ((f / "contrast.npy").unlink(), (f / "contrast.npy").mkdir()), "contrast.npy", "is a folder, not a regular .npy file"),
+    "labels a FIFO": (
+        lambda f: ((f / "labels.npy").unlink(), os.mkfifo(f / "labels.npy")),
+        "labels.npy",
+        r"is a named pipe \(FIFO\), not a regular .npy file",
+    ),
+    "images a folder": (
+        lambda f: ((f / "contrast.npy").unlink(), (f / "contrast.npy").mkdir()),
+        "contrast.npy",
+        "is a folder, not a regular .npy file",
+    ),
 }
 
 

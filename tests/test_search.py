@@ -221,13 +221,17 @@ OK_HEAD = 'base = "paper"\n'
         ('method = "random"\ntrials = 2\n[search.space]\nlr = { uniform = [0.1, 0.01] }\n', ["lr: uniform needs low < high"]),
         ('method = "random"\ntrials = 2\n[search.space]\nlr = { uniform = [0.1] }\n', ["lr: uniform must be [low, high], two numbers"]),
         ('method = "random"\ntrials = 2\n[search.space]\nbatch_size = { int = [16, 64.5] }\n', ["batch_size: int bounds must be integers"]),
-        ('method = "random"\ntrials = 2\n[search.space]\nbatch_size = { uniform = [16, 64] }\n', ["[search.space] batch_size = 16.0", "field 'batch_size' must be int"]),
+        (
+            'method = "random"\ntrials = 2\n[search.space]\nbatch_size = { uniform = [16, 64] }\n',
+            ["[search.space] batch_size = 16.0", "field 'batch_size' must be int"],
+        ),
         ('method = "random"\ntrials = 2\n[search.space]\n"model_options.fc_dropout" = { uniform = [0.2, 1.5] }\n',
          ["[search.space] model_options.fc_dropout = 1.5", "fc_dropout"]),
         ('method = "random"\ntrials = 2\n[search.space]\n"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16], [8, 8]] }\n',
          ["[search.space] model_options.widths = [8, 8]", "widths must be a list of 7"]),
         # each alone is fine; together they are the paper net's 7 widths for the fast net
-        ('method = "random"\ntrials = 2\n[search.space]\nmodel = { choice = ["paper", "fast"] }\n"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16]] }\n',
+        ('method = "random"\ntrials = 2\n[search.space]\nmodel = { choice = ["paper", "fast"] }\n'
+         '"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16]] }\n',
          ["[search.space] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"]),
         ('method = "random"\ntrials = 2\n[search.space]\n"model_options.widths" = { choice = [[8, 8], [8, 8]] }\n', ["choice lists [8, 8] twice"]),
         ('method = "random"\ntrials = 2\n[search.space]\nlr = { choice = [] }\n', ["lr: choice must be a non-empty list"]),
@@ -255,8 +259,14 @@ def test_bad_search_tables_are_one_line_errors_naming_spec_and_field(tmp_path, c
 @pytest.mark.parametrize(
     "text, name",
     [
-        (f'{OK_HEAD}[grid]\nlr = [0.1]\n[search]\nmethod = "random"\ntrials = 2\n[search.space]\nseed = {{ int = [0, 9] }}\n', "a [search] makes its own trials"),
-        (f'{OK_HEAD}[fixed]\nval_size = 0\n[search]\nmethod = "random"\ntrials = 2\n[search.space]\nseed = {{ int = [0, 9] }}\n', "[fixed]: val_size = 0 leaves no validation"),
+        (
+            f'{OK_HEAD}[grid]\nlr = [0.1]\n[search]\nmethod = "random"\ntrials = 2\n[search.space]\nseed = {{ int = [0, 9] }}\n',
+            "a [search] makes its own trials",
+        ),
+        (
+            f'{OK_HEAD}[fixed]\nval_size = 0\n[search]\nmethod = "random"\ntrials = 2\n[search.space]\nseed = {{ int = [0, 9] }}\n',
+            "[fixed]: val_size = 0 leaves no validation",
+        ),
     ],
 )
 def test_a_search_spec_is_checked_as_a_whole(tmp_path, capsys, text, name):

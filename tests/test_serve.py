@@ -302,10 +302,8 @@ def watch_until_closed(sockets: dict[str, socket.socket], dribble: dict[str, byt
                 closed_after[name] = time.monotonic()
         for name, byte in dribble.items():
             if closed_after[name] is None:
-                try:
+                with contextlib.suppress(OSError):  # the server already closed it; the next read says so
                     sockets[name].send(byte)
-                except OSError:
-                    pass  # the server already closed it; the next read says so
     for sock in sockets.values():
         sock.close()
     return {name: (received[name], closed_after[name]) for name in sockets}
@@ -513,7 +511,7 @@ def test_micro_batcher_alone_batches_and_answers_each_caller():
 # ---------------------------------------------------------------- the OpenAPI schema, checked by schemathesis
 
 schemathesis = pytest.importorskip("schemathesis")
-from hypothesis import strategies as st
+from hypothesis import strategies as st  # noqa: E402  (hypothesis comes with schemathesis, found just above)
 
 
 @st.composite

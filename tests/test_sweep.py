@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import open_page, write_binary
 
 from cifarlab.cli import main
 from cifarlab.experiments.sweep import LEADERBOARD, load_spec, run_sweep
 from cifarlab.training.config import apply_overrides, get_preset
+from conftest import open_page, write_binary
 
 
 def study_trials(db: Path, name: str) -> dict:
@@ -67,7 +67,10 @@ def write_spec(folder: Path, text: str, name: str = "spec.toml") -> Path:
         ('base = "fast"\n[grid]\n"model_options.widths" = [[64, -5, 256]]\n',
          ["model_options.widths = [64, -5, 256]", "widths must be a list of 3 integers from 1 to 4096"]),
         ('base = "paper"\n[[variants]]\n"model_options.fc_dropout" = 1.0\n', ["[[variants]] #1", "fc_dropout must be a number from 0 up to"]),
-        ('base = "paper"\n[grid]\n"model_options.widths" = [[1000000000000, 1, 1, 1, 1, 1, 1]]\n', ["widths must be a list of 7 integers from 1 to 4096"]),  # would build on the meta device
+        (  # would build on the meta device
+            'base = "paper"\n[grid]\n"model_options.widths" = [[1000000000000, 1, 1, 1, 1, 1, 1]]\n',
+            ["widths must be a list of 7 integers from 1 to 4096"],
+        ),
         # each value alone is fine; together they are the paper net's 7 widths for the fast net
         ('base = "paper"\n[grid]\nmodel = ["paper", "fast"]\n"model_options.widths" = [[8, 8, 8, 8, 16, 16, 16]]\n',
          ["[grid] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"]),

@@ -138,7 +138,10 @@ def test_a_worker_killed_with_sigkill_leaves_a_trial_that_another_retries_and_re
 
 
 def test_tpe_with_two_workers_makes_exactly_its_budget(postgres, tiny_binary, tmp_path):
-    space = '[search]\nmethod = "tpe"\ntrials = 8\nseed = 3\n[search.space]\nlr = { log_uniform = [0.001, 0.1] }\n"model_options.fc_dropout" = { uniform = [0.2, 0.6] }\n'
+    space = (
+        '[search]\nmethod = "tpe"\ntrials = 8\nseed = 3\n[search.space]\n'
+        'lr = { log_uniform = [0.001, 0.1] }\n"model_options.fc_dropout" = { uniform = [0.2, 0.6] }\n'
+    )
     spec = spec_file(tmp_path, space, "tpe8")
     run = worker(spec, postgres.url(), tiny_binary, tmp_path / "tpe8", "--workers", "2")
     output = run.communicate(timeout=600)[0]

@@ -1,10 +1,9 @@
 import json
-import time
 import os
+import time
 
 import pytest
 import torch
-from conftest import write_binary
 
 from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import RunError
@@ -13,6 +12,7 @@ from cifarlab.common.runfiles import read_metrics
 from cifarlab.training.config import get_preset
 from cifarlab.training.optim import early_stop_reason
 from cifarlab.training.train import TrainingDiverged, check_divergence, resume, train
+from conftest import write_binary
 
 SMALL = {"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
 

@@ -10,7 +10,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import fake_batch, write_binary
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,6 +19,7 @@ from cifarlab.data import ANY_RECORD_COUNT_ENV, BIN_TRAIN, DataError, load_cifar
 from cifarlab.inference.export import ExportError, export_safetensors
 from cifarlab.inference.model import Predictor
 from cifarlab.serve import create_app
+from conftest import fake_batch, write_binary
 
 EXPORT_FILES = {"model.safetensors", "config.json", "README.md"}
 

@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-from conftest import write_binary
 
 from cifarlab.cli import build_parser, config_from_args, main
 from cifarlab.models import ModelError, build_model, count_parameters, list_models
 from cifarlab.models.measure import build_on_meta, forward_flops
 from cifarlab.training.config import ConfigError, get_preset
 from cifarlab.training.optim import Schedule, build_optimizer, lr_factor
+from conftest import write_binary
 
 # Published parameter counts: (figure, decimals in millions) where a paper gives millions, an exact
 # integer where the reference implementation prints one.

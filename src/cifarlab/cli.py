@@ -29,7 +29,10 @@ FIELD_HELP = {
     "tta": "test-time augmentation for the final evaluation",
     "schedule": "learning-rate schedule (linear, cosine, onecycle and step take --warmup-fraction)",
     "milestones": "step schedule: epochs after which the lr is multiplied by --step-factor, e.g. --milestones 82 123",
-    "low_res_epochs": "progressive resolution: the first N epochs with the stem at stride 2 (fast network; 0 = off; --epochs alone keeps a preset's full-resolution finish)",
+    "low_res_epochs": (
+        "progressive resolution: the first N epochs with the stem at stride 2 "
+        "(fast network; 0 = off; --epochs alone keeps a preset's full-resolution finish)"
+    ),
     "whiten_bias_epochs": "muon: the whitening bias learns only the first N epochs (0 = always)",
     "stop_patience": "early stop: epochs without a validation gain after the first lr cut (0 = off)",
     "init_from": "warm start from this run's (or checkpoint's) weights, with a fresh optimizer and schedule",
@@ -161,7 +164,9 @@ def add_evaluate(sub) -> None:
                    help="one or more runs, checkpoints or safetensors exports (each writes its own evaluation.json into its folder)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)")
+    p.add_argument(
+        "--tta", type=int, choices=[0, 1, 2], help="test-time augmentation: 0 none, 1 flip, 2 flip + translations (default: the run's own)"
+    )
     p.add_argument("--output", type=Path, help="JSON file to write, for one run only (default: RUNDIR/evaluation.json)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size")
     add_inference_amp(p)
@@ -464,11 +469,15 @@ def add_serve(sub) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=MAX_UPLOAD_BYTES, help="largest image file accepted (default: %(default)s)")
     p.add_argument("--max-batch", type=int, default=MAX_BATCH, help="most requests answered by one forward pass (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a request waits for others to batch with (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=MAX_SERVE_PIXELS, help="largest image accepted, width x height, before decoding (default: %(default)s)")
+    p.add_argument(
+        "--max-pixels", type=int, default=MAX_SERVE_PIXELS, help="largest image accepted, width x height, before decoding (default: %(default)s)"
+    )
     p.add_argument("--decode-workers", type=int, default=DECODE_WORKERS, help="threads decoding uploads (default: %(default)s)")
     p.add_argument("--decode-queue", type=int, default=DECODE_QUEUE, help="uploads waiting for a decode thread; more get 503 (default: %(default)s)")
     p.add_argument("--keep-alive", type=float, default=KEEP_ALIVE_S, help="seconds an idle connection stays open (default: %(default)s)")
-    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_S, help="seconds for a request's line and headers, else 408 (default: %(default)s)")
+    p.add_argument(
+        "--header-timeout", type=float, default=HEADER_TIMEOUT_S, help="seconds for a request's line and headers, else 408 (default: %(default)s)"
+    )
     p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_S, help="seconds for a request's whole body, else 408 (default: %(default)s)")
     add_inference_amp(p)
     add_calibrated_flag(p)
@@ -585,7 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cifarlab", description="Train, evaluate and use CIFAR-10 classifiers.")
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands = (add_train, add_evaluate, add_calibrate, add_info, add_presets, add_models, add_report, add_runs, add_compare, add_sweep, add_predict, add_export, add_serve)
+    commands = (
+        add_train, add_evaluate, add_calibrate, add_info, add_presets, add_models, add_report,
+        add_runs, add_compare, add_sweep, add_predict, add_export, add_serve,
+    )
     for add in commands:
         add(sub)
     return parser

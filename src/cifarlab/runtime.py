@@ -33,7 +33,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bfloat16 natively (emulated bf16 on CPU is slower than fp32).
 
@@ -46,7 +46,8 @@ def native_bf16(device: torch.device) -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
@@ -72,9 +73,10 @@ def processor_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     import platform

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -162,6 +163,7 @@ def main_first() -> Iterator[None]:
         first = next((i for i, e in enumerate(errors) if e is not None), None)
         if first is not None:
             if first == rank():
+                assert mine is not None  # errors[first] is this process's own
                 raise mine
             raise errors[first] from None
 
@@ -170,7 +172,8 @@ def from_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """`fn(*args, **kwargs)` run by rank 0 alone; its result, or the same exception, on every process."""
     if not is_distributed():
         return fn(*args, **kwargs)
-    result, error = None, None
+    result: Any = None
+    error: Exception | None = None
     if is_main():
         try:
             result = fn(*args, **kwargs)
@@ -178,7 +181,7 @@ def from_main(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             error = e
     result, shared = broadcast_object((result, _portable(error)))
     if shared is not None:
-        raise error if is_main() else shared
+        raise error if error is not None else shared  # rank 0 raises its own exception, the others its copy
     return result
 
 

@@ -22,8 +22,9 @@ import shutil
 import stat
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cifarlab.errors import CifarlabError
 from cifarlab.text import first_problem

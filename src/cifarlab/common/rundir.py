@@ -32,8 +32,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from cifarlab.common import runfiles
 from cifarlab.common.files import (
@@ -85,7 +85,7 @@ class RunDir:
         except RunError:
             return True
 
-    def require(self) -> "RunDir":
+    def require(self) -> RunDir:
         if not self.path.is_dir():
             raise RunError(f"{self.path}: no such run directory")
         if not self.exists():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -339,8 +339,8 @@ def pixelate(x, c, rng):
 def _affine_sources(n: int, h: int, w: int, spread: float, rng) -> tuple[np.ndarray, np.ndarray]:
     """Source rows and columns (n, h, w) of make_cifar_c's random affine warp: three points around
     the centre each moved by up to `spread` pixels (OpenCV getAffineTransform + warpAffine)."""
-    centre, reach = np.float32([h, w]) // 2, min(h, w) // 3
-    points = np.float32([centre + reach, [centre[0] + reach, centre[1] - reach], centre - reach])  # (x, y) pairs
+    centre, reach = np.array([h, w], np.float32) // 2, min(h, w) // 3
+    points = np.array([centre + reach, [centre[0] + reach, centre[1] - reach], centre - reach], np.float32)  # (x, y) pairs
     moved = points + rng.uniform(-spread, spread, size=(n, 3, 2)).astype(np.float32)
     # warpAffine maps each output pixel back to its source: the affine map from the moved points to the originals
     inverse = np.linalg.solve(np.concatenate([moved, np.ones((n, 3, 1))], -1), np.broadcast_to(points, (n, 3, 2)))

@@ -268,7 +268,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError("BUILD on an object that takes no state")
         super().load_build()
 
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+    # typeshed types pickle's private dispatch table for the C Unpickler's methods
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}  # type: ignore[dict-item]
 
 
 def _unpickle(path: Path) -> dict:

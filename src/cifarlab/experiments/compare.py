@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from cifarlab.common.rundir import CONFIG, ROBUSTNESS, RunError
 from cifarlab.errors import CifarlabError

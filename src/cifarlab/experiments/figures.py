@@ -90,7 +90,8 @@ def lr_time_figure(views: list[RunView], labels: list[str]):
     for view, label, colour in zip(views, labels, colours):
         if not view.metrics:
             continue
-        ax_lr.plot([m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics], marker="o", markersize=3, color=colour, label=pages.plain(label))
+        epochs, lrs = [m["epoch"] for m in view.metrics], [m["lr"] for m in view.metrics]
+        ax_lr.plot(epochs, lrs, marker="o", markersize=3, color=colour, label=pages.plain(label))
         key = "val_accuracy" if any(m.get("val_accuracy") is not None for m in view.metrics) else "train_accuracy"
         points = [(m["elapsed_seconds"], 100 * m[key]) for m in view.metrics if m.get(key) is not None]
         if points:

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cifarlab.common.rundir import RunError
 from cifarlab.common.files import atomic_write_json
+from cifarlab.common.rundir import RunError
 from cifarlab.experiments.runs import load_run
 from cifarlab.experiments.spec import SweepSpec
 
@@ -94,7 +94,7 @@ def write_leaderboard(spec: SweepSpec, folder: Path, rows: list[dict]) -> list[d
     atomic_write_json(folder / LEADERBOARD_JSON, rows)
     keys = list(dict.fromkeys(k for r in rows for k in r["overrides"]))
     finished = [r for r in rows if r["rank"] is not None]
-    images = []
+    images: list[tuple[str, str, str | None]] = []  # (data URI, alt text, heading)
     if finished:
         ranking = pages.save_png(_ranking_figure(finished), folder / FIGURES["ranking"])
         images.append((pages.data_uri(ranking), "validation accuracy per variant", None))

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from cifarlab.common.files import RunError, atomic_write_bytes
 
@@ -27,7 +27,6 @@ except ModuleNotFoundError as e:  # the core install has neither
 
 matplotlib.use("Agg")  # headless; must precede any pyplot import anywhere in the process
 
-from markupsafe import Markup  # noqa: E402  (comes with jinja2)
 from matplotlib.figure import Figure  # noqa: E402
 
 

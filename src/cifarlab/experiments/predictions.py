@@ -11,9 +11,9 @@ at the resolution it was trained at, as its training and validation figures were
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

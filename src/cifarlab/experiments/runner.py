@@ -12,14 +12,14 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from cifarlab.common.rundir import CONFIG, RESULTS, RunDir
-from cifarlab.text import first_problem
 from cifarlab.errors import CifarlabError
 from cifarlab.experiments.leaderboard import run_result
 from cifarlab.experiments.spec import SweepError, SweepSpec, normal_json, variant_name
@@ -34,6 +34,7 @@ from cifarlab.experiments.study import (
     take_trial,
     wanted_names,
 )
+from cifarlab.text import first_problem
 from cifarlab.training.config import TrainConfig
 
 
@@ -93,9 +94,10 @@ def run_worker(worker: Worker, log: Callable[[str], None] = print) -> int:
     study = open_study(rdb, storage, worker.spec, create=False)
     if study is None:
         raise SweepError(f"{storage.local_file or storage.shown}: no study {worker.spec.study_name!r}")
-    if worker.spec.method == "tpe":
+    search = worker.spec.search
+    if search is not None and search.method == "tpe":  # worker.spec.method, with search narrowed
         made = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
-        seed = sampler_seed(worker.spec.search.seed, made, worker.number)
+        seed = sampler_seed(search.seed, made, worker.number)
         study.sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)  # workers side by side draw apart
     data = load_cifar10(worker.data_dir)  # missing data: one error, before any trial is taken
     ran = 0
@@ -149,7 +151,7 @@ def run_trial(worker: Worker, study: Any, rdb: Any, trial: Any, data: Any, log: 
 def _overrides(spec: SweepSpec, trial: Any) -> dict[str, Any]:
     """The trial's values: enqueued with it, or (a tpe slot) drawn now by the study's sampler and kept
     with the trial (a retry of it suggests the same values again)."""
-    if spec.method != "tpe":
+    if spec.search is None or spec.search.method != "tpe":  # spec.method != "tpe", with search narrowed
         return dict(trial.user_attrs.get("overrides", {}))
     overrides = {axis.key: axis.suggest(trial) for axis in spec.search.axes}
     trial.set_user_attr("overrides", normal_json(overrides))

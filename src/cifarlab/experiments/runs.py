@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cifarlab.common.files import RunError
 from cifarlab.common.rundir import CHECKPOINT, CONFIG, METRICS, RunDir, seconds_to_stabilise
@@ -43,7 +44,7 @@ class RunView:
         return (self.path / CHECKPOINT).is_file()
 
     def best_val_accuracy(self) -> float | None:
-        vals = [m.get("val_accuracy") for m in self.metrics if m.get("val_accuracy") is not None]
+        vals = [v for m in self.metrics if (v := m.get("val_accuracy")) is not None]
         return max(vals) if vals else None
 
     def final_val_accuracy(self) -> float | None:

@@ -85,7 +85,7 @@ class Axis:
         if self.kind == "choice":
             return copy.deepcopy(self.choices[int(rng.integers(len(self.choices)))])
         if self.kind == "int":
-            return int(rng.integers(self.low, self.high + 1))
+            return int(rng.integers(int(self.low), int(self.high) + 1))  # int bounds are ints (parse_axis)
         if self.kind == "int_log":  # k with probability proportional to log((k + 1) / k)
             return min(int(math.exp(rng.uniform(math.log(self.low), math.log(self.high + 1)))), int(self.high))
         x = math.exp(rng.uniform(math.log(self.low), math.log(self.high))) if self.log else rng.uniform(self.low, self.high)

@@ -18,9 +18,10 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cifarlab.experiments.spec import SweepError, SweepSpec, config_hash
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from cifarlab.experiments.leaderboard import (
     LEADERBOARD,

@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 
 from cifarlab.common.metrics import calibration_scores, fit_temperature, nll
-from cifarlab.common.runfiles import TEMPERATURE_RANGE
 from cifarlab.common.rundir import CALIBRATION, RunDir
-from cifarlab.training.config import read_run_config
+from cifarlab.common.runfiles import TEMPERATURE_RANGE
 from cifarlab.data import Cifar10, load_cifar10, split_train_val
 from cifarlab.errors import CifarlabError
 from cifarlab.inference.model import Predictor, data_dir_for
+from cifarlab.training.config import read_run_config
 
 FIT_TTA = 0  # predict and serve compute logits without test-time augmentation
 

@@ -220,7 +220,8 @@ def _data(run_config: dict | None) -> str:
         return text + " How many training images this model saw was not recorded (exported without its run directory)."
     subset = run_config.get("train_subset")
     seen = f"{run_config.get('train_images', 0):,} training images" + (f" (the first {subset:,} only)" if subset else "")
-    return text + f" This model trained on {seen}, with {run_config.get('val_images', 0):,} held out for validation; the test set was not used in training."
+    held_out = f"{run_config.get('val_images', 0):,} held out for validation"
+    return text + f" This model trained on {seen}, with {held_out}; the test set was not used in training."
 
 
 def _evaluation(test: dict | None, source: str | None) -> str:

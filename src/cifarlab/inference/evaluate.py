@@ -9,14 +9,14 @@ the same images, TTA and dtype: a cheap `--tta 0` robustness pass leaves the ful
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
 from cifarlab.common import runfiles
 from cifarlab.common.files import RunError, read_json
+from cifarlab.common.metrics import CALIBRATION_BINS, calibration_scores, score
 from cifarlab.common.rundir import CALIBRATION, EVALUATION, RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.errors import CifarlabError

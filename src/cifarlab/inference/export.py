@@ -28,8 +28,8 @@ import os
 import secrets
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -98,6 +98,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Callabl
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch},),
             )
+            assert program is not None  # None only without dynamo=True
             program.save(path, external_data=False)
     except ImportError as e:
         raise ExportError(f"the ONNX exporter needs a package that is missing ({e}): pip install 'cifarlab[export]'") from None

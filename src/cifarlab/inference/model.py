@@ -61,7 +61,8 @@ class Predictor:
         self.channels_last = bool(self.meta.get("channels_last", False))
         # float32 unless asked: the same logits as `evaluate` and the export check on any CPU
         self.amp = use_amp(amp, self.device)
-        self.model = model.to(self.device, memory_format=memory_format(self.channels_last))
+        # torch's overloads of Module.to omit memory_format, which it takes (and applies to 4-d weights)
+        self.model = model.to(self.device, memory_format=memory_format(self.channels_last))  # type: ignore[call-overload]
         self.classes: list[str] = list(self.meta["classes"])
         self.batch_size = batch_size
         self.temperature = stored_temperature(self.checkpoint, self.epoch) if calibrated else temperature

@@ -13,9 +13,10 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from cifarlab.text import first_problem, plural
 try:
     from PIL import Image, ImageOps, UnidentifiedImageError
 except ImportError:  # pillow is the `predict` extra; the core install works without it
-    Image = None
+    Image = None  # type: ignore[assignment]  # None marks pillow as missing (checked before use)
 
 # Images above this many pixels are refused before decoding (a 4096x4096 photo is allowed).
 # Pillow's own limit (Image.MAX_IMAGE_PIXELS) stays in force behind it, and its
@@ -97,7 +98,7 @@ def load_image(source: Path | str | bytes | BinaryIO, max_pixels: int = MAX_PIXE
     return LoadedImage(pixels, (width, height), mode, converted)
 
 
-def to_model_input(im: "Image.Image") -> tuple[torch.Tensor, tuple[str, ...]]:
+def to_model_input(im: Image.Image) -> tuple[torch.Tensor, tuple[str, ...]]:
     """A decoded Pillow image as uint8 (3, 32, 32) RGB, and a note for each change made.
 
     - EXIF orientation is applied (photos from phones are stored rotated).
@@ -185,6 +186,7 @@ class FileResult:
     def to_dict(self) -> dict:
         if self.error:
             return {"path": self.path, "top1": None, "top1_prob": None, "error": self.error}
+        assert self.original_size is not None  # every image without an error was loaded, and measured
         return {
             "path": self.path,
             "top1": self.top[0][0],
@@ -212,14 +214,14 @@ class PredictReport:
 
     def accuracy(self) -> tuple[float, dict[str, float], int] | None:
         """Accuracy, per-class accuracy and count over labelled files, or None when unlabelled."""
-        labelled = [r for r in self.results if r.correct is not None]
-        if not labelled:
+        marks = [(r.label, r.correct) for r in self.results if r.label is not None and r.correct is not None]
+        if not marks:  # (r.correct is None without a label: the first test only narrows r.label's type)
             return None
         per_class: dict[str, list[bool]] = {}
-        for r in labelled:
-            per_class.setdefault(r.label, []).append(bool(r.correct))
-        overall = sum(r.correct for r in labelled) / len(labelled)
-        return overall, {c: sum(v) / len(v) for c, v in sorted(per_class.items())}, len(labelled)
+        for label, correct in marks:
+            per_class.setdefault(label, []).append(correct)
+        overall = sum(correct for _, correct in marks) / len(marks)
+        return overall, {c: sum(v) / len(v) for c, v in sorted(per_class.items())}, len(marks)
 
     def to_dict(self) -> dict:
         acc = self.accuracy()

@@ -11,14 +11,15 @@ relative drop (clean - mean) / clean compares like with like.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 
-from cifarlab.common.metrics import score
 from cifarlab.common import runfiles
+from cifarlab.common.metrics import score
 from cifarlab.common.rundir import ROBUSTNESS
 from cifarlab.common.runfiles import SEVERITIES
 from cifarlab.data import DataError, load_cifar10
@@ -143,7 +144,7 @@ def corruption_result(
     if files is not None:
         names = list(files.corruptions)
         table, seconds = corruption_accuracies(model, names, lambda n, s: files.severity(n, s, count), tta, log)
-        origin = {"source": FROM_FILES, "folder": str(files.folder)}
+        origin: dict[str, Any] = {"source": FROM_FILES, "folder": str(files.folder)}
     else:
         names = list(request.names or _generated_corruptions())
         table, seconds = corruption_accuracies(model, names, _generated_source(test_images, test_labels, request.seed), tta, log)
@@ -178,7 +179,7 @@ def evaluate_robustness(
     count = len(data.test_labels) if request.subset is None else min(request.subset, len(data.test_labels))
     images, labels = data.test_images[:count], data.test_labels[:count]
     clean = accuracy(model, images, labels, tta)
-    result = {
+    result: dict[str, Any] = {
         "checkpoint": str(model.checkpoint),
         "epoch": model.epoch,
         "tta": tta,

@@ -71,6 +71,8 @@ class SimpleTree(nn.Module):
 
     def __init__(self, cin: int, cout: int, level: int = 1, stride: int = 1):
         super().__init__()
+        self.left: nn.Module
+        self.right: nn.Module
         if level == 1:
             self.left, self.right = BasicBlock(cin, cout, stride), BasicBlock(cout, cout)
         else:

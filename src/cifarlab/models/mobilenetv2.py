@@ -33,7 +33,7 @@ class InvertedResidual(nn.Module):
         self.bn2 = nn.BatchNorm2d(hidden)
         self.conv3, self.bn3 = nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)
         self.residual = stride == 1
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride == 1 and cin != cout:
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
 

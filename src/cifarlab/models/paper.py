@@ -39,7 +39,8 @@ def pool_kernel(option: str, value) -> tuple[int, int]:
     pair = [value, value] if not isinstance(value, (list, tuple)) else list(value)
     if len(pair) != 2:
         raise ModelError(f"{option} must be [height, width] or one integer, got {value!r}")
-    return tuple(positive_int(option, v, most=8) for v in pair)
+    height, width = (positive_int(option, v, most=8) for v in pair)
+    return height, width
 
 
 class PaperNet(nn.Module):
@@ -62,7 +63,7 @@ class PaperNet(nn.Module):
     ):
         super().__init__()
         w = [3, *layer_widths("widths", widths, 7)]  # 7 conv layers
-        fc_widths = layer_widths("fc_widths", fc_widths, 2)
+        fc1, fc2 = layer_widths("fc_widths", fc_widths, 2)  # the two hidden fc layers
         conv_dropout, dropout2d = rate("conv_dropout", conv_dropout), rate("dropout2d", dropout2d)
         fc_dropout, extra_dropout = rate("fc_dropout", fc_dropout), rate("extra_dropout", extra_dropout)
         slope = finite("slope", slope)
@@ -94,12 +95,12 @@ class PaperNet(nn.Module):
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(w[7] * height * width, fc_widths[0]),
+            nn.Linear(w[7] * height * width, fc1),
             nn.LeakyReLU(slope),
             nn.Dropout(fc_dropout),
-            nn.Linear(fc_widths[0], fc_widths[1]),
+            nn.Linear(fc1, fc2),
             nn.LeakyReLU(slope),
-            nn.Linear(fc_widths[1], num_classes),
+            nn.Linear(fc2, num_classes),
         )
 
     def forward(self, x):

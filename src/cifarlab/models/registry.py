@@ -6,8 +6,9 @@ from __future__ import annotations
 import importlib
 import math
 import os
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 import torch.nn as nn
 

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from cifarlab.models.registry import register
 
-CONFIGS = {
+CONFIGS: dict[int, list[int | str]] = {  # conv widths; "M" a max-pool
     11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
@@ -22,9 +22,10 @@ CONFIGS = {
 class VGG(nn.Module):
     def __init__(self, depth: int, num_classes: int = 10):
         super().__init__()
-        layers, cin = [], 3
+        layers: list[nn.Module] = []
+        cin = 3
         for width in CONFIGS[depth]:
-            if width == "M":
+            if isinstance(width, str):  # "M"
                 layers.append(nn.MaxPool2d(2))
             else:
                 layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]

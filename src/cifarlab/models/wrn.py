@@ -47,7 +47,8 @@ class WideResNet(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         n = (depth - 4) // 6
         widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        layers, cin = [conv3x3(3, 16)], 16
+        layers: list[nn.Module] = [conv3x3(3, 16)]
+        cin = 16
         for i, cout in enumerate(widths):
             for j in range(n):
                 layers.append(WideBlock(cin, cout, 2 if i > 0 and j == 0 else 1, dropout))

@@ -44,22 +44,28 @@ class MicroBatcher:
         if self.executor:
             self.executor.shutdown(wait=True)
 
+    @property
+    def _started_queue(self) -> asyncio.Queue:
+        """The queue start() made: a batcher takes requests only between start and stop."""
+        assert self.queue is not None, "MicroBatcher used before start()"
+        return self.queue
+
     async def submit(self, image: torch.Tensor) -> torch.Tensor:
         """The model's output row for one image, computed in a batch with whatever else is queued."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, future))
+        await self._started_queue.put((image, future))
         return await future
 
     def _drain(self, items: list) -> None:
         while len(items) < self.max_batch:
             try:
-                items.append(self.queue.get_nowait())
+                items.append(self._started_queue.get_nowait())
             except asyncio.QueueEmpty:
                 return
 
     async def _collect(self) -> list:
         """The next batch: what is queued once one request arrived, after `max_wait` for more."""
-        items = [await self.queue.get()]
+        items = [await self._started_queue.get()]
         self._drain(items)
         if len(items) < self.max_batch and self.max_wait > 0:
             await asyncio.sleep(self.max_wait)  # let requests arriving together join in
@@ -125,6 +131,7 @@ class DecodePool:
                 self.refused += 1
                 raise Overloaded
             self.pending += 1
+        assert self.executor is not None, "DecodePool used before start()"
         job = self.executor.submit(self.decode, data)
         # Counted until its thread finishes, even when the request is gone: a client that
         # disconnects does not free the memory its decode is using.

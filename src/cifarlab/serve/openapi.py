@@ -5,6 +5,8 @@ FastAPI cannot see the upload: UPLOAD_BODY documents it. ?top_k='s upper bound i
 model's number of classes, filled in when the schema is built (`document_top_k`).
 """
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -54,7 +56,7 @@ def _error(description: str, **headers: str) -> dict:
     return answer
 
 
-ERROR_RESPONSES = {
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("no field 'file' in the form, another field, an empty file, or a malformed multipart body"),
     408: _error("the request body did not arrive within --body-timeout"),
     413: _error("the upload is larger than --max-upload-bytes"),
@@ -62,7 +64,7 @@ ERROR_RESPONSES = {
     422: _error("not an image Pillow reads, more pixels than --max-pixels, or ?top_k= out of range"),
     503: _error("every decode thread is busy and the queue is full: retry", **{"Retry-After": "seconds to wait"}),
 }
-HEAD_OK = {200: {"description": "as GET, without the body", "content": None}}
+HEAD_OK: dict[int | str, dict[str, Any]] = {200: {"description": "as GET, without the body", "content": None}}
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,

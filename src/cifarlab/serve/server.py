@@ -63,7 +63,8 @@ def header_deadline_protocol(seconds: float) -> type:
     """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    class HeaderDeadlineProtocol(AutoHTTPProtocol):
+    # uvicorn declares AutoHTTPProtocol a variable (the h11 or httptools class, chosen at its import)
+    class HeaderDeadlineProtocol(AutoHTTPProtocol):  # type: ignore[valid-type,misc]
         timer: asyncio.TimerHandle | None = None
         partial = False  # some bytes of the awaited headers arrived
 
@@ -126,7 +127,9 @@ def make_server(asgi_app, host: str = "127.0.0.1", port: int = 8000, keep_alive_
     if keep_alive_s <= 0 or header_timeout_s <= 0:
         raise ServeError("--keep-alive and --header-timeout must be positive")
     config = uvicorn.Config(asgi_app, host=host, port=port, http=header_deadline_protocol(header_timeout_s),
-                            timeout_keep_alive=keep_alive_s, log_level="warning", access_log=False,
+                            # typed int, but used as loop.call_later's seconds, which a float (e.g. 0.5) is
+                            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+                            log_level="warning", access_log=False,
                             log_config=logging_config)
     return uvicorn.Server(config)
 

@@ -158,7 +158,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         hints = _field_types()
         for name, value in values.items():
             if name not in hints:
@@ -171,7 +171,7 @@ class TrainConfig:
                               f"known models: {', '.join(list_models())}")
         return cls(**values)
 
-    def replace(self, **overrides) -> "TrainConfig":
+    def replace(self, **overrides) -> TrainConfig:
         """A copy with the given fields changed (None values are ignored, as unset flags)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         return TrainConfig.from_dict({**self.to_dict(), **given})
@@ -314,7 +314,7 @@ def _type_name(hint: Any) -> str:
 # airbench's lr 11.5 per 1024 examples with a summed loss and momentum 0.85 is lr 1.5 at batch
 # 1024 here (it scales with the batch); its weight decay 0.0153 per 1024 examples is 0.00133
 # here: the same decay per step (lr x wd) in both groups.
-_SGD_RECIPE = dict(
+_SGD_RECIPE: dict[str, Any] = dict(
     model="fast",
     crop_pad=2,
     flip=True,

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -109,11 +110,13 @@ def build_learner(
     """The model (with its data-dependent initialisation, or a warm start's weights), optimizer,
     schedule and lookahead of a config. A resume passes warm_start=False: its checkpoint has the weights."""
     model = build_model(config.model, **config.model_options)
-    if hasattr(model, "init_from_data"):  # data-dependent initialisation, e.g. a whitening layer
-        model.init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
+    init_from_data = getattr(model, "init_from_data", None)
+    if init_from_data is not None:  # data-dependent initialisation, e.g. a whitening layer
+        init_from_data(normalize(splits.train_x[:INIT_IMAGES], MEAN, STD))
     if config.low_res_epochs and not hasattr(model, "set_stem_stride"):
         raise ConfigError(f"low_res_epochs needs a model with a stride-settable stem (fast); {config.model!r} has none")
-    model = model.to(dev, memory_format=memory_format(config.channels_last))
+    # torch's overloads of Module.to omit memory_format, which it takes (and applies to 4-d weights)
+    model = model.to(dev, memory_format=memory_format(config.channels_last))  # type: ignore[call-overload]
     init_source = None
     if config.init_from and warm_start:  # weights only; optimizer, schedule and lookahead start fresh
         init_source = load_initial_weights(model, config.init_from)
@@ -152,7 +155,8 @@ def train_epoch(
                          min_last_batch=2 * world)  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
     if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
-        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)
+        # build_learner checked the model has set_stem_stride; torch types a Module's attributes Tensor | Module
+        learner.model.set_stem_stride(2 if epoch <= config.low_res_epochs else None)  # type: ignore[operator]
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -221,7 +225,8 @@ def compile_trainee(learner: Learner, splits: Splits, config: TrainConfig) -> fl
     """
     device = splits.train_x.device
     trained = learner.trainee if learner.trainee is not None else learner.model
-    learner.trainee = torch.compile(trained, backend=COMPILE_BACKEND, dynamic=False)
+    # torch.compile of a Module is a Module (an OptimizedModule); its signature says only "a callable"
+    learner.trainee = cast(nn.Module, torch.compile(trained, backend=COMPILE_BACKEND, dynamic=False))
     buffers = [b.detach().clone() for b in learner.model.buffers()]
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -268,7 +273,7 @@ def _batch_sizes(n: int, batch_size: int) -> list[int]:
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

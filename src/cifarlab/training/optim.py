@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+import typing
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
@@ -33,7 +34,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
-def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> "Muon":
+def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> Muon:
     """airbench94_muon's split: Muon for the conv filters, Nesterov SGD for the head (lr) and the
     1-d parameters (lr x bias_lr_scale), the whitening bias in a group of its own so the schedule
     can stop it after `whiten_bias_epochs`."""
@@ -86,7 +87,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    (self._muon_step if group["muon"] else self._sgd_step)(p, group)
+                    (self._muon_step if group["muon"] else self._sgd_step)(p, p.grad, group)
 
     def _momentum(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> torch.Tensor:
         state = self.state[p]
@@ -95,13 +96,13 @@ class Muon(torch.optim.Optimizer):
         buf = state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
         return grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
 
-    def _muon_step(self, p: torch.Tensor, group: dict) -> None:
-        update = self._momentum(p, p.grad, group)
+    def _muon_step(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        update = self._momentum(p, grad, group)
         p.mul_(math.sqrt(p.size(0)) / p.norm())
         p.add_(newton_schulz(update.reshape(len(update), -1)).view_as(p), alpha=-group["lr"])
 
-    def _sgd_step(self, p: torch.Tensor, group: dict) -> None:
-        grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+    def _sgd_step(self, p: torch.Tensor, grad: torch.Tensor, group: dict) -> None:
+        grad = grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else grad
         p.add_(self._momentum(p, grad, group), alpha=-group["lr"])
 
 
@@ -119,8 +120,9 @@ def early_stop_reason(history: list[dict], current_lr: float, config: TrainConfi
     cut = next((epoch for epoch, lr in enumerate(lrs, 1) if lr < history[0]["lr"]), None)
     if cut is None:
         return None
-    best, best_epoch = accs[0], 1
-    for epoch, acc in enumerate(accs[1:], 2):
+    scores = typing.cast(list[float], accs)  # a run validates every epoch or none, and the last one did
+    best, best_epoch = scores[0], 1
+    for epoch, acc in enumerate(scores[1:], 2):
         if acc > best + config.stop_min_delta:
             best, best_epoch = acc, epoch
     since = len(history) - max(cut, best_epoch)

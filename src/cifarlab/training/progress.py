@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 PROGRESS_SECONDS = 60.0  # off a terminal: one line a minute at most, and none for epochs shorter than that
 
@@ -43,7 +43,7 @@ class StepProgress:
         self.done = 0
         self.started = self.last = clock()
 
-    def __enter__(self) -> "StepProgress":
+    def __enter__(self) -> StepProgress:
         return self
 
     def __exit__(self, *exc) -> None:

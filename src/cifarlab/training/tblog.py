@@ -8,9 +8,13 @@ torch.utils.tensorboard.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cifarlab.common.rundir import RunDir
 from cifarlab.errors import CifarlabError
+
+if TYPE_CHECKING:  # imported when used: tensorboard is an optional extra
+    from torch.utils.tensorboard import SummaryWriter
 
 SCALARS = {
     "loss/train": "train_loss",
@@ -38,7 +42,7 @@ class TensorBoardMirror:
             ) from None
         self._writer_class = SummaryWriter
         self.run = RunDir(run)
-        self.writer = None  # created with the first epoch: a training that fails to start leaves no folder
+        self.writer: SummaryWriter | None = None  # created with the first epoch: a training that fails to start leaves no folder
 
     def add(self, record: dict) -> None:
         if self.writer is None:

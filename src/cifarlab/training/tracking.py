@@ -24,16 +24,17 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from cifarlab import __version__
 from cifarlab.common import distributed
-from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
 from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import atomic_write_json
+from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
 from cifarlab.errors import CifarlabError
 
 DEFAULT_STORE = "default"  # TrainConfig.mlflow: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlflow.db)
@@ -171,9 +172,10 @@ class Tracker:
         self._log_batch("parameters and tags", params=config_params(facts["train"], facts.get("train_subset")),
                         tags=run_tags(job, self.run))
         logged = self._logged_epochs() if job.history else set()
-        for record in job.history if logged is not None else []:  # None: unknown, so none (rather than twice)
-            if record["epoch"] not in logged:
-                self.epoch(record)
+        if logged is not None:  # None: unknown, so none (rather than twice)
+            for record in job.history:
+                if record["epoch"] not in logged:
+                    self.epoch(record)
 
     def _create_run(self) -> str:
         tags = {"mlflow.source.name": "cifarlab train", "mlflow.source.type": "LOCAL"}

@@ -21,9 +21,9 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -279,7 +279,7 @@ def _train_and_test(job: Job, io: Io, started: float) -> dict:
         raise
     except KeyboardInterrupt as e:
         write_status("stopped", reason="terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted", epoch=len(job.history))
-        setattr(e, "resume_command", resume_command(job.run.path))  # the CLI's last line: how to go on
+        setattr(e, "resume_command", resume_command(job.run.path))  # noqa: B010  (not an attribute KeyboardInterrupt declares) the CLI's last line: how to go on
         raise
     except Exception as e:
         write_status("failed", reason=f"{type(e).__name__}: {e}", epoch=len(job.history))
