@@ -71,8 +71,12 @@ RECORDS = {
     "airbench94_muon": {"seconds": 2.59, "gpu": "A100", "target_accuracy": 0.94},
     "hiverge": {"seconds": 2.0, "gpu": "A100", "target_accuracy": 0.94},
 }
-REPORT_GTX1070 = {"gpu": "GTX 1070", "test_accuracy": 0.8565, "total_seconds": 2023,
-                  "note": "the report gives its total training time only, not seconds per epoch"}
+REPORT_GTX1070 = {
+    "gpu": "GTX 1070",
+    "test_accuracy": 0.8565,
+    "total_seconds": 2023,
+    "note": "the report gives its total training time only, not seconds per epoch",
+}
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,34 @@ class Plan:
 
 
 GPU_PLAN = Plan(
-    train_images=None, test_images=None, epochs=None, seeds=3, val_size=5000, paper_train_images=None,
-    throughput_images=10240, throughput_batches=20, throughput_repeats=2, inference_images=10000,
-    profile_batch_size=None, cuda_tests_seconds=240, first_run_seconds=30,
+    train_images=None,
+    test_images=None,
+    epochs=None,
+    seeds=3,
+    val_size=5000,
+    paper_train_images=None,
+    throughput_images=10240,
+    throughput_batches=20,
+    throughput_repeats=2,
+    inference_images=10000,
+    profile_batch_size=None,
+    cuda_tests_seconds=240,
+    first_run_seconds=30,
 )
 SMOKE_PLAN = Plan(
-    train_images=200, test_images=64, epochs=1, seeds=1, val_size=20, paper_train_images=64,
-    throughput_images=64, throughput_batches=0, throughput_repeats=1, inference_images=64,
-    profile_batch_size=16, cuda_tests_seconds=120, first_run_seconds=0,
+    train_images=200,
+    test_images=64,
+    epochs=1,
+    seeds=1,
+    val_size=20,
+    paper_train_images=64,
+    throughput_images=64,
+    throughput_batches=0,
+    throughput_repeats=1,
+    inference_images=64,
+    profile_batch_size=16,
+    cuda_tests_seconds=120,
+    first_run_seconds=0,
 )
 
 
@@ -152,8 +176,14 @@ class Suite:
         except StepFailed as e:
             self._record(name, "failed", time.monotonic() - start, error=str(e), result=e.result)
         except Exception as e:  # recorded; the remaining steps still run
-            self._record(name, "failed", time.monotonic() - start, error=f"{type(e).__name__}: {e}",
-                         traceback=traceback.format_exc()[-4000:], result=self.report["steps"].get(name, {}).get("result"))
+            self._record(
+                name,
+                "failed",
+                time.monotonic() - start,
+                error=f"{type(e).__name__}: {e}",
+                traceback=traceback.format_exc()[-4000:],
+                result=self.report["steps"].get(name, {}).get("result"),
+            )
         else:
             self._record(name, "ok", time.monotonic() - start, result=result)
 
@@ -246,8 +276,7 @@ def _nccl_version() -> str | None:
 def _driver_version() -> str | None:
     """From nvidia-smi, else the kernel module's version file; torch does not report it."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.TimeoutExpired):
@@ -275,8 +304,7 @@ def cuda_tests(time_limit: float) -> dict:
         raise Skip("pytest is not installed: the CUDA tests need it")
     with tempfile.TemporaryDirectory() as tmp:
         junit = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-m", "cuda",
-                   f"--junitxml={junit}", "tests/test_cuda.py"]
+        command = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", "-m", "cuda", f"--junitxml={junit}", "tests/test_cuda.py"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
         try:
             done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=time_limit)
@@ -285,8 +313,13 @@ def cuda_tests(time_limit: float) -> dict:
             raise StepFailed(f"pytest did not finish in {time_limit:.0f} s", {"output_tail": output[-3000:]}) from None
         tests = _junit_outcomes(junit) if junit.exists() else []
     counts = {outcome: sum(t["outcome"] == outcome for t in tests) for outcome in ("passed", "failed", "error", "skipped")}
-    result = {"command": " ".join(command[1:]), "exit_status": done.returncode, "counts": counts, "tests": tests,
-              "output_tail": done.stdout[-3000:] + done.stderr[-1000:]}
+    result = {
+        "command": " ".join(command[1:]),
+        "exit_status": done.returncode,
+        "counts": counts,
+        "tests": tests,
+        "output_tail": done.stdout[-3000:] + done.stderr[-1000:],
+    }
     if done.returncode not in (0, 5) or counts["failed"] or counts["error"]:  # 5: no test collected
         raise StepFailed(f"{counts['failed']} failed, {counts['error']} errors (pytest exit status {done.returncode})", result)
     return result
@@ -319,8 +352,7 @@ def load_data(data_dir: Path | None, plan: Plan, smoke: bool) -> tuple[Cifar10 |
             return None, str(e)
         data, source = random_data(plan.train_images or 50000, plan.test_images or 10000), f"random images ({e})"
     train, test = plan.train_images or len(data.train_labels), plan.test_images or len(data.test_labels)
-    data = Cifar10(data.train_images[:train], data.train_labels[:train], data.test_images[:test], data.test_labels[:test],
-                   data.classes, data.source)
+    data = Cifar10(data.train_images[:train], data.train_labels[:train], data.test_images[:test], data.test_labels[:test], data.classes, data.source)
     return data, source
 
 
@@ -342,8 +374,16 @@ def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_m
     up: cuDNN autotuning, CUDA context, allocator and (with compile) torch.compile happen here."""
     n, batch = len(splits.train_x), config.batch_size
     images = min(n, 2 * batch) + (n % batch if n > 2 * batch else 0)
-    small = Splits(splits.train_x[:images], splits.train_y[:images], splits.val_x[:0], splits.val_y[:0],
-                   splits.test_x[: config.eval_batch_size], splits.test_y[: config.eval_batch_size], splits.classes, splits.source)
+    small = Splits(
+        splits.train_x[:images],
+        splits.train_y[:images],
+        splits.val_x[:0],
+        splits.val_y[:0],
+        splits.test_x[: config.eval_batch_size],
+        splits.test_y[: config.eval_batch_size],
+        splits.classes,
+        splits.source,
+    )
     # progressive resolution: one epoch at each stem stride, so both shapes are warmed up
     warm = config.replace(epochs=2, low_res_epochs=1) if config.low_res_epochs else config.replace(epochs=1)
     with Stopwatch(device) as watch:
@@ -357,8 +397,9 @@ def warm_up(config: TrainConfig, splits: Splits, device: torch.device, compile_m
 
 def _test(model: torch.nn.Module, splits: Splits, config: TrainConfig):
     """The final test evaluation as train() does it: float32, the preset's TTA."""
-    return evaluate(model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta,
-                    batch_size=config.eval_batch_size, channels_last=config.channels_last)
+    return evaluate(
+        model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta, batch_size=config.eval_batch_size, channels_last=config.channels_last
+    )
 
 
 # ---------------------------------------------------------------- the paper preset's epoch
@@ -369,8 +410,7 @@ def paper_epoch(data: Cifar10, device: torch.device, plan: Plan) -> dict:
     preset's dtype (amp auto) and in float32 as the report's GTX 1070 trained."""
     base = get_preset("paper").replace(val_size=plan.val_size)
     splits = make_splits(data, base.val_size, device, train_subset=plan.paper_train_images)
-    result = {"train_images": len(splits.train_x), "val_images": len(splits.val_x), "batch_size": base.batch_size,
-              "report": REPORT_GTX1070}
+    result = {"train_images": len(splits.train_x), "val_images": len(splits.val_x), "batch_size": base.batch_size, "report": REPORT_GTX1070}
     for amp in ("auto", "off"):
         if autocast_dtype(amp, device) in result:
             continue  # "auto" is float32 here too
@@ -380,12 +420,17 @@ def paper_epoch(data: Cifar10, device: torch.device, plan: Plan) -> dict:
         with Stopwatch(device) as training:
             record = train_epoch(learner, splits, config, progress=False)
         with Stopwatch(device) as validation:
-            evaluate(learner.model, splits.val_x, splits.val_y, MEAN, STD, batch_size=config.eval_batch_size,
-                     amp=amp, channels_last=config.channels_last)  # in the training dtype, as train() validates
+            evaluate(
+                learner.model, splits.val_x, splits.val_y, MEAN, STD, batch_size=config.eval_batch_size, amp=amp, channels_last=config.channels_last
+            )  # in the training dtype, as train() validates
         epoch = training.seconds + validation.seconds
         result[autocast_dtype(amp, device)] = {
-            "amp": amp, "train_seconds": training.seconds, "val_seconds": validation.seconds, "epoch_seconds": epoch,
-            "steps": record["steps"], "seconds_per_step": training.seconds / record["steps"],
+            "amp": amp,
+            "train_seconds": training.seconds,
+            "val_seconds": validation.seconds,
+            "epoch_seconds": epoch,
+            "steps": record["steps"],
+            "seconds_per_step": training.seconds / record["steps"],
             "train_images_per_second": len(splits.train_x) / training.seconds,
             "epochs_in_the_reports_2023_seconds": REPORT_GTX1070["total_seconds"] / epoch,
         }
@@ -407,13 +452,22 @@ def throughput(data: Cifar10, device: torch.device, plan: Plan) -> dict:
         training = training_throughput(config, splits, device, plan.throughput_repeats)
         model = build_learner(config, splits, device, torch.Generator(device).manual_seed(0)).model
         test = splits.test_x[: plan.inference_images]
-        inference = {dtype: inference_throughput(model, test, config.eval_batch_size, amp, config.channels_last, plan.throughput_repeats)
-                     for dtype, amp in (("float32", False), ("bfloat16", True))}
-        result["presets"][name] = {"model": config.model, "model_options": config.model_options,
-                                   "train_dtype": autocast_dtype(config.amp, device), "training": training, "inference": inference}
-        print(f"   {name}: training {training['images_per_second']:,.0f} images/s (batch {config.batch_size}), inference "
-              f"{inference['float32']['images_per_second']:,.0f} float32 / {inference['bfloat16']['images_per_second']:,.0f} bf16 images/s",
-              flush=True)
+        inference = {
+            dtype: inference_throughput(model, test, config.eval_batch_size, amp, config.channels_last, plan.throughput_repeats)
+            for dtype, amp in (("float32", False), ("bfloat16", True))
+        }
+        result["presets"][name] = {
+            "model": config.model,
+            "model_options": config.model_options,
+            "train_dtype": autocast_dtype(config.amp, device),
+            "training": training,
+            "inference": inference,
+        }
+        print(
+            f"   {name}: training {training['images_per_second']:,.0f} images/s (batch {config.batch_size}), inference "
+            f"{inference['float32']['images_per_second']:,.0f} float32 / {inference['bfloat16']['images_per_second']:,.0f} bf16 images/s",
+            flush=True,
+        )
     uncovered = sorted(set(list_models()) - {p.model for p in PRESETS.values()})
     if uncovered:
         result["models_without_a_preset"] = uncovered  # no preset batch size to measure them at
@@ -443,15 +497,24 @@ def time_to_accuracy(suite: Suite, data: Cifar10, device: torch.device, plan: Pl
     """`fast` and `airbench94` from a fresh network to their final test accuracy, seed by seed
     (every preset's seed 0 first), each started only while the budget has room for it."""
     splits = make_splits(data, 0, device)  # on the device before any clock starts; all training images, as the records
-    result = {"train_images": len(splits.train_x), "test_images": len(splits.test_x), "compile": compile_model,
-              "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
-              "records_for_comparison": RECORDS, "presets": {}}
+    result = {
+        "train_images": len(splits.train_x),
+        "test_images": len(splits.test_x),
+        "compile": compile_model,
+        "timing": "CUDA events" if device.type == "cuda" else "time.perf_counter",
+        "records_for_comparison": RECORDS,
+        "presets": {},
+    }
     configs = {}
     for name in TIMED_PRESETS:
         config = with_epochs(get_preset(name), plan.epochs).replace(val_size=0, compile=compile_model)
         configs[name] = config
-        result["presets"][name] = {"config": config.to_dict(), "train_dtype": autocast_dtype(config.amp, device),
-                                   "warm_up": warm_up(config, splits, device, compile_model), "runs": []}
+        result["presets"][name] = {
+            "config": config.to_dict(),
+            "train_dtype": autocast_dtype(config.amp, device),
+            "warm_up": warm_up(config, splits, device, compile_model),
+            "runs": [],
+        }
         suite.save_partial("time_to_accuracy", result)
     for seed in range(seeds):
         for name, config in configs.items():
@@ -482,12 +545,24 @@ def timed_run(config: TrainConfig, splits: Splits, device: torch.device, seed: i
             learner.lookahead.finish()  # evaluate the slow weights, as train() does
     with Stopwatch(device) as evaluation:
         test = _test(learner.model, splits, config)
-    run = {"seed": seed, "test_accuracy": test.accuracy, "tta": config.tta, "epochs": config.epochs,
-           "train_seconds": setup.seconds + training.seconds, "setup_seconds": setup.seconds, "epochs_seconds": training.seconds,
-           "eval_seconds": evaluation.seconds, "compile_seconds": compile_seconds, "final_train_loss": record["train_loss"],
-           "wall_seconds": time.monotonic() - started}
-    print(f"   {config.preset} seed {seed}: {test.accuracy:.2%} in {run['train_seconds']:.2f} s "
-          f"(+ {run['eval_seconds']:.2f} s test evaluation, tta {config.tta})", flush=True)
+    run = {
+        "seed": seed,
+        "test_accuracy": test.accuracy,
+        "tta": config.tta,
+        "epochs": config.epochs,
+        "train_seconds": setup.seconds + training.seconds,
+        "setup_seconds": setup.seconds,
+        "epochs_seconds": training.seconds,
+        "eval_seconds": evaluation.seconds,
+        "compile_seconds": compile_seconds,
+        "final_train_loss": record["train_loss"],
+        "wall_seconds": time.monotonic() - started,
+    }
+    print(
+        f"   {config.preset} seed {seed}: {test.accuracy:.2%} in {run['train_seconds']:.2f} s "
+        f"(+ {run['eval_seconds']:.2f} s test evaluation, tta {config.tta})",
+        flush=True,
+    )
     return run
 
 
@@ -510,8 +585,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the timed networks (compile time reported apart)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 folder (default: $CIFARLAB_DATA); never downloaded")
-    p.add_argument("--skip", action="append", default=[], choices=["cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"],
-                   help="leave a step out (repeatable)")
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["cuda_tests", "paper_epoch", "throughput", "profile", "time_to_accuracy"],
+        help="leave a step out (repeatable)",
+    )
     args = p.parse_args(argv)
     if args.out is None:
         p.error("give --out DIR or set $OUT")
@@ -532,14 +612,22 @@ def main(argv: list[str] | None = None) -> int:
     tune_for_training(device)  # cudnn.benchmark on CUDA, as train() sets it
     train_module.COMPILE_BACKEND = args.compile_backend
     args.out.mkdir(parents=True, exist_ok=True)
-    header = {"suite": "cifarlab GPU suite", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "smoke": args.smoke, "plan": plan.__dict__, "seeds": seeds}
+    header = {
+        "suite": "cifarlab GPU suite",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "smoke": args.smoke,
+        "plan": plan.__dict__,
+        "seeds": seeds,
+    }
     suite = Suite(args.out / RESULT_FILE, args.budget_seconds, header)
     suite.step("environment", 0, lambda: environment(device))
     data, source = load_data(args.data_dir, plan, args.smoke)
-    suite.report["data"] = {"source": source, "train_images": len(data.train_labels) if data else 0,
-                            "test_images": len(data.test_labels) if data else 0}
+    suite.report["data"] = {
+        "source": source,
+        "train_images": len(data.train_labels) if data else 0,
+        "test_images": len(data.test_labels) if data else 0,
+    }
     steps = {
         "cuda_tests": (10, lambda: cuda_tests(min(plan.cuda_tests_seconds, max(10, suite.remaining() - 60)))),
         "paper_epoch": (15 if device.type == "cuda" else 0, lambda: paper_epoch(data, device, plan)),

@@ -49,8 +49,7 @@ def write_checkpoint(folder: Path) -> Path:
     config = get_preset("paper").to_dict()
     model = build_model(config["model"], **config["model_options"]).eval()
     path = folder / "checkpoint.pt"
-    atomic_torch_save(path, {"model": model.state_dict(), "config": config, "epoch": 0,
-                             "meta": model_metadata(config, CLASSES, MEAN, STD)})
+    atomic_torch_save(path, {"model": model.state_dict(), "config": config, "epoch": 0, "meta": model_metadata(config, CLASSES, MEAN, STD)})
     return path
 
 
@@ -173,8 +172,9 @@ def service(ckpt: Path, concurrency: int, seconds: float) -> dict:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "cifarlab", "serve", str(ckpt), "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cifarlab", "serve", str(ckpt), "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -215,8 +215,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="batch size for throughput (default: %(default)s)")
     parser.add_argument("--concurrency", type=int, default=32, help="simultaneous HTTP clients (default: %(default)s)")
     cores = len(os.sched_getaffinity(0))
-    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, cores}),
-                        help="CPU thread counts to measure the engines with (default: 1 and all cores)")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=sorted({1, cores}), help="CPU thread counts to measure the engines with (default: 1 and all cores)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/inference-cpu.json"))
     args = parser.parse_args()
 
@@ -232,13 +233,18 @@ def main() -> None:
             results[key] = {}
             for name, run in engines(ckpt, ts_path, onnx_path, threads).items():
                 r = results[key][name] = speed(run, batch[:1].copy(), batch, args.seconds)
-                print(f"{threads} thread(s) {name:<14} batch 1: {r['latency_ms_median']:.2f} ms median   "
-                      f"batch {args.batch}: {r['throughput_images_per_s']:,.0f} images/s", flush=True)
+                print(
+                    f"{threads} thread(s) {name:<14} batch 1: {r['latency_ms_median']:.2f} ms median   "
+                    f"batch {args.batch}: {r['throughput_images_per_s']:,.0f} images/s",
+                    flush=True,
+                )
         results["service"] = service(ckpt, args.concurrency, args.seconds)
         s = results["service"]
-        print(f"service        {s['concurrency']} clients: {s['requests_per_s']:.0f} requests/s, "
-              f"median {s['latency_ms_median']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms, {s['errors']} errors, "
-              f"{s['mean_requests_per_forward_pass']:.1f} requests per forward pass")
+        print(
+            f"service        {s['concurrency']} clients: {s['requests_per_s']:.0f} requests/s, "
+            f"median {s['latency_ms_median']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms, {s['errors']} errors, "
+            f"{s['mean_requests_per_forward_pass']:.1f} requests per forward pass"
+        )
 
     report = {
         "command": "python " + " ".join([sys.argv[0], *sys.argv[1:]]),

@@ -126,16 +126,25 @@ def profile_training_steps(config: TrainConfig, splits: Splits, device: torch.de
     counts = []
     for i, n in enumerate((steps[0], *steps)):
         images = n * config.batch_size
-        part = Splits(splits.train_x[:images], splits.train_y[:images], *[t[:0] for t in (splits.val_x, splits.val_y, splits.test_x, splits.test_y)],
-                      splits.classes, splits.source)
+        part = Splits(
+            splits.train_x[:images],
+            splits.train_y[:images],
+            *[t[:0] for t in (splits.val_x, splits.val_y, splits.test_x, splits.test_y)],
+            splits.classes,
+            splits.source,
+        )
         with profile(activities=activities) as prof:
             train_epoch(learner, part, config, progress=False)
         if i:  # the first epoch warms up
             counts.append(_count_calls(prof.events()))
     span = steps[1] - steps[0]
     per_step = {name: (counts[1].get(name, 0) - counts[0].get(name, 0)) / span for name in HOST_TRAFFIC}
-    return {"batch_size": config.batch_size, "profiled_steps": list(steps), "host_traffic_per_step": per_step,
-            "top_ops_by_self_cpu": _top_ops(prof, top)}
+    return {
+        "batch_size": config.batch_size,
+        "profiled_steps": list(steps),
+        "host_traffic_per_step": per_step,
+        "top_ops_by_self_cpu": _top_ops(prof, top),
+    }
 
 
 def _count_calls(events) -> dict[str, int]:
@@ -150,5 +159,13 @@ def _count_calls(events) -> dict[str, int]:
 def _top_ops(prof, top: int) -> list[dict]:
     rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
     device_time = lambda e: getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0))  # noqa: E731
-    return [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1000,
-             "cpu_total_ms": e.cpu_time_total / 1000, "self_device_ms": device_time(e) / 1000} for e in rows]
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": e.self_cpu_time_total / 1000,
+            "cpu_total_ms": e.cpu_time_total / 1000,
+            "self_device_ms": device_time(e) / 1000,
+        }
+        for e in rows
+    ]

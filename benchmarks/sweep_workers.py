@@ -51,15 +51,30 @@ def fake_data(folder: Path) -> Path:
     for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
         labels = (np.arange(20) % 10).astype(np.uint8)[:, None]
         (data / name).write_bytes(np.concatenate([labels, rng.integers(0, 256, (20, 3072), dtype=np.uint8)], axis=1).tobytes())
-    (data / "batches.meta.txt").write_text("\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]) + "\n")
+    (data / "batches.meta.txt").write_text(
+        "\n".join(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]) + "\n"
+    )
     return folder / "data"
 
 
 def sweep_rate(folder: Path, data: Path, trials: int, workers: int, storage: str | None, name: str) -> dict:
     spec = folder / f"{name}.toml"
     spec.write_text(SPEC.replace("SEEDS", json.dumps(list(range(trials)))))
-    argv = [sys.executable, "-m", "cifarlab", "sweep", str(spec), "--data-dir", str(data), "--device", "cpu", "--quiet",
-            "--workers", str(workers), *(["--storage", storage] if storage else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "cifarlab",
+        "sweep",
+        str(spec),
+        "--data-dir",
+        str(data),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--workers",
+        str(workers),
+        *(["--storage", storage] if storage else []),
+    ]
     started = time.perf_counter()
     done = subprocess.run(argv, env={**os.environ, "PYTHONPATH": str(ROOT / "src"), ANY_COUNT: "1"}, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -119,9 +134,14 @@ def main() -> None:
     import postgres_server
 
     os.environ[ANY_COUNT] = "1"
-    result: dict = {"cpu": cpu_model(), "cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(), "trials": args.trials,
-                    "note": "tiny trials (1 epoch, 40 images); wall time of the whole command, process start and torch import included",
-                    "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    result: dict = {
+        "cpu": cpu_model(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "trials": args.trials,
+        "note": "tiny trials (1 epoch, 40 images); wall time of the whole command, process start and torch import included",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
     server, why = postgres_server.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +149,10 @@ def main() -> None:
             data = fake_data(folder)
             storages = {"sqlite": None, **({"postgresql": server.url()} if server else {})}
             for label, url in storages.items():
-                entry = {"sweeps": [sweep_rate(folder, data, args.trials, w, url, f"{label}{w}") for w in (1, 2)],
-                         "storage": storage_cost(url, folder, 50, f"{label}-cost")}
+                entry = {
+                    "sweeps": [sweep_rate(folder, data, args.trials, w, url, f"{label}{w}") for w in (1, 2)],
+                    "storage": storage_cost(url, folder, 50, f"{label}-cost"),
+                }
                 result[label] = entry
                 print(label, json.dumps(entry), flush=True)
             if server is None:

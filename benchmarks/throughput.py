@@ -71,8 +71,10 @@ def main() -> int:
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.output, result)
-    print(f"{result['images_per_second']:.1f} images/s, {result['seconds_per_step'] * 1000:.1f} ms/step "
-          f"(batch {config.batch_size}), {result['seconds_per_epoch_45k']:.0f} s per 45k-image epoch")
+    print(
+        f"{result['images_per_second']:.1f} images/s, {result['seconds_per_step'] * 1000:.1f} ms/step "
+        f"(batch {config.batch_size}), {result['seconds_per_epoch_45k']:.0f} s per 45k-image epoch"
+    )
     return 0
 
 

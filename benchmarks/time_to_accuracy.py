@@ -144,8 +144,14 @@ def plot(report: dict, path: Path) -> None:
             points = [(c["training_seconds"], 100 * c["val_accuracy"]) for c in run["curve"] if c["val_accuracy"] is not None]
             if points:
                 ax.plot(*zip(*points), color=colour, alpha=0.5, marker=".", label=f"{name} validation" if n == 0 else None)
-            ax.plot(run["timing"]["training_seconds"], 100 * run["test_accuracy"], "*", color=colour, markersize=11,
-                    label=f"{name} test (mean {100 * entry['test_accuracy']['mean']:.2f}%)" if n == 0 else None)
+            ax.plot(
+                run["timing"]["training_seconds"],
+                100 * run["test_accuracy"],
+                "*",
+                color=colour,
+                markersize=11,
+                label=f"{name} test (mean {100 * entry['test_accuracy']['mean']:.2f}%)" if n == 0 else None,
+            )
     ax.axhline(94, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("training seconds (per-epoch validation and final evaluation not counted)")
     ax.set_ylabel("accuracy (%)")

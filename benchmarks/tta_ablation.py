@@ -36,8 +36,7 @@ def main() -> int:
         x, y = data.train_images[val_idx], data.train_labels[val_idx]
         row = {"run": str(path)}
         for tta in (0, 1, 2):
-            row[f"tta{tta}"] = evaluate(model, x, y, meta["mean"], meta["std"], tta=tta, amp=False,
-                                        channels_last=meta["channels_last"]).accuracy
+            row[f"tta{tta}"] = evaluate(model, x, y, meta["mean"], meta["std"], tta=tta, amp=False, channels_last=meta["channels_last"]).accuracy
         rows.append(row)
         print(row, flush=True)
     summary = {f"tta{t}": statistics.fmean(r[f"tta{t}"] for r in rows) for t in (0, 1, 2)}

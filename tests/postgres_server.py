@@ -104,8 +104,9 @@ def resume(server: Server) -> None:
 
 def stop(server: Server) -> None:
     if (server.root / "data" / "postmaster.pid").exists():
-        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate", "-w", "stop"]),
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate", "-w", "stop"]), capture_output=True, timeout=60
+        )
     shutil.rmtree(server.root, ignore_errors=True)
 
 
@@ -122,14 +123,22 @@ def make_hosts(count: int) -> tuple[str | None, list[str], str]:
     with its own address on it (SUBNET.2, ...), joined by veth pairs; (None, [], why) where the
     machine does not allow it."""
     bridge, names, subnet = _network_names(count)
-    commands = [["ip", "link", "add", bridge, "type", "bridge"], ["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge],
-                ["ip", "link", "set", bridge, "up"]]
+    commands = [
+        ["ip", "link", "add", bridge, "type", "bridge"],
+        ["ip", "addr", "add", f"{subnet}.1/24", "dev", bridge],
+        ["ip", "link", "set", bridge, "up"],
+    ]
     for n, name in enumerate(names):
-        commands += [["ip", "netns", "add", name], ["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b"],
-                     ["ip", "link", "set", f"{name}a", "master", bridge], ["ip", "link", "set", f"{name}a", "up"],
-                     ["ip", "link", "set", f"{name}b", "netns", name],
-                     ["ip", "-n", name, "addr", "add", f"{subnet}.{n + 2}/24", "dev", f"{name}b"],
-                     ["ip", "-n", name, "link", "set", f"{name}b", "up"], ["ip", "-n", name, "link", "set", "lo", "up"]]
+        commands += [
+            ["ip", "netns", "add", name],
+            ["ip", "link", "add", f"{name}a", "type", "veth", "peer", "name", f"{name}b"],
+            ["ip", "link", "set", f"{name}a", "master", bridge],
+            ["ip", "link", "set", f"{name}a", "up"],
+            ["ip", "link", "set", f"{name}b", "netns", name],
+            ["ip", "-n", name, "addr", "add", f"{subnet}.{n + 2}/24", "dev", f"{name}b"],
+            ["ip", "-n", name, "link", "set", f"{name}b", "up"],
+            ["ip", "-n", name, "link", "set", "lo", "up"],
+        ]
     made: list[list[str]] = []
     for cmd in commands:
         done = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,10 +14,34 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     out, png = tmp_path / "tta.json", tmp_path / "tta.png"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "time_to_accuracy.py"),
-           "--preset", "airbench94", "--seeds", "1", "--preset", "quick", "--seeds", "2",
-           "--set", "epochs=1", "--set", "val_size=20", "--set", "batch_size=40", "--set", "model_options.widths=[8,16,16]",
-           "--device", "cpu", "--data-dir", str(data), "--output", str(out), "--plot", str(png)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "time_to_accuracy.py"),
+        "--preset",
+        "airbench94",
+        "--seeds",
+        "1",
+        "--preset",
+        "quick",
+        "--seeds",
+        "2",
+        "--set",
+        "epochs=1",
+        "--set",
+        "val_size=20",
+        "--set",
+        "batch_size=40",
+        "--set",
+        "model_options.widths=[8,16,16]",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--output",
+        str(out),
+        "--plot",
+        str(png),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
@@ -39,9 +63,28 @@ def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
 def test_throughput_measures_any_registered_model_with_a_preset_recipe(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     out = tmp_path / "tp.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "throughput.py"), "--preset", "he2016", "--model", "resnet20",
-           "--set", "batch_size=16", "--images", "32", "--repeats", "1", "--amp", "bf16",
-           "--device", "cpu", "--data-dir", str(data), "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "throughput.py"),
+        "--preset",
+        "he2016",
+        "--model",
+        "resnet20",
+        "--set",
+        "batch_size=16",
+        "--images",
+        "32",
+        "--repeats",
+        "1",
+        "--amp",
+        "bf16",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data),
+        "--output",
+        str(out),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr

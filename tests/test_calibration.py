@@ -146,8 +146,7 @@ def test_serve_calibrated_answers_with_scaled_probabilities(calibrated, pngs):
 def test_evaluate_reports_calibration_before_and_after(calibrated, tiny_run, tmp_path):
     run, _ = calibrated
     output = tmp_path / "evaluation.json"
-    code, out, err = run_cli(["evaluate", str(run), "--data-dir", str(tiny_run.parent / "data"), "--device", "cpu",
-                              "--output", str(output)])
+    code, out, err = run_cli(["evaluate", str(run), "--data-dir", str(tiny_run.parent / "data"), "--device", "cpu", "--output", str(output)])
     assert code == 0, err
     result = json.loads(output.read_text())
     assert result["test_nll"] == pytest.approx(result["test_loss"])
@@ -228,8 +227,7 @@ def test_evaluate_corruptions_and_report_read_the_runs_own_data(tiny_run, tmp_pa
     code, _, err = run_cli(["evaluate", str(run), "--device", "cpu", "--tta", "0"])
     assert code == 0, err
     assert json.loads((run / "evaluation.json").read_text())["test_images"] == 40
-    code, _, err = run_cli(["evaluate", str(run), "--device", "cpu", "--tta", "0", "--corruptions",
-                            "--corruption-names", "brightness"])
+    code, _, err = run_cli(["evaluate", str(run), "--device", "cpu", "--tta", "0", "--corruptions", "--corruption-names", "brightness"])
     assert code == 0, err
     assert json.loads((run / "robustness.json").read_text())["clean"]["images"] == 40
     pred, missing = checkpoint_predictions(load_run(run), None, "cpu", lambda s: None, progress=False)

@@ -40,21 +40,40 @@ def parsed_config(argv):
 
 
 def test_set_reaches_every_field_and_model_options():
-    config = parsed_config(["--preset", "paper", "--model", "paper", "--set", "model_options.widths=[32,32,64,64,128,128,128]",
-                            "--set", "schedule=linear", "--set", "lr=0.05", "--set", "nesterov=true", "--lr-end-factor", "0.1"])
+    config = parsed_config(
+        [
+            "--preset",
+            "paper",
+            "--model",
+            "paper",
+            "--set",
+            "model_options.widths=[32,32,64,64,128,128,128]",
+            "--set",
+            "schedule=linear",
+            "--set",
+            "lr=0.05",
+            "--set",
+            "nesterov=true",
+            "--lr-end-factor",
+            "0.1",
+        ]
+    )
     assert config.model_options["widths"] == [32, 32, 64, 64, 128, 128, 128]
     assert (config.schedule, config.lr, config.nesterov, config.lr_end_factor) == ("linear", 0.05, True, 0.1)
     assert parsed_config(["--preset", "paper", "--lr", "0.2", "--set", "lr=0.3"]).lr == 0.3  # --set is applied last
     assert parsed_config(["--optimizer", "adamw", "--stop-patience", "3"]).optimizer == "adamw"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--set", "lrr=0.1"], "unknown field 'lrr'"),
-    (["--set", "lr"], "expected FIELD=VALUE"),
-    (["--set", "epochs=ten"], "field 'epochs' must be int"),
-    (["--set", "model.widths=[1]"], "only model_options.NAME takes a dotted name"),
-    (["--set", "epochs=[1,"], "is not a value"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "lrr=0.1"], "unknown field 'lrr'"),
+        (["--set", "lr"], "expected FIELD=VALUE"),
+        (["--set", "epochs=ten"], "field 'epochs' must be int"),
+        (["--set", "model.widths=[1]"], "only model_options.NAME takes a dotted name"),
+        (["--set", "epochs=[1,"], "is not a value"),
+    ],
+)
 def test_set_errors_are_one_line_naming_the_field(argv, message, capsys, tmp_path):
     assert main(["train", *argv, "--out", str(tmp_path / "r"), "--data-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
@@ -106,14 +125,39 @@ def test_info_reports_data_and_models(tiny_binary, capsys):
 def test_end_to_end_on_real_data_subset(real_data, tmp_path):
     """A real run through the installed command: train 1 epoch on 2,000 real images, then evaluate."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cifarlab", "train", "--preset", "paper", "--epochs", "1", "--train-subset", "2000",
-           "--val-size", "500", "--momentum", "0.9", "--data-dir", str(real_data), "--out", str(run), "--device", "cpu", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifarlab",
+        "train",
+        "--preset",
+        "paper",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "2000",
+        "--val-size",
+        "500",
+        "--momentum",
+        "0.9",
+        "--data-dir",
+        str(real_data),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     results = json.loads((run / "results.json").read_text())
     assert results["test_accuracy"] > 0.15  # above chance (10%) after one short epoch
-    done = subprocess.run([sys.executable, "-m", "cifarlab", "evaluate", str(run), "--data-dir", str(real_data), "--device", "cpu"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "cifarlab", "evaluate", str(run), "--data-dir", str(real_data), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and "test accuracy" in done.stdout
 
 

@@ -16,12 +16,15 @@ def one_line_error(capsys, argv) -> str:
     return err
 
 
-@pytest.mark.parametrize("device, message", [
-    ("foo", "'foo': not a device"),
-    ("", "'': not a device"),
-    ("mps", "runs on cpu or cuda, not mps"),
-    ("cuda:7", "CUDA"),
-])
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "'foo': not a device"),
+        ("", "'': not a device"),
+        ("mps", "runs on cpu or cuda, not mps"),
+        ("cuda:7", "CUDA"),
+    ],
+)
 def test_bad_device_is_one_line(tiny_run, capsys, tmp_path, device, message):
     err = one_line_error(capsys, ["evaluate", str(tiny_run), "--device", device, "--output", str(tmp_path / "e.json")])
     assert message in err and not (tmp_path / "e.json").exists()
@@ -29,8 +32,10 @@ def test_bad_device_is_one_line(tiny_run, capsys, tmp_path, device, message):
 
 @pytest.mark.parametrize("subset", ["0", "-5"])
 def test_train_subset_must_be_positive(tiny_binary, capsys, tmp_path, subset):
-    err = one_line_error(capsys, ["train", "--preset", "fast", "--train-subset", subset, "--data-dir", str(tiny_binary),
-                                  "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = one_line_error(
+        capsys,
+        ["train", "--preset", "fast", "--train-subset", subset, "--data-dir", str(tiny_binary), "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )
     assert f"--train-subset {subset}" in err and not (tmp_path / "run").exists()
 
 

@@ -175,10 +175,13 @@ def real_copy(real_data: Path, into: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, keep, message", [
-    ("data_batch_2.bin", 15_365_000, "data_batch_2.bin: 5,000 records"),  # trained on 45,000 images before
-    ("test_batch.bin", RECORD_BYTES, "test_batch.bin: 1 record,"),  # tested on 1 image before
-])
+@pytest.mark.parametrize(
+    "name, keep, message",
+    [
+        ("data_batch_2.bin", 15_365_000, "data_batch_2.bin: 5,000 records"),  # trained on 45,000 images before
+        ("test_batch.bin", RECORD_BYTES, "test_batch.bin: 1 record,"),  # tested on 1 image before
+    ],
+)
 def test_real_data_cut_at_a_record_boundary_is_refused(real_data, tmp_path, monkeypatch, name, keep, message):
     monkeypatch.delenv(ANY_RECORD_COUNT_ENV)
     assert len(load_cifar10(real_data, download=False).train_labels) == 50_000  # the whole set passes
@@ -201,9 +204,15 @@ def test_missing_test_batch_is_named(tmp_path, write, test_name):
         load_cifar10(tmp_path, download=False)
 
 
-@pytest.mark.parametrize("write, name", [
-    (write_binary, "data_batch_1.bin"), (write_binary, "test_batch.bin"), (write_python, "data_batch_3"), (write_python, "test_batch"),
-])
+@pytest.mark.parametrize(
+    "write, name",
+    [
+        (write_binary, "data_batch_1.bin"),
+        (write_binary, "test_batch.bin"),
+        (write_python, "data_batch_3"),
+        (write_python, "test_batch"),
+    ],
+)
 def test_folder_in_place_of_a_batch_file(tmp_path, write, name):
     folder = write(tmp_path)
     (folder / name).unlink()
@@ -265,12 +274,15 @@ def test_python_meta_file_without_a_list_of_names(tiny_python):
         load_cifar10(tiny_python, download=False)
 
 
-@pytest.mark.parametrize("labels, message", [
-    ([2**70, 1], "label with more than 9 digits of record 0 is outside 0-9"),  # was OverflowError
-    ([1, "3"], "label of record 1 is a str, expected an integer 0-9"),  # was parsed as 3
-    ([1.0, 2], "label of record 0 is a float"),
-    ("ab", "'labels' is not a list of integers 0-9 \\(found str\\)"),  # was ValueError
-])
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ([2**70, 1], "label with more than 9 digits of record 0 is outside 0-9"),  # was OverflowError
+        ([1, "3"], "label of record 1 is a str, expected an integer 0-9"),  # was parsed as 3
+        ([1.0, 2], "label of record 0 is a float"),
+        ("ab", "'labels' is not a list of integers 0-9 \\(found str\\)"),  # was ValueError
+    ],
+)
 def test_python_labels_that_are_not_small_integers(tmp_path, labels, message):
     (tmp_path / "b").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, protocol=2))
     with pytest.raises(DataError, match=message):
@@ -298,16 +310,43 @@ def py2_batch_pickle(images: np.ndarray, labels: list[int]) -> bytes:
     def integer(n: int) -> bytes:
         return b"J" + struct.pack("<i", n)
 
-    return b"".join([
-        b"\x80\x02}(", string(b"data"),  # PROTO 2, an empty dict, MARK its items
-        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n", integer(0), b"\x85", string(b"b"), b"\x87R",
-        b"(", integer(1), integer(len(images)), integer(3072), b"\x86",  # state: version, shape,
-        b"cnumpy\ndtype\n", string(b"u1"), integer(0), integer(1), b"\x87R",  # dtype('u1', 0, 1)
-        b"(", integer(3), string(b"|"), b"NNN", integer(-1), integer(-1), integer(0), b"tb",  # with its own state,
-        b"\x89", string(images.tobytes()), b"tb",  # C order, raw bytes; BUILD the array
-        string(b"labels"), b"](", *[b"K" + bytes([v]) for v in labels], b"e",
-        b"u.",
-    ])
+    return b"".join(
+        [
+            b"\x80\x02}(",
+            string(b"data"),  # PROTO 2, an empty dict, MARK its items
+            b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n",
+            integer(0),
+            b"\x85",
+            string(b"b"),
+            b"\x87R",
+            b"(",
+            integer(1),
+            integer(len(images)),
+            integer(3072),
+            b"\x86",  # state: version, shape,
+            b"cnumpy\ndtype\n",
+            string(b"u1"),
+            integer(0),
+            integer(1),
+            b"\x87R",  # dtype('u1', 0, 1)
+            b"(",
+            integer(3),
+            string(b"|"),
+            b"NNN",
+            integer(-1),
+            integer(-1),
+            integer(0),
+            b"tb",  # with its own state,
+            b"\x89",
+            string(images.tobytes()),
+            b"tb",  # C order, raw bytes; BUILD the array
+            string(b"labels"),
+            b"](",
+            *[b"K" + bytes([v]) for v in labels],
+            b"e",
+            b"u.",
+        ]
+    )
 
 
 def test_reads_python_2_pickles_as_numpy_does(tmp_path):
@@ -368,16 +407,16 @@ def mutate(seed: bytes, rng: random.Random) -> bytes:
         elif edit == 1:
             data[i:i] = rng.randbytes(rng.randint(1, 8))
         elif edit == 2:
-            del data[i:i + rng.randint(1, 16)]
+            del data[i : i + rng.randint(1, 16)]
         elif edit == 3:
             del data[i:]
         elif edit == 4:
-            data[i:i + 1] = rng.choice(OPCODES)
+            data[i : i + 1] = rng.choice(OPCODES)
         elif edit == 5:
-            data[i:i + 4] = rng.choice(EDGE_INTS)
+            data[i : i + 4] = rng.choice(EDGE_INTS)
         else:
             j = rng.randrange(n)
-            data[i:i] = data[j:j + rng.randint(1, 32)]
+            data[i:i] = data[j : j + rng.randint(1, 32)]
     return bytes(data)
 
 

@@ -196,13 +196,33 @@ def child_env(**extra: str) -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_schedule_and_weights(tmp_path):
     data = write_binary(tmp_path / "data", per_batch=20, test=21).parent  # 80 training, 20 val, 21 test images
-    flags = ["--preset", "paper", "--data-dir", str(data), "--device", "cpu", "--epochs", "3", "--batch-size", "16", "--val-size", "20",
-             "--crop-pad", "2", "--flip", "--momentum", "0.9", "--quiet"]
-    straight = subprocess.Popen(torchrun(*flags, "--out", str(tmp_path / "straight")), env=child_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    flags = [
+        "--preset",
+        "paper",
+        "--data-dir",
+        str(data),
+        "--device",
+        "cpu",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--val-size",
+        "20",
+        "--crop-pad",
+        "2",
+        "--flip",
+        "--momentum",
+        "0.9",
+        "--quiet",
+    ]
+    straight = subprocess.Popen(
+        torchrun(*flags, "--out", str(tmp_path / "straight")), env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     killed = tmp_path / "killed"
-    victim = subprocess.Popen(torchrun(*flags, "--out", str(killed)), env=child_env(), start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        torchrun(*flags, "--out", str(killed)), env=child_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 600  # generous: the CPU may be shared with other work
     while not read_metrics(killed / "metrics.jsonl")[0] and victim.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -211,8 +231,13 @@ def test_killed_run_resumes_to_the_same_schedule_and_weights(tmp_path):
     assert json.loads((killed / "status.json").read_text())["status"] == "running"  # killed, not stopped cleanly
     assert 1 <= load_checkpoint(killed)["epoch"] < 3
 
-    resumed = subprocess.run(torchrun("--resume", str(killed), "--data-dir", str(data), "--device", "cpu", "--quiet"), env=child_env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        torchrun("--resume", str(killed), "--data-dir", str(data), "--device", "cpu", "--quiet"),
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming" in resumed.stdout and resumed.stdout.count("test accuracy") == 1  # rank 0 alone prints
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
@@ -237,8 +262,13 @@ def test_missing_data_without_network_fails_every_process_fast(tmp_path):
     dead_proxy = "http://127.0.0.1:9"  # no network, whatever this machine has: every download is refused
     env = child_env(https_proxy=dead_proxy, HTTPS_PROXY=dead_proxy, no_proxy="", NO_PROXY="")
     start = time.monotonic()
-    done = subprocess.run(torchrun("--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"),
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        torchrun("--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - start
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("cifarlab train: error:")]

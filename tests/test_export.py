@@ -28,13 +28,18 @@ def preprocess(images: torch.Tensor, info: dict) -> np.ndarray:
 
 def test_onnx_export_round_trip(tiny_run, test_images, tmp_path, capsys):
     out = tmp_path / "net.onnx"
-    assert main(["export", str(tiny_run), "--format", "onnx", "--output", str(out),
-                 "--data-dir", str(tiny_run.parent / "data")]) == 0
+    assert main(["export", str(tiny_run), "--format", "onnx", "--output", str(out), "--data-dir", str(tiny_run.parent / "data")]) == 0
     text = capsys.readouterr().out
     assert "max |logit difference|" in text and "warning" not in text
     info = json.loads((tmp_path / "net.onnx.json").read_text())
-    assert info["input"] == {"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32", "layout": "NCHW",
-                             "channel_order": "RGB", "batch_axis": "dynamic"}
+    assert info["input"] == {
+        "name": "images",
+        "shape": ["N", 3, 32, 32],
+        "dtype": "float32",
+        "layout": "NCHW",
+        "channel_order": "RGB",
+        "batch_axis": "dynamic",
+    }
     assert info["classes"][0] == "airplane" and len(info["classes"]) == 10
     check = info["check"]
     assert check["images"].startswith("CIFAR-10 test set") and check["count"] == 40
@@ -52,8 +57,7 @@ def test_onnx_export_round_trip(tiny_run, test_images, tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_export_round_trip(tiny_run, test_images, tmp_path, capsys):
     out = tmp_path / "net.pt"
-    assert main(["export", str(tiny_run), "--format", "torchscript", "--output", str(out),
-                 "--data-dir", str(tiny_run.parent / "data")]) == 0
+    assert main(["export", str(tiny_run), "--format", "torchscript", "--output", str(out), "--data-dir", str(tiny_run.parent / "data")]) == 0
     info = json.loads((tmp_path / "net.pt.json").read_text())
     loaded = torch.jit.load(str(out))
     reference = Predictor(tiny_run).logits(test_images)
@@ -64,8 +68,7 @@ def test_torchscript_export_round_trip(tiny_run, test_images, tmp_path, capsys):
 
 def test_export_without_data_checks_random_images_and_says_so(tiny_run, tmp_path, capsys):
     out = tmp_path / "net.onnx"
-    assert main(["export", str(tiny_run), "--output", str(out), "--data-dir", str(tmp_path / "none"),
-                 "--check-images", "16"]) == 0
+    assert main(["export", str(tiny_run), "--output", str(out), "--data-dir", str(tmp_path / "none"), "--check-images", "16"]) == 0
     assert "warning: checking the export on 16 random images" in capsys.readouterr().out
     check = json.loads((tmp_path / "net.onnx.json").read_text())["check"]
     assert check["images"].startswith("random") and check["count"] == 16
@@ -89,9 +92,17 @@ def test_export_that_differs_from_pytorch_is_refused_and_not_written(tiny_run, t
 # ---------------------------------------------------------------- the model card of a safetensors export
 
 HOSTILE_NAMES = [
-    "<script>alert(0)</script>", "<img src=x onerror=alert(1)>", "[x](javascript:alert(2))", "![](http://remote/img.png)",
-    "<!-- hides the rest", "two\nlines\n---\n# heading", "`code` *em* _em_ | pipe", "&amp; &#60; entity", "quote \" ' \\",
-    "\U0001f431 cat", "",
+    "<script>alert(0)</script>",
+    "<img src=x onerror=alert(1)>",
+    "[x](javascript:alert(2))",
+    "![](http://remote/img.png)",
+    "<!-- hides the rest",
+    "two\nlines\n---\n# heading",
+    "`code` *em* _em_ | pipe",
+    "&amp; &#60; entity",
+    "quote \" ' \\",
+    "\U0001f431 cat",
+    "",
 ]
 
 
@@ -99,14 +110,18 @@ def hostile_card() -> str:
     from cifarlab.inference.card import model_card
 
     config = {
-        "model": "<b>net</b>\n---", "model_options": {"note": "`x` <i>y</i>"}, "classes": HOSTILE_NAMES,
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "epoch": 3, "weights": {"sha256": "<a href=x>ab</a>"},
+        "model": "<b>net</b>\n---",
+        "model_options": {"note": "`x` <i>y</i>"},
+        "classes": HOSTILE_NAMES,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "epoch": 3,
+        "weights": {"sha256": "<a href=x>ab</a>"},
         "recipe": {"preset": "<img src=x onerror=alert(1)>", "optimizer": "[sgd](javascript:alert(3))", "epochs": 3},
         "source": {"checkpoint": "/runs/<script>.pt"},
     }
     test = {"test_accuracy": 0.5, "tta": "<x>\n---", "per_class_accuracy": {name: 0.5 for name in HOSTILE_NAMES}}
-    measured = {"test": test, "test_source": "results.json", "robustness": {"<img src=x>": 0.25},
-                "calibration": {"ece\n---": 0.01}}
+    measured = {"test": test, "test_source": "results.json", "robustness": {"<img src=x>": 0.25}, "calibration": {"ece\n---": 0.01}}
     return model_card(config, 1234, measured)
 
 
@@ -129,8 +144,13 @@ def test_model_card_escapes_every_free_text_value_for_markdown_and_html():
     for markup in ("<script", "<img", "<a ", "<!--", "<b>", "<i>", "<em>", "<code>x", "<hr"):
         assert markup not in html, markup
     # each value is still there, as text: a reader sees the names
-    for name in ("&lt;script&gt;alert(0)&lt;/script&gt;", "&lt;img src=x onerror=alert(1)&gt;", "[x](javascript:alert(2))",
-                 "&lt;!-- hides the rest", "two lines"):
+    for name in (
+        "&lt;script&gt;alert(0)&lt;/script&gt;",
+        "&lt;img src=x onerror=alert(1)&gt;",
+        "[x](javascript:alert(2))",
+        "&lt;!-- hides the rest",
+        "two lines",
+    ):
         assert name in html, name
 
 

@@ -173,8 +173,9 @@ def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_pat
     from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    config = get_preset("fast").replace(epochs=3, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=2, tta=0,
-                                        model_options={"widths": [8, 16, 16], "stem_stride": 1})
+    config = get_preset("fast").replace(
+        epochs=3, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=2, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+    )
     quiet = dict(data_dir=data, device="cpu", progress=False, log=lambda s: None)
     strides, set_stride = [], FastNet.set_stem_stride
     monkeypatch.setattr(FastNet, "set_stem_stride", lambda m, s: (strides.append(s), set_stride(m, s)))
@@ -182,8 +183,10 @@ def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_pat
     assert strides == [2, 2, None]  # the final evaluation runs at the model's own stride
     # stopped after epoch 1 (low resolution) and resumed: the same weights and test accuracy
     with pytest.raises(KeyboardInterrupt):
+
         def interrupt(record):
             raise KeyboardInterrupt
+
         train(config, tmp_path / "cut", **quiet, on_epoch=interrupt)
     resumed = resume(tmp_path / "cut", **quiet)
     assert resumed["test_accuracy"] == whole["test_accuracy"]

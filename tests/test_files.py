@@ -27,14 +27,18 @@ from cifarlab.common.files import (
 def raising(error: int):
     def fail(*args, **kwargs):
         raise OSError(error, os.strerror(error))
+
     return fail
 
 
-@pytest.mark.parametrize("call, error", [
-    ("open", errno.EACCES),  # a read-only folder, no permission (root ignores mode bits: simulated)
-    ("fsync", errno.ENOSPC),  # a full disk
-    ("replace", errno.EROFS),  # a read-only filesystem
-])
+@pytest.mark.parametrize(
+    "call, error",
+    [
+        ("open", errno.EACCES),  # a read-only folder, no permission (root ignores mode bits: simulated)
+        ("fsync", errno.ENOSPC),  # a full disk
+        ("replace", errno.EROFS),  # a read-only filesystem
+    ],
+)
 def test_a_failed_write_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, call, error):
     target = tmp_path / "results.json"
     target.write_text('{"old": 1}')
@@ -63,11 +67,14 @@ def test_a_folder_that_cannot_be_made_is_one_line(tmp_path):
 
 def killed_writer(folder, name: str) -> str:
     """A child process that opens a temporary as the writer does, locks it and is then SIGKILLed."""
-    code = ("import os, sys, time; from pathlib import Path; from cifarlab.common import files\n"
-            f"fd, tmp = files._create_temporary(Path({str(folder / name)!r})); files.try_lock(fd)\n"
-            "os.write(fd, b'half'); print(tmp.name, flush=True); time.sleep(60)")
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import os, sys, time; from pathlib import Path; from cifarlab.common import files\n"
+        f"fd, tmp = files._create_temporary(Path({str(folder / name)!r})); files.try_lock(fd)\n"
+        "os.write(fd, b'half'); print(tmp.name, flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )
     temporary = child.stdout.readline().strip()
     return child, temporary
 

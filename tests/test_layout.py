@@ -12,16 +12,26 @@ ROOT = Path(cifarlab.__file__).parent
 # common sits below models: a checkpoint's model is rebuilt in models/checkpoint.py, above the
 # run directory and the checkpoint reader it uses (common imports nothing from models).
 FLOORS = {
-    "errors": 0, "text": 0, "runtime": 1, "data": 2, "common": 3, "models": 4,
-    "training": 5, "inference": 5, "experiments": 6, "serve": 6, "api": 7, "cli": 7, "__main__": 8,
+    "errors": 0,
+    "text": 0,
+    "runtime": 1,
+    "data": 2,
+    "common": 3,
+    "models": 4,
+    "training": 5,
+    "inference": 5,
+    "experiments": 6,
+    "serve": 6,
+    "api": 7,
+    "cli": 7,
+    "__main__": 8,
 }
 # inference reads a run's config.json through training.config, the schema of its train section
 # (read_run_config); nothing else of training.
 SIDEWAYS = {("inference", "cifarlab.training.config")}
 # No cycle is known: the sweep modules' rebuild removed the last (experiments.search <-> sweep).
 KNOWN_CYCLES: set[frozenset[str]] = set()
-RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "status.json", "results.json", "evaluation.json",
-             "calibration.json", "robustness.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "status.json", "results.json", "evaluation.json", "calibration.json", "robustness.json")
 
 
 def module_name(path: Path) -> str:
@@ -118,19 +128,30 @@ def strings_naming(path: Path, names: tuple[str, ...]) -> set[str]:
     part of an f-string) that is a run file's name or a path ending in one. Prose that mentions
     a file (help texts, messages, docstrings) names nothing to open."""
     tree = ast.parse(path.read_text())
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     pattern = re.compile(r"(?:^|[/\\])(" + "|".join(re.escape(n) for n in names) + r")$")
-    return {m.group(1) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-            for m in [pattern.search(node.value.strip())] if m}
+    return {
+        m.group(1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+        for m in [pattern.search(node.value.strip())]
+        if m
+    }
 
 
 def test_the_name_finder_sees_every_way_of_writing_a_name(tmp_path):
     module = tmp_path / "m.py"
-    module.write_text("'''Reads results.json.'''\nA = 'results.json'\nB = f\"{run}/status.json\"\n"
-                      "C = 'see metrics.jsonl for more'\nD = Path('runs') / 'calibration.json'\n")
+    module.write_text(
+        "'''Reads results.json.'''\nA = 'results.json'\nB = f\"{run}/status.json\"\n"
+        "C = 'see metrics.jsonl for more'\nD = Path('runs') / 'calibration.json'\n"
+    )
     assert strings_naming(module, RUN_FILES) == {"results.json", "status.json", "calibration.json"}
 
 

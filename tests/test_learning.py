@@ -18,9 +18,33 @@ FLOOR = 0.40
 @pytest.mark.parametrize("amp", ["bf16", "off"])
 def test_quick_recipe_clears_its_accuracy_floor(real_data, tmp_path, amp):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cifarlab", "train", "--preset", "quick", "--epochs", "3", "--train-subset", "5000",
-           "--val-size", "0", "--tta", "0", "--amp", amp, "--seed", "0", "--data-dir", str(real_data),
-           "--out", str(run), "--device", "cpu", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifarlab",
+        "train",
+        "--preset",
+        "quick",
+        "--epochs",
+        "3",
+        "--train-subset",
+        "5000",
+        "--val-size",
+        "0",
+        "--tta",
+        "0",
+        "--amp",
+        amp,
+        "--seed",
+        "0",
+        "--data-dir",
+        str(real_data),
+        "--out",
+        str(run),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     accuracy = json.loads((run / "results.json").read_text())["test_accuracy"]

@@ -58,8 +58,20 @@ def start_server(folder: Path) -> tuple[subprocess.Popen, str]:
     """`mlflow server` on 127.0.0.1 over SQLite with proxied local artifacts; skips the test when it cannot start."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    command = [*MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts")]
+    command = [
+        *MLFLOW,
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+    ]
     with open(folder / "server.log", "wb") as log:  # the server keeps its own copy of the file
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     url = f"http://127.0.0.1:{port}"
@@ -101,7 +113,7 @@ def run_id_of(run: Path) -> str:
 
 
 def train_tiny(run: Path, data: Path, lines: list | None = None, **changes) -> dict:
-    log = (lines.append if lines is not None else (lambda line: None))
+    log = lines.append if lines is not None else (lambda line: None)
     return train(tiny_config(**changes), run, train_subset=64, data_dir=data, device="cpu", progress=False, log=log)
 
 
@@ -137,8 +149,12 @@ def test_what_is_logged_equals_the_run_folder(server, tracked_run, tmp_path):
     assert ("seconds_to_stabilise" in metrics) == (results["seconds_to_stabilise"] is not None)
     tags = logged.data.tags
     assert {k: tags[k] for k in ("preset", "model", "processor", "training_dtype", "torch_version")} == {
-        "preset": "quick", "model": "fast", "processor": results["processor"],
-        "training_dtype": results["autocast_dtype"], "torch_version": results["torch_version"]}
+        "preset": "quick",
+        "model": "fast",
+        "processor": results["processor"],
+        "training_dtype": results["autocast_dtype"],
+        "torch_version": results["torch_version"],
+    }
     assert tags["run_folder"] == str(tracked_run.resolve())
     assert {a.path for a in client.list_artifacts(logged.info.run_id)} >= {"config.json", "results.json", "model"}
     for name in ("config.json", "results.json"):
@@ -191,8 +207,21 @@ def test_mlflow_models_serve_answers_as_the_pyfunc_model(server, tracked_run, da
     port = free_port()
     # its scoring server is the `uvicorn` command of this environment
     env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    command = [*MLFLOW, "models", "serve", "-m", f"runs:/{run_id_of(tracked_run)}/model", "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    command = [
+        *MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        f"runs:/{run_id_of(tracked_run)}/model",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(f"http://127.0.0.1:{port}/ping", process, 120), "mlflow models serve did not start"
@@ -217,8 +246,16 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_every_epoch_once(serve
         raise KeyboardInterrupt  # as Ctrl-C after epoch 1 was checkpointed and logged
 
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(mlflow=server), run, train_subset=64, data_dir=data, device="cpu", progress=False,
-              log=lambda line: None, on_epoch=stop_after_epoch_1)
+        train(
+            tiny_config(mlflow=server),
+            run,
+            train_subset=64,
+            data_dir=data,
+            device="cpu",
+            progress=False,
+            log=lambda line: None,
+            on_epoch=stop_after_epoch_1,
+        )
     client = MlflowClient(server)
     run_id = run_id_of(run)
     assert client.get_run(run_id).info.status == "KILLED"
@@ -274,8 +311,10 @@ def test_a_sweep_is_one_parent_run_with_a_child_per_variant(server, data, tmp_pa
     from cifarlab.experiments.sweep import load_spec, run_sweep
 
     spec = tmp_path / "lr.toml"
-    spec.write_text(f'base = "quick"\ntrain_subset = 64\n[fixed]\nepochs = 1\nval_size = 20\nbatch_size = 32\n'
-                    f'mlflow = "{server}"\n[grid]\nlr = [0.1, 0.2, 0.3, 0.4]\n')
+    spec.write_text(
+        f'base = "quick"\ntrain_subset = 64\n[fixed]\nepochs = 1\nval_size = 20\nbatch_size = 32\n'
+        f'mlflow = "{server}"\n[grid]\nlr = [0.1, 0.2, 0.3, 0.4]\n'
+    )
     folder = tmp_path / "sweep"
     run_sweep(load_spec(spec), folder, data_dir=data, device="cpu", progress=False, log=lambda line: None)
     client = MlflowClient(server)
@@ -295,8 +334,16 @@ def test_a_server_gone_mid_run_leaves_a_complete_run_folder(data, tmp_path, monk
     run = tmp_path / "run"
     lines: list[str] = []
     try:
-        train(tiny_config(mlflow=url), run, train_subset=64, data_dir=data, device="cpu", progress=False,
-              log=lines.append, on_epoch=lambda record: record["epoch"] == 1 and stop(process))
+        train(
+            tiny_config(mlflow=url),
+            run,
+            train_subset=64,
+            data_dir=data,
+            device="cpu",
+            progress=False,
+            log=lines.append,
+            on_epoch=lambda record: record["epoch"] == 1 and stop(process),
+        )
     finally:
         stop(process)
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
@@ -310,8 +357,28 @@ def test_a_server_gone_mid_run_leaves_a_complete_run_folder(data, tmp_path, monk
 def test_an_unreachable_server_at_start_is_one_line_before_training(data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    argv = ["train", "--preset", "quick", "--epochs", "1", "--val-size", "20", "--batch-size", "32", "--train-subset", "64",
-            "--data-dir", str(data), "--device", "cpu", "--quiet", "--out", str(tmp_path / "run"), "--mlflow", url]
+    argv = [
+        "train",
+        "--preset",
+        "quick",
+        "--epochs",
+        "1",
+        "--val-size",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-subset",
+        "64",
+        "--data-dir",
+        str(data),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+        "--mlflow",
+        url,
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"cannot reach the MLflow tracking store {url}" in err and "--mlflow-optional" in err

@@ -59,8 +59,9 @@ def torch_muon_reference(weight: torch.Tensor, grads: list[torch.Tensor], lr: fl
     project's Muon computes: 3 Newton-Schulz steps (torch's default is 5), no weight decay (torch's
     default is 0.1), Keller Jordan's coefficients (torch's default too)."""
     p = nn.Parameter(weight.clone())
-    opt = torch.optim.Muon([p], lr=lr, weight_decay=0.0, momentum=momentum, nesterov=True, ns_steps=3,
-                           ns_coefficients=(3.4445, -4.7750, 2.0315), adjust_lr_fn="original")
+    opt = torch.optim.Muon(
+        [p], lr=lr, weight_decay=0.0, momentum=momentum, nesterov=True, ns_steps=3, ns_coefficients=(3.4445, -4.7750, 2.0315), adjust_lr_fn="original"
+    )
     updates = []
     for grad in grads:
         before = p.detach().clone()
@@ -117,8 +118,9 @@ def test_airbench94_parameter_groups_and_whitening_bias_schedule():
     model = build_model(config.model, **config.model_options)
     opt = build_optimizer(model, config)
     assert isinstance(opt, Muon)
-    groups = {("muon" if g["muon"] else "whiten" if g.get("whiten_bias") else "head" if g["params"][0].ndim == 2 else "bias"): g
-              for g in opt.param_groups}
+    groups = {
+        ("muon" if g["muon"] else "whiten" if g.get("whiten_bias") else "head" if g["params"][0].ndim == 2 else "bias"): g for g in opt.param_groups
+    }
     assert groups["muon"]["lr"] == 0.24 and groups["muon"]["momentum"] == 0.6
     assert all(p.ndim == 4 and p.requires_grad for p in groups["muon"]["params"])
     assert groups["head"]["params"] == [model.head.weight] and groups["head"]["lr"] == pytest.approx(0.67 * 2000)

@@ -55,12 +55,21 @@ def tampered_run(tiny_run: Path, dest: Path) -> Path:
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     state["meta"]["classes"][0] = CLASS
     torch.save(state, run / "checkpoint.pt")
-    calibration = {"temperature": 1.5, "epoch": state["epoch"], "fitted_on": FITTED_ON, "tta": 0,
-                   "val_nll_before": 2.3, "val_nll_after": 2.2}
+    calibration = {"temperature": 1.5, "epoch": state["epoch"], "fitted_on": FITTED_ON, "tta": 0, "val_nll_before": 2.3, "val_nll_after": 2.2}
     (run / "calibration.json").write_text(json.dumps(calibration))
-    robustness = {"checkpoint": "x", "epoch": state["epoch"], "tta": 0, "clean": {"images": 40, "accuracy": 0.5},
-                  "corruptions": {"source": SOURCE, "images": 40, "mean_accuracy": 0.3, "relative_drop": 0.4,
-                                  "accuracy": {CORRUPTION: [0.5, 0.4, 0.3, 0.2, 0.1]}}}
+    robustness = {
+        "checkpoint": "x",
+        "epoch": state["epoch"],
+        "tta": 0,
+        "clean": {"images": 40, "accuracy": 0.5},
+        "corruptions": {
+            "source": SOURCE,
+            "images": 40,
+            "mean_accuracy": 0.3,
+            "relative_drop": 0.4,
+            "accuracy": {CORRUPTION: [0.5, 0.4, 0.3, 0.2, 0.1]},
+        },
+    }
     (run / "robustness.json").write_text(json.dumps(robustness))
     return run
 
@@ -135,17 +144,31 @@ def test_wide_tables_scroll_inside_a_1280_px_page(tiny_run, tmp_path, browser):
     for n in range(8):  # eight runs with long names: the comparison's tables are far wider than the window
         run = tmp_path / "runs" / f"{n}-a-run-with-a-long-descriptive-name-lr0.05-wd5e-4-cutout-{n}"
         shutil.copytree(tiny_run, run)
-        robustness = {"epoch": 2, "tta": 0, "clean": {"images": 40, "accuracy": 0.5},
-                      "corruptions": {"source": "generated", "images": 40, "mean_accuracy": 0.3,
-                                      "accuracy": {"gaussian_noise": [0.5, 0.4, 0.3, 0.2, 0.1]}}}
+        robustness = {
+            "epoch": 2,
+            "tta": 0,
+            "clean": {"images": 40, "accuracy": 0.5},
+            "corruptions": {"source": "generated", "images": 40, "mean_accuracy": 0.3, "accuracy": {"gaussian_noise": [0.5, 0.4, 0.3, 0.2, 0.1]}},
+        }
         (run / "robustness.json").write_text(json.dumps(robustness))
         runs.append(run)
     comparison = compare_runs(runs, tmp_path / "cmp")
     report = build_report(runs[0], tiny_run.parent / "data", **QUIET)
     header = ["rank", "variant", *(f"a_long_setting_name_{k}" for k in range(24)), "status"]
     leaderboard = tmp_path / "leaderboard.html"  # the sweep leaderboard's template
-    pages.write_page(leaderboard, pages.render("leaderboard.html", title="Sweep", subtitle="wide", header=header,
-                                               rows=[[1, "v", *range(24), "finished"]], row_classes=None, num_from=2, images=[]))
+    pages.write_page(
+        leaderboard,
+        pages.render(
+            "leaderboard.html",
+            title="Sweep",
+            subtitle="wide",
+            header=header,
+            rows=[[1, "v", *range(24), "finished"]],
+            row_classes=None,
+            num_from=2,
+            images=[],
+        ),
+    )
     for path in (comparison, report, leaderboard):
         seen = page_width(browser, path)
         assert seen["page"] <= 1280, (path.name, seen)

@@ -38,8 +38,7 @@ def write_pngs(images: torch.Tensor, folder: Path, labels=None, classes=None) ->
 def evaluate_path_logits(run: Path, images: torch.Tensor) -> torch.Tensor:
     """Logits exactly as `cifarlab evaluate` computes them (same function, same arguments)."""
     model, meta = model_from_checkpoint(load_checkpoint(run))
-    return predict_logits(model, images, meta["mean"], meta["std"], batch_size=1000, tta=0,
-                          amp="off", channels_last=meta["channels_last"])
+    return predict_logits(model, images, meta["mean"], meta["std"], batch_size=1000, tta=0, amp="off", channels_last=meta["channels_last"])
 
 
 @pytest.fixture
@@ -96,8 +95,19 @@ def test_predict_folder_with_good_and_bad_files(tiny_run, mixed_folder, tmp_path
 
 def test_predict_writes_csv_with_top_k_columns(tiny_run, mixed_folder, tmp_path, capsys):
     out = tmp_path / "predictions.csv"
-    main(["predict", str(tiny_run), str(mixed_folder / "bird"), str(mixed_folder / "cat" / "notes.png"),
-          "--top-k", "3", "--output", str(out), "--quiet"])
+    main(
+        [
+            "predict",
+            str(tiny_run),
+            str(mixed_folder / "bird"),
+            str(mixed_folder / "cat" / "notes.png"),
+            "--top-k",
+            "3",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0])[:7] == ["path", "top1", "top1_prob", "top2", "top2_prob", "top3", "top3_prob"]
     by_name = {Path(r["path"]).name: r for r in rows}
@@ -196,8 +206,7 @@ def _altered_checkpoint(tiny_run, tmp_path, **meta) -> Path:
 )
 def test_unusable_checkpoints_give_one_line_errors(tiny_run, tmp_path, png, capsys, meta, message):
     ckpt = _altered_checkpoint(tiny_run, tmp_path, **meta)
-    for argv in (["predict", str(ckpt), str(png)], ["export", str(ckpt), "--data-dir", str(tmp_path)],
-                 ["serve", str(ckpt), "--port", "1"]):
+    for argv in (["predict", str(ckpt), str(png)], ["export", str(ckpt), "--data-dir", str(tmp_path)], ["serve", str(ckpt), "--port", "1"]):
         assert main(argv) == 1
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err and err.startswith(f"cifarlab {argv[0]}: error:")
@@ -248,9 +257,11 @@ def test_calibration_temperature_outside_the_fit_range_is_refused(tiny_run, tmp_
 
     run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".lock"))
     epoch = load_checkpoint(run)["epoch"]
-    (run / "calibration.json").write_text(json.dumps({
-        "temperature": temperature, "epoch": epoch, "fitted_on": "validation split (20 images)",
-        "val_nll_before": 2.3, "val_nll_after": 2.2}))
+    (run / "calibration.json").write_text(
+        json.dumps(
+            {"temperature": temperature, "epoch": epoch, "fitted_on": "validation split (20 images)", "val_nll_before": 2.3, "val_nll_after": 2.2}
+        )
+    )
     assert main(["predict", str(run), str(red_png), "--calibrated", "--quiet"]) == 1
     captured = capsys.readouterr()
     assert "nan" not in captured.out and captured.err.count("\n") == 1, captured

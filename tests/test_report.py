@@ -141,7 +141,11 @@ def test_runs_lists_status_and_sorts(tiny_run, tmp_path, capsys):
     assert by_status == ["e-reused-pid", "b-dead", "d-running", "a-finished", "c-failed"]
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["status"]) for r in rows] == [
-        ("a-finished", "finished"), ("b-dead", "stopped"), ("c-failed", "failed"), ("d-running", "running"), ("e-reused-pid", "stopped")
+        ("a-finished", "finished"),
+        ("b-dead", "stopped"),
+        ("c-failed", "failed"),
+        ("d-running", "running"),
+        ("e-reused-pid", "stopped"),
     ]
     assert "is gone" in rows[4]["reason"]
     results = json.loads((tiny_run / "results.json").read_text())
@@ -248,8 +252,7 @@ def test_class_names_from_a_users_meta_file_are_drawn_as_text_not_mathtext():
 
     classes = ["$x^$", "a$b"]  # mathtext would fail on the first: "Expected end of text"
     pred = Predictions(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([1, 0]), np.zeros((2, 3, 2, 2), np.uint8), classes, 1, 0)
-    for fig in (per_class_figure(classes, [0.5, 0.25]), confusion_figure(np.array([[1, 2], [3, 4]]), classes),
-                errors_figure(pred, np.array([0, 1]))):
+    for fig in (per_class_figure(classes, [0.5, 0.25]), confusion_figure(np.array([[1, 2], [3, 4]]), classes), errors_figure(pred, np.array([0, 1]))):
         fig.savefig(io.BytesIO(), format="png")
 
 
@@ -290,8 +293,9 @@ def test_compare_shows_the_test_accuracy_report_shows_for_a_stopped_run(tiny_run
     assert f'<td>test accuracy ({label}, run not finished)</td><td class="num">{shown}</td>' in report
     page = compare_runs([tiny_run, stopped], tmp_path / "cmp", data, "cpu").read_text()
     results = json.loads((tiny_run / "results.json").read_text())
-    assert (f'<td>test accuracy</td><td class="num">{pct(results["test_accuracy"])}</td>'
-            f'<td class="num">{shown} ({label}, run not finished)</td>') in page
+    assert (
+        f'<td>test accuracy</td><td class="num">{pct(results["test_accuracy"])}</td><td class="num">{shown} ({label}, run not finished)</td>'
+    ) in page
     page = compare_runs([stopped], tmp_path / "cmp2", tmp_path / "nodata", "cpu").read_text()
     assert "No test accuracy for stopped: test data not available" in page and '<td class="num">—</td>' in page
 
@@ -305,8 +309,9 @@ def test_a_low_resolution_checkpoint_is_measured_at_its_training_resolution_and_
     from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=40).parent
-    config = get_preset("fast").replace(epochs=2, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=1, tta=0,
-                                        model_options={"widths": [8, 16, 16], "stem_stride": 1})
+    config = get_preset("fast").replace(
+        epochs=2, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=1, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+    )
 
     def interrupt(record):  # killed after epoch 1, the low-resolution one, as a report mid-run sees it
         raise KeyboardInterrupt

@@ -257,8 +257,10 @@ def test_evaluate_corruptions_keeps_an_earlier_evaluation_and_prints_the_table_o
     assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "2"]) == 0
     full = (run / "evaluation.json").read_bytes()
     capsys.readouterr()
-    assert main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "0", "--corruptions",
-                 "--corruption-names", "fog", "contrast"]) == 0
+    assert (
+        main(["evaluate", str(run), "--data-dir", data, "--device", "cpu", "--tta", "0", "--corruptions", "--corruption-names", "fog", "contrast"])
+        == 0
+    )
     out, err = capsys.readouterr()
     assert (run / "evaluation.json").read_bytes() == full  # the TTA-2 evaluation is still there
     assert json.loads((run / "robustness.json").read_text())["tta"] == 0
@@ -314,8 +316,18 @@ def test_subset_and_names_choose_the_images_and_rows(evaluated, tiny_run, tmp_pa
     run, _ = evaluated
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    _evaluate(copy, tiny_run.parent / "data", "--corruptions", "--corruption-names", "fog", "pixelate",
-              "--corruption-subset", "10", "--corruption-seed", "3")
+    _evaluate(
+        copy,
+        tiny_run.parent / "data",
+        "--corruptions",
+        "--corruption-names",
+        "fog",
+        "pixelate",
+        "--corruption-subset",
+        "10",
+        "--corruption-seed",
+        "3",
+    )
     part = json.loads((copy / "robustness.json").read_text())["corruptions"]
     assert list(part["accuracy"]) == ["fog", "pixelate"] and part["images"] == 10
 
@@ -328,7 +340,7 @@ def test_report_and_compare_show_robustness(evaluated, tiny_run, tmp_path):
     html = build_report(copy, tiny_run.parent / "data", **quiet).read_text()
     result = read_robustness(copy / "robustness.json")
     assert "<h2>Robustness</h2>" in html and GENERATED.replace("&", "&amp;") in html
-    assert f"<td>mean corruption accuracy</td><td class=\"num\">{pages.fmt(result['corruptions']['mean_accuracy'], 'pct')}</td>" in html
+    assert f'<td>mean corruption accuracy</td><td class="num">{pages.fmt(result["corruptions"]["mean_accuracy"], "pct")}</td>' in html
     assert (copy / ROBUSTNESS_FIGURE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     plain = tmp_path / "plain"

@@ -21,48 +21,83 @@ from cifarlab.common.rundir import (
 )
 from cifarlab.common.runfiles import TEMPERATURE_RANGE
 
-ROBUST = {"clean": {"accuracy": 0.9, "images": 100}, "tta": 0,
-          "corruptions": {"source": "generated", "mean_accuracy": 0.5, "images": 100, "accuracy": {"fog": [0.9, 0.8, 0.7, 0.6, 0.5]}},
-          "cifar10_1": {"source": "CIFAR-10.1", "accuracy": 0.8, "images": 2000}}
+ROBUST = {
+    "clean": {"accuracy": 0.9, "images": 100},
+    "tta": 0,
+    "corruptions": {"source": "generated", "mean_accuracy": 0.5, "images": 100, "accuracy": {"fog": [0.9, 0.8, 0.7, 0.6, 0.5]}},
+    "cifar10_1": {"source": "CIFAR-10.1", "accuracy": 0.8, "images": 2000},
+}
 # file: (schema, a valid value, (broken value, the message's end) for a wrong type, a missing field, a wrong shape)
 CASES = {
-    CONFIG: (runfiles.RunConfig, {"train": {"preset": "quick", "epochs": 2}, "params": 10, "data": "/d"}, [
-        ({"train": {"epochs": "2"}}, "train.epochs should be an integer, found text"),
-        ({"params": 3}, "lacks train"),
-        ({"train": [1]}, "train should be an object, found a list"),
-    ]),
-    STATUS: (runfiles.Status, {"status": "running", "pid": 3, "epoch": 1}, [
-        ({"status": ["running"]}, "status should be text, found a list"),
-        ({"status": "running", "pid": True}, "pid should be an integer, found true/false"),
-        ({"status": "x", "epoch": 1.5}, "epoch should be an integer, found a number"),
-    ]),
-    RESULTS: (runfiles.Results, {"test_accuracy": 0.9, "epochs": 2, "per_class_accuracy": {"cat": 0.5}, "extra": [1]}, [
-        ({"test_accuracy": "abc"}, "test_accuracy should be a number, found text"),
-        ({"per_class_accuracy": {"cat": "x"}}, "per_class_accuracy.cat should be a number, found text"),
-        ({"per_class_accuracy": [0.5]}, "per_class_accuracy should be an object, found a list"),
-    ]),
-    EVALUATION: (runfiles.Evaluation, {"test_accuracy": 0.9, "tta": 0, "confusion_matrix": [[1, 0], [0, 1]]}, [
-        ({"test_accuracy": None, "tta": "2"}, "tta should be an integer, found text"),
-        ({"confusion_matrix": [[1, "a"]]}, "confusion_matrix.0.1 should be an integer, found text"),
-        ({"classes": "cat"}, "classes should be a list, found text"),
-    ]),
-    CALIBRATION: (runfiles.Calibration, {"temperature": 1.5, "epoch": 2, "fitted_on": "validation split"}, [
-        ({"temperature": "1"}, "temperature should be a number, found text"),
-        ({"epoch": 2}, "lacks temperature"),
-        ({"temperature": 1e-300}, "temperature should be between 0.05 and 20 (the range calibrate searches), found 1e-300"),
-    ]),
-    ROBUSTNESS: (runfiles.Robustness, ROBUST, [
-        ({**ROBUST, "clean": {"accuracy": "high", "images": 1}}, "clean.accuracy should be a number, found text"),
-        ({**ROBUST, "clean": {"images": 1}}, "clean lacks accuracy"),
-        ({**ROBUST, "corruptions": {**ROBUST["corruptions"], "accuracy": {"fog": [0.9]}}},
-         "corruptions.accuracy.fog should be 5 accuracies (one per severity), found [0.9]"),
-    ]),
-    "export/config.json": (runfiles.ExportConfig, {"format": "cifarlab-safetensors", "format_version": 1,
-                                                   "weights": {"sha256": "ab", "dtype": "float32"}, "model": "paper"}, [
-        ({"format": "cifarlab-safetensors", "format_version": "1", "weights": {"sha256": "ab"}}, "format_version should be an integer, found text"),
-        ({"format": "cifarlab-safetensors", "format_version": 1}, "lacks weights"),
-        ({"format": "cifarlab-safetensors", "format_version": 1, "weights": ["ab"]}, "weights should be an object, found a list"),
-    ]),
+    CONFIG: (
+        runfiles.RunConfig,
+        {"train": {"preset": "quick", "epochs": 2}, "params": 10, "data": "/d"},
+        [
+            ({"train": {"epochs": "2"}}, "train.epochs should be an integer, found text"),
+            ({"params": 3}, "lacks train"),
+            ({"train": [1]}, "train should be an object, found a list"),
+        ],
+    ),
+    STATUS: (
+        runfiles.Status,
+        {"status": "running", "pid": 3, "epoch": 1},
+        [
+            ({"status": ["running"]}, "status should be text, found a list"),
+            ({"status": "running", "pid": True}, "pid should be an integer, found true/false"),
+            ({"status": "x", "epoch": 1.5}, "epoch should be an integer, found a number"),
+        ],
+    ),
+    RESULTS: (
+        runfiles.Results,
+        {"test_accuracy": 0.9, "epochs": 2, "per_class_accuracy": {"cat": 0.5}, "extra": [1]},
+        [
+            ({"test_accuracy": "abc"}, "test_accuracy should be a number, found text"),
+            ({"per_class_accuracy": {"cat": "x"}}, "per_class_accuracy.cat should be a number, found text"),
+            ({"per_class_accuracy": [0.5]}, "per_class_accuracy should be an object, found a list"),
+        ],
+    ),
+    EVALUATION: (
+        runfiles.Evaluation,
+        {"test_accuracy": 0.9, "tta": 0, "confusion_matrix": [[1, 0], [0, 1]]},
+        [
+            ({"test_accuracy": None, "tta": "2"}, "tta should be an integer, found text"),
+            ({"confusion_matrix": [[1, "a"]]}, "confusion_matrix.0.1 should be an integer, found text"),
+            ({"classes": "cat"}, "classes should be a list, found text"),
+        ],
+    ),
+    CALIBRATION: (
+        runfiles.Calibration,
+        {"temperature": 1.5, "epoch": 2, "fitted_on": "validation split"},
+        [
+            ({"temperature": "1"}, "temperature should be a number, found text"),
+            ({"epoch": 2}, "lacks temperature"),
+            ({"temperature": 1e-300}, "temperature should be between 0.05 and 20 (the range calibrate searches), found 1e-300"),
+        ],
+    ),
+    ROBUSTNESS: (
+        runfiles.Robustness,
+        ROBUST,
+        [
+            ({**ROBUST, "clean": {"accuracy": "high", "images": 1}}, "clean.accuracy should be a number, found text"),
+            ({**ROBUST, "clean": {"images": 1}}, "clean lacks accuracy"),
+            (
+                {**ROBUST, "corruptions": {**ROBUST["corruptions"], "accuracy": {"fog": [0.9]}}},
+                "corruptions.accuracy.fog should be 5 accuracies (one per severity), found [0.9]",
+            ),
+        ],
+    ),
+    "export/config.json": (
+        runfiles.ExportConfig,
+        {"format": "cifarlab-safetensors", "format_version": 1, "weights": {"sha256": "ab", "dtype": "float32"}, "model": "paper"},
+        [
+            (
+                {"format": "cifarlab-safetensors", "format_version": "1", "weights": {"sha256": "ab"}},
+                "format_version should be an integer, found text",
+            ),
+            ({"format": "cifarlab-safetensors", "format_version": 1}, "lacks weights"),
+            ({"format": "cifarlab-safetensors", "format_version": 1, "weights": ["ab"]}, "weights should be an object, found a list"),
+        ],
+    ),
 }
 
 
@@ -130,17 +165,24 @@ def tampered_run(tiny_run, tmp_path, **train):
     return run
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
-    ({"colour": "blue"}, "unknown field 'colour'"),
-    ({"epochs": "2"}, "train.epochs should be an integer, found text"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
+        ({"colour": "blue"}, "unknown field 'colour'"),
+        ({"epochs": "2"}, "train.epochs should be an integer, found text"),
+    ],
+)
 def test_every_reader_refuses_a_tampered_config_the_same_way(tiny_run, tmp_path, capsys, train, message):
     run = tampered_run(tiny_run, tmp_path, **train)
     main(["runs", str(run)])  # lists what it can read, and says why it skips the rest
     errors = [capsys.readouterr().err.strip()]
-    for command in (["report", str(run), "--quiet"], ["compare", str(run), str(tiny_run), "--out", str(tmp_path / "c")],
-                    ["train", "--resume", str(run)], ["export", str(run), "--format", "safetensors", "--output", str(tmp_path / "e")]):
+    for command in (
+        ["report", str(run), "--quiet"],
+        ["compare", str(run), str(tiny_run), "--out", str(tmp_path / "c")],
+        ["train", "--resume", str(run)],
+        ["export", str(run), "--format", "safetensors", "--output", str(tmp_path / "e")],
+    ):
         assert main(command) == 1, command
         errors.append(capsys.readouterr().err.strip())
     assert all(message in e and "\n" not in e for e in errors), errors

@@ -81,13 +81,20 @@ def test_results_record_processor_and_where_the_seconds_went(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     assert results["processor"] and results["processor"] != "unknown CPU"
     timing = results["timing"]
-    assert set(timing) == {"setup_seconds", "training_seconds", "validation_seconds", "test_evaluation_seconds",
-                           "training_plus_test_evaluation_seconds", "wall_seconds"}
+    assert set(timing) == {
+        "setup_seconds",
+        "training_seconds",
+        "validation_seconds",
+        "test_evaluation_seconds",
+        "training_plus_test_evaluation_seconds",
+        "wall_seconds",
+    }
     assert all(v >= 0 for v in timing.values())
     parts = timing["setup_seconds"] + timing["training_seconds"] + timing["validation_seconds"] + timing["test_evaluation_seconds"]
     assert parts <= timing["wall_seconds"] * 1.001 and parts > 0.5 * timing["wall_seconds"]
-    assert timing["training_seconds"] == pytest.approx(sum(
-        json.loads(line)["train_seconds"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()))
+    assert timing["training_seconds"] == pytest.approx(
+        sum(json.loads(line)["train_seconds"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines())
+    )
 
 
 def test_cudnn_autotuning_is_on_for_cuda_training_unless_determinism_is_asked(monkeypatch):
@@ -105,8 +112,9 @@ def test_deterministic_training_is_recorded_and_repeatable(tiny_binary, tmp_path
     from cifarlab.training.config import get_preset
     from cifarlab.training.train import train
 
-    config = get_preset("fast").replace(epochs=1, low_res_epochs=0, batch_size=32, lr=0.67 * 32, val_size=20, deterministic=True, amp="off",
-                                        model_options={"widths": [8, 16, 16]})
+    config = get_preset("fast").replace(
+        epochs=1, low_res_epochs=0, batch_size=32, lr=0.67 * 32, val_size=20, deterministic=True, amp="off", model_options={"widths": [8, 16, 16]}
+    )
     lines = []
     first = train(config, tmp_path / "a", data_dir=tiny_binary, device="cpu", progress=False, log=lines.append)
     second = train(config, tmp_path / "b", data_dir=tiny_binary, device="cpu", progress=False, log=lambda s: None)

@@ -63,7 +63,7 @@ def test_random_trials_are_fixed_by_seed_and_index_and_stay_in_bounds(tmp_path):
 
 
 def test_model_options_may_be_a_table_of_their_own(tmp_path):
-    space = '[search.space.model_options]\nfc_dropout = { uniform = [0.2, 0.6] }\nslope = { choice = [0.01, 0.1] }\n'
+    space = "[search.space.model_options]\nfc_dropout = { uniform = [0.2, 0.6] }\nslope = { choice = [0.01, 0.1] }\n"
     spec = load_spec(search_spec(tmp_path, "random", 2, space=space))
     assert [axis.key for axis in spec.search.axes] == ["model_options.fc_dropout", "model_options.slope"]
     assert spec.variants[0].config.model_options["slope"] in (0.01, 0.1)
@@ -189,7 +189,7 @@ def test_tpe_study_resumes_an_interrupted_trial_then_continues_with_a_larger_bud
 
 
 def test_a_failing_tpe_trial_is_told_to_the_study_and_recorded(tiny_binary, tmp_path):
-    space = '[search.space]\nlr = { log_uniform = [1e5, 1e6] }\n'  # diverges
+    space = "[search.space]\nlr = { log_uniform = [1e5, 1e6] }\n"  # diverges
     head = HEAD.replace("epochs = 1", "epochs = 2\nstop_patience = 0")
     rows = run_sweep(load_spec(search_spec(tmp_path, "tpe", 1, head=head, space=space)), None, tiny_binary, "cpu", progress=False, log=lambda s: None)
     held = study_trials(tmp_path / "search")
@@ -225,14 +225,20 @@ OK_HEAD = 'base = "paper"\n'
             'method = "random"\ntrials = 2\n[search.space]\nbatch_size = { uniform = [16, 64] }\n',
             ["[search.space] batch_size = 16.0", "field 'batch_size' must be int"],
         ),
-        ('method = "random"\ntrials = 2\n[search.space]\n"model_options.fc_dropout" = { uniform = [0.2, 1.5] }\n',
-         ["[search.space] model_options.fc_dropout = 1.5", "fc_dropout"]),
-        ('method = "random"\ntrials = 2\n[search.space]\n"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16], [8, 8]] }\n',
-         ["[search.space] model_options.widths = [8, 8]", "widths must be a list of 7"]),
+        (
+            'method = "random"\ntrials = 2\n[search.space]\n"model_options.fc_dropout" = { uniform = [0.2, 1.5] }\n',
+            ["[search.space] model_options.fc_dropout = 1.5", "fc_dropout"],
+        ),
+        (
+            'method = "random"\ntrials = 2\n[search.space]\n"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16], [8, 8]] }\n',
+            ["[search.space] model_options.widths = [8, 8]", "widths must be a list of 7"],
+        ),
         # each alone is fine; together they are the paper net's 7 widths for the fast net
-        ('method = "random"\ntrials = 2\n[search.space]\nmodel = { choice = ["paper", "fast"] }\n'
-         '"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16]] }\n',
-         ["[search.space] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"]),
+        (
+            'method = "random"\ntrials = 2\n[search.space]\nmodel = { choice = ["paper", "fast"] }\n'
+            '"model_options.widths" = { choice = [[8, 8, 8, 8, 16, 16, 16]] }\n',
+            ["[search.space] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"],
+        ),
         ('method = "random"\ntrials = 2\n[search.space]\n"model_options.widths" = { choice = [[8, 8], [8, 8]] }\n', ["choice lists [8, 8] twice"]),
         ('method = "random"\ntrials = 2\n[search.space]\nlr = { choice = [] }\n', ["lr: choice must be a non-empty list"]),
         ('method = "random"\ntrials = 2\n[search.space]\nlrr = { uniform = [0.1, 0.2] }\n', ["[search.space] lrr = 0.1", "unknown field 'lrr'"]),

@@ -63,8 +63,7 @@ def served(tiny_run, tmp_path_factory):
     """`cifarlab serve` in its own process on a free loopback port, with default limits."""
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [sys.executable, "-m", "cifarlab", "serve", str(tiny_run), "--port", str(port),
-           "--max-upload-bytes", str(MAX_UPLOAD), "--top-k", "10"]
+    cmd = [sys.executable, "-m", "cifarlab", "serve", str(tiny_run), "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--top-k", "10"]
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -142,14 +141,13 @@ def test_truncated_image_and_oversize_without_content_length(server, images):
     assert response.status_code == 422 and "truncated" in response.json()["detail"]
 
     def chunks():  # a streamed body has no Content-Length: the limit still holds
-        boundary = b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n"
+        boundary = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
         yield boundary
         for _ in range(10):
             yield os.urandom(MAX_UPLOAD // 4)
         yield b"\r\n--b0undary--\r\n"
 
-    response = httpx.post(f"{server}/predict", content=chunks(),
-                          headers={"content-type": "multipart/form-data; boundary=b0undary"})
+    response = httpx.post(f"{server}/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b0undary"})
     assert response.status_code == 413 and "limit is 50,000 bytes" in response.json()["detail"]
 
 
@@ -257,8 +255,7 @@ def in_process_server(app, **deadlines):
 @pytest.fixture(scope="module")
 def guarded(tiny_run):
     """An in-process server with short deadlines and a one-thread, one-place decode queue."""
-    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1,
-                     body_timeout_s=BODY_S)
+    app = create_app(tiny_run, max_upload_bytes=MAX_UPLOAD, max_pixels=GUARD_PIXELS, decode_workers=1, decode_queue=1, body_timeout_s=BODY_S)
     with in_process_server(app, keep_alive_s=KEEP_ALIVE_S, header_timeout_s=HEADER_S) as running:
         yield running
 
@@ -310,8 +307,11 @@ def watch_until_closed(sockets: dict[str, socket.socket], dribble: dict[str, byt
 
 
 def multipart(data: bytes, boundary: str = "XyZzy", filename: str = "a.png") -> bytes:
-    return (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\nContent-Type: image/png\r\n\r\n').encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
 
 
 def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images):
@@ -319,8 +319,7 @@ def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images
     post = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
     body = multipart(images[0])
     half_body = post + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2]
-    sends = {"silent": b"", "half headers": post, "dribbled headers": b"P", "half body": half_body,
-             "dribbled body": half_body}
+    sends = {"silent": b"", "half headers": post, "dribbled headers": b"P", "half body": half_body, "dribbled body": half_body}
     sockets, started = {}, {}  # each socket's deadline runs from its own start
     for name, data in ((f"{kind} {i}", data) for kind, data in sends.items() for i in range(3)):
         sockets[name] = raw_socket(url, data)
@@ -337,7 +336,7 @@ def test_idle_and_slow_clients_are_closed_within_their_deadlines(guarded, images
     hanging = [name for name, (_, closed_at) in results.items() if closed_at is None]
     assert not hanging, f"still open: {hanging}"
     for name, (answer, closed_at) in results.items():
-        deadline = (KEEP_ALIVE_S if name == "idle keep-alive" else BODY_S if "body" in name else HEADER_S)
+        deadline = KEEP_ALIVE_S if name == "idle keep-alive" else BODY_S if "body" in name else HEADER_S
         closed_after = closed_at - started[name]
         assert deadline - EARLY_S < closed_after < deadline + LATE_S, (name, closed_after)  # at its deadline, not before
         if name.startswith(("half headers", "half body", "half second")):
@@ -386,8 +385,11 @@ def test_header_deadline_reads_uvicorn_internals_that_still_exist(guarded, image
         protocol = connection_of(guarded, sock)
         assert wait_for(lambda: protocol.cycle.response_complete is True)  # between requests
         body = multipart(images[0])
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
-                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:10])
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
         assert wait_for(lambda: protocol.cycle.response_complete is False)  # a request under way
         assert protocol.timer is None  # its headers arrived: the header deadline stopped
         sock.sendall(body[10:])
@@ -451,8 +453,9 @@ def test_multipart_content_type_in_any_letter_case(server, images, expected, con
 def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
     before = served.log.read_text().splitlines()
     body = multipart(os.urandom(MAX_UPLOAD // 2))
-    head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZzy\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
     with raw_socket(served.url, head + body[: len(body) // 3]):
         time.sleep(0.3)  # the server is reading the body when the client goes
     assert wait_for(lambda: "disconnected" in served.log.read_text(), seconds=30)
@@ -460,7 +463,7 @@ def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
     # log handler), so after two of them any traceback of the disconnect is in the log too.
     for _ in range(2):
         assert httpx.get(f"{served.url}/health").status_code == 200
-    new = served.log.read_text().splitlines()[len(before):]
+    new = served.log.read_text().splitlines()[len(before) :]
     assert len(new) == 1 and "disconnected during its upload (POST /predict)" in new[0], new
     assert httpx.get(f"{served.url}/health").status_code == 200
 
@@ -468,10 +471,25 @@ def test_client_disconnecting_mid_upload_is_one_log_line(served, images):
 def test_abuse_limits_are_serve_flags(tiny_run, monkeypatch, capsys):
     seen = {}
     monkeypatch.setattr("cifarlab.serve.serve", lambda run, **options: seen.update(options))
-    main(["serve", str(tiny_run), "--max-pixels", "4096", "--decode-workers", "3", "--decode-queue", "5",
-          "--keep-alive", "2", "--header-timeout", "4", "--body-timeout", "9"])
-    expected = {"max_pixels": 4096, "decode_workers": 3, "decode_queue": 5, "keep_alive_s": 2, "header_timeout_s": 4,
-                "body_timeout_s": 9}
+    main(
+        [
+            "serve",
+            str(tiny_run),
+            "--max-pixels",
+            "4096",
+            "--decode-workers",
+            "3",
+            "--decode-queue",
+            "5",
+            "--keep-alive",
+            "2",
+            "--header-timeout",
+            "4",
+            "--body-timeout",
+            "9",
+        ]
+    )
+    expected = {"max_pixels": 4096, "decode_workers": 3, "decode_queue": 5, "keep_alive_s": 2, "header_timeout_s": 4, "body_timeout_s": 9}
     assert {key: seen[key] for key in expected} == expected
     monkeypatch.undo()
     assert main(["serve", str(tiny_run), "--decode-workers", "0"]) == 1
@@ -546,9 +564,12 @@ def schemathesis_failures(base_url: str) -> tuple[list[str], int]:
         if isinstance(event, (events.ScenarioFinished, events.FuzzScenarioFinished)) and recorder is not None:
             for case_id, case_checks in recorder.checks.items():
                 checked += len(case_checks)
-                failures += [f"{check.name} ({recorder.label}): {check.failure_info.failure.title}; "
-                             f"{answer(recorder, case_id)}; {check.failure_info.code_sample}"
-                             for check in case_checks if check.status == Status.FAILURE]
+                failures += [
+                    f"{check.name} ({recorder.label}): {check.failure_info.failure.title}; "
+                    f"{answer(recorder, case_id)}; {check.failure_info.code_sample}"
+                    for check in case_checks
+                    if check.status == Status.FAILURE
+                ]
     return sorted(set(failures)), checked
 
 
@@ -579,7 +600,6 @@ def test_upload_page_template_escapes_what_it_shows():
     """The page is a Jinja2 template with autoescape: a value with markup shows as text."""
     from cifarlab.serve.app import PAGES
 
-    page = PAGES.get_template("upload.html").render(model="<script>alert(0)</script>", classes=10,
-                                                      upload_limit="1,024", pixel_limit="<b>4</b>")
+    page = PAGES.get_template("upload.html").render(model="<script>alert(0)</script>", classes=10, upload_limit="1,024", pixel_limit="<b>4</b>")
     assert "<script>alert(0)</script>" not in page and "&lt;script&gt;alert(0)&lt;/script&gt;" in page
     assert "&lt;b&gt;4&lt;/b&gt; pixels" in page

@@ -23,6 +23,7 @@ def study_trials(db: Path, name: str) -> dict:
 
     return latest_trials(optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials())
 
+
 TINY = """
 base = "paper"
 train_subset = 40
@@ -64,16 +65,20 @@ def write_spec(folder: Path, text: str, name: str = "spec.toml") -> Path:
         ('base = "paper"\n', ["nothing to sweep"]),
         ('base = "paper"\n[grid\n', ["not valid TOML"]),
         ('base = "paper"\n[[variants]]\nlr = 0.1\n[[variants]]\nlr = 0.1\n', ["two variants are named 'lr=0.1'"]),
-        ('base = "fast"\n[grid]\n"model_options.widths" = [[64, -5, 256]]\n',
-         ["model_options.widths = [64, -5, 256]", "widths must be a list of 3 integers from 1 to 4096"]),
+        (
+            'base = "fast"\n[grid]\n"model_options.widths" = [[64, -5, 256]]\n',
+            ["model_options.widths = [64, -5, 256]", "widths must be a list of 3 integers from 1 to 4096"],
+        ),
         ('base = "paper"\n[[variants]]\n"model_options.fc_dropout" = 1.0\n', ["[[variants]] #1", "fc_dropout must be a number from 0 up to"]),
         (  # would build on the meta device
             'base = "paper"\n[grid]\n"model_options.widths" = [[1000000000000, 1, 1, 1, 1, 1, 1]]\n',
             ["widths must be a list of 7 integers from 1 to 4096"],
         ),
         # each value alone is fine; together they are the paper net's 7 widths for the fast net
-        ('base = "paper"\n[grid]\nmodel = ["paper", "fast"]\n"model_options.widths" = [[8, 8, 8, 8, 16, 16, 16]]\n',
-         ["[grid] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"]),
+        (
+            'base = "paper"\n[grid]\nmodel = ["paper", "fast"]\n"model_options.widths" = [[8, 8, 8, 8, 16, 16, 16]]\n',
+            ["[grid] model=fast,widths=8-8-8-8-16-16-16", "widths must be a list of 3"],
+        ),
     ],
 )
 def test_bad_specs_are_one_line_errors_naming_file_and_field(tmp_path, capsys, text, names):
@@ -146,7 +151,7 @@ def test_sweep_interrupted_then_restarted_finishes_with_leaderboard(tiny_binary,
 
 
 def test_two_local_workers_share_the_study_and_a_rerun_skips_what_finished(tiny_binary, tmp_path, capsys):
-    spec = write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 1").split("[grid]")[0] + '[grid]\nseed = [0, 1]\n', "par.toml")
+    spec = write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 1").split("[grid]")[0] + "[grid]\nseed = [0, 1]\n", "par.toml")
     argv = ["sweep", str(spec), "--data-dir", str(tiny_binary), "--device", "cpu", "--workers", "2"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -164,7 +169,7 @@ def test_diverging_variant_fails_and_mathtext_names_do_not_break_the_figures(tin
     """lr 1e6 diverges without a NaN training loss; `$...$` names are mathtext to matplotlib and used
     to fail the leaderboard and compare after all the training."""
     names = ["$x^$", "a$\\frac{1}{$b", "$\\alpha$"]
-    listed = "".join(f'[[variants]]\nname = {json.dumps(n)}\nlr = {0.01 * (i + 1)}\n' for i, n in enumerate(names))
+    listed = "".join(f"[[variants]]\nname = {json.dumps(n)}\nlr = {0.01 * (i + 1)}\n" for i, n in enumerate(names))
     text = TINY.split("[grid]")[0].replace("epochs = 2", "epochs = 1") + listed
     text += '[[variants]]\nname = "huge-lr"\nlr = 1e6\nval_size = 0\nepochs = 2\nstop_patience = 0\n'
     spec = write_spec(tmp_path, text)
@@ -239,9 +244,11 @@ def test_checking_a_large_grid_is_linear_and_per_spec(tmp_path, monkeypatch):
 
 
 def test_grid_configs_are_those_of_the_override_parser(tmp_path):
-    text = ('base = "paper"\n[fixed]\n"model_options.widths" = [8, 8, 8, 8, 16, 16, 16]\n[grid]\nlr = [0.01, 0.02]\n'
-            'model_options = [{widths = [8, 8, 8, 8, 8, 8, 8], fc_widths = [8, 8]}, {slope = 0.2}]\n'
-            '"model_options.fc_dropout" = [0.3, 0.5]\nflip = [true, false]\n')
+    text = (
+        'base = "paper"\n[fixed]\n"model_options.widths" = [8, 8, 8, 8, 16, 16, 16]\n[grid]\nlr = [0.01, 0.02]\n'
+        "model_options = [{widths = [8, 8, 8, 8, 8, 8, 8], fc_widths = [8, 8]}, {slope = 0.2}]\n"
+        '"model_options.fc_dropout" = [0.3, 0.5]\nflip = [true, false]\n'
+    )
     spec = load_spec(write_spec(tmp_path, text))
     base = apply_overrides(get_preset("paper"), spec.fixed)
     assert len(spec.variants) == 16
@@ -249,7 +256,7 @@ def test_grid_configs_are_those_of_the_override_parser(tmp_path):
         assert v.config == apply_overrides(base, v.overrides), v.name
 
 
-ONE = TINY.split("[grid]")[0].replace("train_subset = 40\n", "").replace("epochs = 2", "epochs = 1") + '[grid]\nseed = [0]\n'
+ONE = TINY.split("[grid]")[0].replace("train_subset = 40\n", "").replace("epochs = 2", "epochs = 1") + "[grid]\nseed = [0]\n"
 
 
 def test_one_variant_is_singular(tmp_path, capsys):

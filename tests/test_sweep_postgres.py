@@ -71,8 +71,23 @@ def trials_of(url: str, name: str) -> list:
 
 def worker(spec: Path, url: str, data: Path, out: Path, *extra: str, netns: str | None = None) -> subprocess.Popen:
     prefix = ["ip", "netns", "exec", netns] if netns else []
-    argv = [*prefix, *CLI, str(spec), "--storage", url, "--out", str(out), "--data-dir", str(data), "--device", "cpu",
-            "--quiet", "--heartbeat", "1", *extra]
+    argv = [
+        *prefix,
+        *CLI,
+        str(spec),
+        "--storage",
+        url,
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--heartbeat",
+        "1",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -95,8 +110,13 @@ def test_a_12_trial_grid_on_two_hosts_runs_each_trial_once_and_the_database_hold
     # the leaderboard from the database alone (another machine, an empty folder) equals the run folders'
     loaded = load_spec(spec)
     from_folders = rows_from_folders(loaded, tmp_path / "grid12", [v.name for v in loaded.variants], {v.name: v.overrides for v in loaded.variants})
-    rebuilt = subprocess.run([*CLI, str(spec), "--storage", postgres.url(), "--out", str(tmp_path / "elsewhere"), "--leaderboard"],
-                             env={**os.environ, "PYTHONPATH": SRC}, capture_output=True, text=True, timeout=300)
+    rebuilt = subprocess.run(
+        [*CLI, str(spec), "--storage", postgres.url(), "--out", str(tmp_path / "elsewhere"), "--leaderboard"],
+        env={**os.environ, "PYTHONPATH": SRC},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert json.loads((tmp_path / "elsewhere" / "leaderboard.json").read_text()) == json.loads(json.dumps(from_folders))
     for path in (tmp_path / "grid12").rglob("*.json"):
@@ -160,8 +180,9 @@ def test_optuna_dashboard_serves_the_study(postgres, tmp_path):
     if not dashboard.exists():
         pytest.skip(f"optuna-dashboard is not installed next to {sys.executable}")
     port = postgres_server.free_port()
-    proc = subprocess.Popen([str(dashboard), postgres.url(), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(dashboard), postgres.url(), "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         studies, deadline = None, time.monotonic() + 60
         while studies is None and time.monotonic() < deadline and proc.poll() is None:

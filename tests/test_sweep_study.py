@@ -75,13 +75,16 @@ def test_grid_values_go_through_train_s_own_override_rules(tmp_path):
     assert quick.variants[1].config.model == "resnet18" and quick.variants[1].config.model_options != get_preset("quick").model_options
 
 
-@pytest.mark.parametrize("name, problem", [
-    ("x" * 300, "name of 300 bytes is longer than 200"),
-    ("a\u0000b", "control character '\\x00'"),
-    ("two\nlines", "control character '\\n'"),
-    (".hidden", "not starting with '.'"),
-    ("a/b", "no '/'"),
-])
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("x" * 300, "name of 300 bytes is longer than 200"),
+        ("a\u0000b", "control character '\\x00'"),
+        ("two\nlines", "control character '\\n'"),
+        (".hidden", "not starting with '.'"),
+        ("a/b", "no '/'"),
+    ],
+)
 def test_variant_names_that_cannot_name_a_folder_are_refused_up_front(tmp_path, capsys, name, problem):
     spec = write_spec(tmp_path, HEAD + f"[[variants]]\nname = {json.dumps(name)}\nlr = 0.1\n")
     err = one_line_error(capsys, ["sweep", str(spec), "--list"])
@@ -129,12 +132,15 @@ def test_a_damaged_study_file_is_a_one_line_error(tmp_path, capsys, damage):
     assert not (folder / "seed=0").exists()
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("nonsense", "not a database URL"),
-    ("nosuchdb://user:s3cret@localhost/db", "no database driver for it"),
-    ("postgresql+psycopg://user:s3cret@127.0.0.1:1/db", "cannot open the study's database"),
-    ("mysql://user:s3cret@127.0.0.1:1/db", "its driver is not installed"),
-])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("nonsense", "not a database URL"),
+        ("nosuchdb://user:s3cret@localhost/db", "no database driver for it"),
+        ("postgresql+psycopg://user:s3cret@127.0.0.1:1/db", "cannot open the study's database"),
+        ("mysql://user:s3cret@127.0.0.1:1/db", "its driver is not installed"),
+    ],
+)
 def test_bad_or_unreachable_storage_is_one_line_without_the_password(tmp_path, capsys, url, problem):
     spec = write_spec(tmp_path, HEAD + "[grid]\nseed = [0, 1]\n")
     for argv in (["sweep", str(spec), "--device", "cpu", "--storage", url], ["sweep", str(spec), "--list", "--storage", url]):

@@ -15,8 +15,23 @@ def test_train_with_tensorboard_mirrors_the_metrics(tiny_binary, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "run"
-    argv = ["train", "--data-dir", str(tiny_binary), "--out", str(run), "--epochs", "2", "--val-size", "20",
-            "--batch-size", "40", "--device", "cpu", "--quiet", "--tensorboard"]
+    argv = [
+        "train",
+        "--data-dir",
+        str(tiny_binary),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--val-size",
+        "20",
+        "--batch-size",
+        "40",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--tensorboard",
+    ]
     assert main(argv) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     events = EventAccumulator(str(run / "tensorboard"))

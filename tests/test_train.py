@@ -39,8 +39,18 @@ def test_run_directory_contents(tiny_run):
     for key in ("lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
         assert key in metrics[0]
     results = run.results()
-    for key in ("test_accuracy", "test_error", "params", "seconds_per_step", "seconds_per_epoch",
-                "seconds_to_stabilise", "train_seconds", "device", "torch_version", "tta"):
+    for key in (
+        "test_accuracy",
+        "test_error",
+        "params",
+        "seconds_per_step",
+        "seconds_per_epoch",
+        "seconds_to_stabilise",
+        "train_seconds",
+        "device",
+        "torch_version",
+        "tta",
+    ):
         assert key in results, key
     assert results["test_error"] == pytest.approx(1 - results["test_accuracy"])
     assert run.status()["status"] == "finished"
@@ -177,14 +187,21 @@ def test_adam_and_adamw_train(tmp_path, optimizer):
     assert moments and all(float(m["step"]) == steps for m in moments)  # every parameter stepped every batch
     assert all(m["exp_avg"].abs().sum() > 0 and (m["exp_avg_sq"] >= 0).all() and m["exp_avg_sq"].sum() > 0 for m in moments)
     group = state["optimizer"]["param_groups"][0]
-    assert group["lr"] == pytest.approx(1e-3 * 0.1 ** 0) and group["weight_decay"] == small_config().weight_decay
+    assert group["lr"] == pytest.approx(1e-3 * 0.1**0) and group["weight_decay"] == small_config().weight_decay
     assert group.get("decoupled_weight_decay", optimizer == "adamw") == (optimizer == "adamw")  # AdamW decays apart
     assert results["epochs"] == 1
 
 
 def test_init_from_takes_weights_only_and_records_the_source(tiny_run, tmp_path):
-    config = small_config(epochs=1, lr=0.001, init_from=str(tiny_run), val_size=20, crop_pad=0, flip=False,
-                          model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]})
+    config = small_config(
+        epochs=1,
+        lr=0.001,
+        init_from=str(tiny_run),
+        val_size=20,
+        crop_pad=0,
+        flip=False,
+        model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]},
+    )
     source = load_checkpoint(tiny_run)
     quiet_train(config, tmp_path / "warm", tiny_run.parent / "data")
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
@@ -285,10 +302,14 @@ def test_folders_that_are_not_resumable_runs_are_never_overwritten(tiny_run, tmp
         "notes": ({"notes.txt": "mine"}, "holds notes.txt but is not a cifarlab run"),
         "metrics-only": ({"metrics.jsonl": '{"epoch": 1}\n'}, "holds metrics.jsonl but is not a cifarlab run"),
         "foreign-config": ({"config.json": '{"name": "my app"}'}, "config.json: not a cifarlab run config"),
-        "extra-file": ({"config.json": '{"train": {}}', "status.json": '{"status": "stopped", "epoch": 0}', "notes.txt": "mine"},
-                       "the folder also holds notes.txt"),
-        "epochs-lost": ({"config.json": '{"train": {}}', "metrics.jsonl": json.dumps({"epoch": 1, "lr": 0.1, "elapsed_seconds": 1.0}) + "\n"},
-                        "records 1 finished epoch but has no checkpoint.pt"),
+        "extra-file": (
+            {"config.json": '{"train": {}}', "status.json": '{"status": "stopped", "epoch": 0}', "notes.txt": "mine"},
+            "the folder also holds notes.txt",
+        ),
+        "epochs-lost": (
+            {"config.json": '{"train": {}}', "metrics.jsonl": json.dumps({"epoch": 1, "lr": 0.1, "elapsed_seconds": 1.0}) + "\n"},
+            "records 1 finished epoch but has no checkpoint.pt",
+        ),
     }
     for name, (files, message) in cases.items():
         folder = tmp_path / name
@@ -327,8 +348,9 @@ def test_init_from_an_exported_safetensors_folder(tiny_run, tmp_path, capsys):
 
     assert main(["export", str(tiny_run), "--format", "safetensors", "--output", str(tmp_path / "export")]) == 0
     capsys.readouterr()
-    config = small_config(epochs=1, lr=1e-9, init_from=str(tmp_path / "export"), val_size=20,
-                          model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]})
+    config = small_config(
+        epochs=1, lr=1e-9, init_from=str(tmp_path / "export"), val_size=20, model_options={"widths": [8, 8, 8, 8, 16, 16, 16], "fc_widths": [16, 16]}
+    )
     quiet_train(config, tmp_path / "warm", tiny_run.parent / "data")
     saved = json.loads((tmp_path / "warm" / "config.json").read_text())
     assert saved["init_from"] == {"checkpoint": str((tmp_path / "export" / "model.safetensors").resolve()), "epoch": 2, "model": "paper"}
@@ -345,8 +367,10 @@ def test_a_checkpoint_holding_a_pickle_is_refused_in_our_words(tmp_path):
     with pytest.raises(RunError) as refused:
         load_checkpoint(tmp_path)
     message = str(refused.value)
-    assert message == (f"{tmp_path / 'checkpoint.pt'}: not a readable cifarlab checkpoint (it holds Python objects other "
-                       "than tensors and plain values, which cifarlab never loads (they could run code))")
+    assert message == (
+        f"{tmp_path / 'checkpoint.pt'}: not a readable cifarlab checkpoint (it holds Python objects other "
+        "than tensors and plain values, which cifarlab never loads (they could run code))"
+    )
     assert "weights_only" not in message
 
 
@@ -390,9 +414,31 @@ def test_sigterm_stops_a_training_as_ctrl_c_does_and_its_lock_guards_it_until_th
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     out = tmp_path / "run"
-    argv = [sys.executable, "-m", "cifarlab", "train", "--out", str(out), "--data-dir", str(data), "--device", "cpu", "--quiet",
-            "--preset", "paper", "--epochs", "1000", "--batch-size", "16", "--val-size", "20",
-            "--set", "model_options.widths=[8, 8, 8, 8, 16, 16, 16]", "--set", "model_options.fc_widths=[16, 16]"]
+    argv = [
+        sys.executable,
+        "-m",
+        "cifarlab",
+        "train",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--preset",
+        "paper",
+        "--epochs",
+        "1000",
+        "--batch-size",
+        "16",
+        "--val-size",
+        "20",
+        "--set",
+        "model_options.widths=[8, 8, 8, 8, 16, 16, 16]",
+        "--set",
+        "model_options.fc_widths=[16, 16]",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(cifarlab.__file__).resolve().parents[1])}
     log = tmp_path / "child.log"
     with open(log, "w") as sink:
@@ -458,8 +504,24 @@ def test_a_stopped_run_says_how_to_resume_and_resumes_on_its_own_data(tmp_path, 
         return real_epoch(learner, splits, config, desc, progress, epoch, log)
 
     monkeypatch.setattr(train_module, "train_epoch", epoch_then_stop)
-    argv = ["train", "--preset", "paper", "--epochs", "2", "--batch-size", "16", "--val-size", "10", "--quiet",
-            "--set", "model_options.widths=[8, 8, 8, 8, 16, 16, 16]", "--set", "model_options.fc_widths=[16, 16]", "--device", "cpu"]
+    argv = [
+        "train",
+        "--preset",
+        "paper",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--val-size",
+        "10",
+        "--quiet",
+        "--set",
+        "model_options.widths=[8, 8, 8, 8, 16, 16, 16]",
+        "--set",
+        "model_options.fc_widths=[16, 16]",
+        "--device",
+        "cpu",
+    ]
     assert main([*argv, "--data-dir", str(data), "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"cifarlab train: interrupted; resume it with: cifarlab train --resume '{out}'"
@@ -478,8 +540,7 @@ def test_off_a_terminal_a_long_epoch_prints_step_lines_with_the_time_left():
         for _ in range(100):
             now[0] += 1.5  # 150 s for the epoch
             bar.update()
-    assert lines == ["epoch 3/8: step 40/100, about 1m30s left in this epoch",
-                     "epoch 3/8: step 80/100, about 30s left in this epoch"]
+    assert lines == ["epoch 3/8: step 40/100, about 1m30s left in this epoch", "epoch 3/8: step 80/100, about 30s left in this epoch"]
     quiet = []
     with StepProgress(100, "e", enabled=False, log=quiet.append, clock=lambda: now[0], terminal=False) as bar:
         now[0] += 1000

@@ -99,8 +99,7 @@ def test_the_folder_serves_the_runs_answers(exported, tiny_run, image_files):
         with TestClient(create_app(source, top_k=10, max_wait_ms=0)) as client:
             health = client.get("/health").json()
             assert health["model"] == "paper"
-            answers.append([client.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")}).json()
-                            for p in image_files])
+            answers.append([client.post("/predict", files={"file": (p.name, p.read_bytes(), "image/png")}).json() for p in image_files])
     assert answers[0] == answers[1]
     assert all(len(a["top_k"]) == 10 for a in answers[1])
 
@@ -118,12 +117,10 @@ def test_model_card_has_front_matter_and_the_measured_figures(exported, tiny_run
     results = json.loads((tiny_run / "results.json").read_text())
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert card.startswith("---\n")
-    for line in ("library_name: cifarlab", "datasets:\n- cifar10", "metrics:\n- accuracy", "model-index:",
-                 f"value: {results['test_accuracy']:.4f}"):
+    for line in ("library_name: cifarlab", "datasets:\n- cifar10", "metrics:\n- accuracy", "model-index:", f"value: {results['test_accuracy']:.4f}"):
         assert line in front, line
     assert f"{results['test_accuracy']:.2%}" in body
-    for section in ("## How to use", "## Model", "## Training recipe", "## Training data", "## Evaluation",
-                    "## Intended use", "## Limitations"):
+    for section in ("## How to use", "## Model", "## Training recipe", "## Training data", "## Evaluation", "## Intended use", "## Limitations"):
         assert section in body, section
     assert "## Robustness\n\nNot measured." in body and "## Calibration\n\nNot measured." in body
     params = sum(p.numel() for p in Predictor(tiny_run).model.parameters())
@@ -166,6 +163,7 @@ def _edit_config(**changes):
     def edit(folder):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
     return edit
 
 
@@ -180,18 +178,21 @@ def _other_models_weights(folder):
     _edit_config(weights={"file": "model.safetensors", "sha256": hashlib.sha256(data).hexdigest()})(folder)
 
 
-@pytest.mark.parametrize("damage, file, words", [
-    (_flip_a_weight_byte, "model.safetensors", "SHA-256 differs"),
-    (_other_models_weights, "model.safetensors", "cannot rebuild model 'paper'"),
-    (_edit_config(model_options={"widths": [4, 4, 4, 4, 8, 8, 8], "fc_widths": [16, 16]}), "model.safetensors", "cannot rebuild"),
-    (_edit_config(classes=["cat", "dog"]), "model.safetensors", "names 2 classes but the model has 10 outputs"),
-    (_edit_config(mean=[0.5, 0.5]), "config.json", "mean should be 3 numbers"),
-    (_edit_config(format="something-else"), "config.json", "not a cifarlab model export"),
-    (_edit_config(format_version=99), "config.json", "newer than this cifarlab reads"),
-    (lambda folder: (folder / "config.json").write_text("{not json"), "config.json", "not valid JSON"),
-    (lambda folder: (folder / "config.json").unlink(), "config.json", "not found"),
-    (lambda folder: (folder / "model.safetensors").unlink(), "", "no checkpoint there"),
-])
+@pytest.mark.parametrize(
+    "damage, file, words",
+    [
+        (_flip_a_weight_byte, "model.safetensors", "SHA-256 differs"),
+        (_other_models_weights, "model.safetensors", "cannot rebuild model 'paper'"),
+        (_edit_config(model_options={"widths": [4, 4, 4, 4, 8, 8, 8], "fc_widths": [16, 16]}), "model.safetensors", "cannot rebuild"),
+        (_edit_config(classes=["cat", "dog"]), "model.safetensors", "names 2 classes but the model has 10 outputs"),
+        (_edit_config(mean=[0.5, 0.5]), "config.json", "mean should be 3 numbers"),
+        (_edit_config(format="something-else"), "config.json", "not a cifarlab model export"),
+        (_edit_config(format_version=99), "config.json", "newer than this cifarlab reads"),
+        (lambda folder: (folder / "config.json").write_text("{not json"), "config.json", "not valid JSON"),
+        (lambda folder: (folder / "config.json").unlink(), "config.json", "not found"),
+        (lambda folder: (folder / "model.safetensors").unlink(), "", "no checkpoint there"),
+    ],
+)
 def test_a_damaged_export_is_a_one_line_error_naming_the_file(exported, image_files, tmp_path, capsys, damage, file, words):
     folder = shutil.copytree(exported, tmp_path / "damaged")
     damage(folder)
@@ -208,10 +209,12 @@ def test_a_damaged_export_is_a_one_line_error_naming_the_file(exported, image_fi
 def write_parquet(path, images: list[bytes], labels: list, image_column: str = "img", label_column: str = "label"):
     """One parquet file as the Hugging Face cifar10 data set has them (img: {bytes, path}, label)."""
     images_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    table = pa.table({
-        image_column: pa.array([{"bytes": b, "path": None} for b in images], type=images_type),
-        label_column: pa.array(labels, type=pa.int64()),
-    })
+    table = pa.table(
+        {
+            image_column: pa.array([{"bytes": b, "path": None} for b in images], type=images_type),
+            label_column: pa.array(labels, type=pa.int64()),
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path
@@ -252,8 +255,7 @@ def _one_file(tmp_path, pixels=None, labels=None, **columns):
     images = [png(row) for row in default_pixels] if pixels is None else pixels
     folder = tmp_path / "plain_text"
     write_parquet(folder / "train-00000-of-00001.parquet", [png(row) for row in default_pixels], default_labels.tolist())
-    return write_parquet(folder / "test-00000-of-00001.parquet", images,
-                         default_labels.tolist() if labels is None else labels, **columns)
+    return write_parquet(folder / "test-00000-of-00001.parquet", images, default_labels.tolist() if labels is None else labels, **columns)
 
 
 def _gray_image(rows):
@@ -270,16 +272,19 @@ def _small_image(rows):
 ROWS = fake_batch(20, 0)[0]
 
 
-@pytest.mark.parametrize("make, words", [
-    (lambda tmp: _one_file(tmp, labels=[*range(10), 10, *range(9)]), "label 10 of row 10 is outside 0-9"),
-    (lambda tmp: _one_file(tmp, labels=[-1, *[0] * 19]), "label -1 of row 0 is outside 0-9"),
-    (lambda tmp: _one_file(tmp, labels=[0, None, *[0] * 18]), "label of row 1 is missing"),
-    (lambda tmp: _one_file(tmp, pixels=_small_image(ROWS)), "image of row 3 is 28x28 RGB, expected 32x32 RGB"),
-    (lambda tmp: _one_file(tmp, pixels=_gray_image(ROWS)), "image of row 0 is 32x32 L, expected 32x32 RGB"),
-    (lambda tmp: _one_file(tmp, pixels=[b"not a png", *map(png, ROWS[1:])]), "image of row 0 is not a readable image"),
-    (lambda tmp: _one_file(tmp, label_column="labels"), "no column 'label'"),
-    (lambda tmp: _one_file(tmp, image_column="image"), "no column 'img'"),
-])
+@pytest.mark.parametrize(
+    "make, words",
+    [
+        (lambda tmp: _one_file(tmp, labels=[*range(10), 10, *range(9)]), "label 10 of row 10 is outside 0-9"),
+        (lambda tmp: _one_file(tmp, labels=[-1, *[0] * 19]), "label -1 of row 0 is outside 0-9"),
+        (lambda tmp: _one_file(tmp, labels=[0, None, *[0] * 18]), "label of row 1 is missing"),
+        (lambda tmp: _one_file(tmp, pixels=_small_image(ROWS)), "image of row 3 is 28x28 RGB, expected 32x32 RGB"),
+        (lambda tmp: _one_file(tmp, pixels=_gray_image(ROWS)), "image of row 0 is 32x32 L, expected 32x32 RGB"),
+        (lambda tmp: _one_file(tmp, pixels=[b"not a png", *map(png, ROWS[1:])]), "image of row 0 is not a readable image"),
+        (lambda tmp: _one_file(tmp, label_column="labels"), "no column 'label'"),
+        (lambda tmp: _one_file(tmp, image_column="image"), "no column 'img'"),
+    ],
+)
 def test_a_bad_parquet_file_is_a_one_line_error_naming_it(tmp_path, make, words):
     path = make(tmp_path)
     with pytest.raises(DataError) as error:
@@ -303,8 +308,7 @@ def test_parquet_row_counts_are_the_official_ones(tmp_path, monkeypatch):
     folder = tmp_path / "plain_text"
     with pytest.raises(DataError) as error:
         load_cifar10(tmp_path, download=False)
-    assert str(error.value) == (f"{folder / 'train-*.parquet'} (2 files): 100 rows, CIFAR-10's train split holds 50,000 "
-                                "(truncated or wrong file)")
+    assert str(error.value) == (f"{folder / 'train-*.parquet'} (2 files): 100 rows, CIFAR-10's train split holds 50,000 (truncated or wrong file)")
     for shard in folder.glob("train-*"):  # one file of the right count: the test file is named next
         shard.unlink()
     write_parquet(folder / "train-00000-of-00001.parquet", [png(ROWS[0])] * 50_000, [0] * 50_000)

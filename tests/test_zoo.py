@@ -21,13 +21,27 @@ from conftest import write_binary
 # integer where the reference implementation prints one.
 PUBLISHED = {
     # He et al. 2016, Table 6 (CIFAR-10, option A shortcuts)
-    "resnet20": (0.27, 2), "resnet32": (0.46, 2), "resnet44": (0.66, 2), "resnet56": (0.85, 2), "resnet110": (1.7, 1),
+    "resnet20": (0.27, 2),
+    "resnet32": (0.46, 2),
+    "resnet44": (0.66, 2),
+    "resnet56": (0.85, 2),
+    "resnet110": (1.7, 1),
     # kuangliu/pytorch-cifar
-    "resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842, "preact_resnet18": 11_171_146,
-    "vgg11": 9_231_114, "vgg13": 9_416_010, "vgg16": 14_728_266, "vgg19": 20_040_522,
-    "mobilenetv2": 2_296_922, "simple_dla": 15_142_970, "dla": 16_291_386,
+    "resnet18": 11_173_962,
+    "resnet34": 21_282_122,
+    "resnet50": 23_520_842,
+    "preact_resnet18": 11_171_146,
+    "vgg11": 9_231_114,
+    "vgg13": 9_416_010,
+    "vgg16": 14_728_266,
+    "vgg19": 20_040_522,
+    "mobilenetv2": 2_296_922,
+    "simple_dla": 15_142_970,
+    "dla": 16_291_386,
     # Zagoruyko and Komodakis 2016, Table 1 (36.5 M for WRN-28-10); exact counts of the reference code
-    "wrn": 36_479_194, "wrn28_10": 36_479_194, "wrn16_4": 2_748_890,
+    "wrn": 36_479_194,
+    "wrn28_10": 36_479_194,
+    "wrn16_4": 2_748_890,
 }
 ZOO = sorted(PUBLISHED)
 # the smallest member of each family, for the one-step training test
@@ -142,8 +156,9 @@ def test_onecycle_schedule_is_torchs_one_cycle():
     config = schedule_config("onecycle", warmup_fraction=0.3, lr_start_factor=1 / 25, lr_end_factor=1 / 25 / 1e4)
     ours = lr_factor(config.replace(epochs=1), total)
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    torchs = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=1.0, total_steps=total, pct_start=0.3,
-                                                 div_factor=25, final_div_factor=1e4, cycle_momentum=False)
+    torchs = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=1.0, total_steps=total, pct_start=0.3, div_factor=25, final_div_factor=1e4, cycle_momentum=False
+    )
     for step in range(total):
         assert math.isclose(ours(step), torchs.get_last_lr()[0], rel_tol=1e-9, abs_tol=1e-12), step
         optimizer.step()
@@ -212,8 +227,24 @@ def test_every_preset_takes_every_model(preset):
 
 def test_bad_model_option_is_a_one_line_train_error(tmp_path, capsys):
     data = write_binary(tmp_path / "data", per_batch=2, test=2).parent
-    argv = ["train", "--preset", "standard", "--model", "wrn", "--set", "model_options.depth=27",
-            "--val-size", "0", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"]
+    argv = [
+        "train",
+        "--preset",
+        "standard",
+        "--model",
+        "wrn",
+        "--set",
+        "model_options.depth=27",
+        "--val-size",
+        "0",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad options for model 'wrn': depth must be 6n + 4" in err
@@ -224,8 +255,7 @@ def test_sweep_spec_varies_model_options(tmp_path):
     from cifarlab.experiments.sweep import load_spec
 
     spec = tmp_path / "spec.toml"
-    spec.write_text('base = "he2016"\n[fixed]\nmodel = "wrn"\n"model_options.depth" = 10\n'
-                    '[grid]\n"model_options.widen_factor" = [1, 2]\n')
+    spec.write_text('base = "he2016"\n[fixed]\nmodel = "wrn"\n"model_options.depth" = 10\n[grid]\n"model_options.widen_factor" = [1, 2]\n')
     variants = load_spec(spec).variants
     assert [v.config.model_options for v in variants] == [{"depth": 10, "widen_factor": 1}, {"depth": 10, "widen_factor": 2}]
 

@@ -86,13 +86,17 @@ def config_from_args(args):
 def add_train(sub) -> None:
     from cifarlab.training.config import PRESETS
 
-    p = sub.add_parser("train", help="train a model into a run directory",
-                       description="Train a preset, overriding any of its settings: each setting is a flag, "
-                       "and --set FIELD=VALUE reaches every one, model options included "
-                       "(--set model_options.widths=[32,64,128]).")
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run directory",
+        description="Train a preset, overriding any of its settings: each setting is a flag, "
+        "and --set FIELD=VALUE reaches every one, model options included "
+        "(--set model_options.widths=[32,64,128]).",
+    )
     # no argparse choices: get_preset refuses a typo with the closest name ("did you mean 'quick'?")
-    p.add_argument("--preset", default="fast", metavar="{" + ",".join(PRESETS) + "}",
-                   help="named recipe (default: %(default)s; the report's own is paper)")
+    p.add_argument(
+        "--preset", default="fast", metavar="{" + ",".join(PRESETS) + "}", help="named recipe (default: %(default)s; the report's own is paper)"
+    )
     p.add_argument("--config", type=Path, metavar="FILE", help="start from a run's config.json or a TOML file of settings instead of a preset")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="set any setting, model options as model_options.NAME (repeatable)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/PRESET-TIMESTAMP)")
@@ -130,8 +134,7 @@ def _train(args, device: str) -> None:
     out = args.out or Path("runs") / f"{config.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = distributed.broadcast_object(out)  # one run directory, named by rank 0's clock
     with _epoch_callback(args, out) as on_epoch:
-        train(config, out, train_subset=args.train_subset, data_dir=args.data_dir, device=device,
-              progress=not args.quiet, on_epoch=on_epoch)
+        train(config, out, train_subset=args.train_subset, data_dir=args.data_dir, device=device, progress=not args.quiet, on_epoch=on_epoch)
 
 
 @contextlib.contextmanager
@@ -153,15 +156,24 @@ def _epoch_callback(args, run: Path):
 
 
 def add_inference_amp(p) -> None:
-    p.add_argument("--amp", choices=["off", "bf16"], default="off",
-                   help="off: float32 (default; the same logits as evaluate, predict, serve and export on any "
-                   "machine), bf16: bfloat16 autocast (faster where the device computes bf16 natively)")
+    p.add_argument(
+        "--amp",
+        choices=["off", "bf16"],
+        default="off",
+        help="off: float32 (default; the same logits as evaluate, predict, serve and export on any "
+        "machine), bf16: bfloat16 autocast (faster where the device computes bf16 natively)",
+    )
 
 
 def add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of runs")
-    p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR|CHECKPOINT|EXPORT",
-                   help="one or more runs, checkpoints or safetensors exports (each writes its own evaluation.json into its folder)")
+    p.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUNDIR|CHECKPOINT|EXPORT",
+        help="one or more runs, checkpoints or safetensors exports (each writes its own evaluation.json into its folder)",
+    )
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
@@ -175,16 +187,27 @@ def add_evaluate(sub) -> None:
 
 
 def add_robustness_flags(g) -> None:
-    g.add_argument("--corruptions", action="store_true",
-                   help="accuracy under 15 common corruptions at severities 1-5, generated from the test set with "
-                   "Hendrycks & Dietterich's CIFAR-10-C parameters (needs cifarlab[robustness])")
-    g.add_argument("--corruptions-dir", type=Path, metavar="DIR",
-                   help="read the published CIFAR-10-C .npy files from DIR instead of generating them (implies --corruptions)")
+    g.add_argument(
+        "--corruptions",
+        action="store_true",
+        help="accuracy under 15 common corruptions at severities 1-5, generated from the test set with "
+        "Hendrycks & Dietterich's CIFAR-10-C parameters (needs cifarlab[robustness])",
+    )
+    g.add_argument(
+        "--corruptions-dir",
+        type=Path,
+        metavar="DIR",
+        help="read the published CIFAR-10-C .npy files from DIR instead of generating them (implies --corruptions)",
+    )
     g.add_argument("--cifar101-dir", type=Path, metavar="DIR", help="also accuracy on CIFAR-10.1 (its published .npy files in DIR)")
     g.add_argument("--corruption-names", nargs="+", metavar="NAME", help="only these corruptions (default: all)")
-    g.add_argument("--corruption-subset", type=int, metavar="N",
-                   help="corrupt only the first N test images (default: all 10,000: 750,000 predictions per tta pass, "
-                   "about 20 minutes for a stride-2 fast model at --tta 0 on 2 CPU cores; see the README)")
+    g.add_argument(
+        "--corruption-subset",
+        type=int,
+        metavar="N",
+        help="corrupt only the first N test images (default: all 10,000: 750,000 predictions per tta pass, "
+        "about 20 minutes for a stride-2 fast model at --tta 0 on 2 CPU cores; see the README)",
+    )
     g.add_argument("--corruption-seed", type=int, default=0, metavar="SEED", help="seed of the generated corruptions (default: %(default)s)")
 
 
@@ -212,10 +235,13 @@ def cmd_evaluate(args) -> int:
 
 
 def add_calibrate(sub) -> None:
-    p = sub.add_parser("calibrate", help="fit temperature scaling on a run's validation split (for predict/serve --calibrated)",
-                       description="Fit the temperature T that minimises the negative log-likelihood of logits / T on "
-                       "the run's validation split (rebuilt from its val_size; never the test set), store it in "
-                       "RUNDIR/calibration.json, and print the test set's ECE, NLL and Brier score before and after.")
+    p = sub.add_parser(
+        "calibrate",
+        help="fit temperature scaling on a run's validation split (for predict/serve --calibrated)",
+        description="Fit the temperature T that minimises the negative log-likelihood of logits / T on "
+        "the run's validation split (rebuilt from its val_size; never the test set), store it in "
+        "RUNDIR/calibration.json, and print the test set's ECE, NLL and Brier score before and after.",
+    )
     p.add_argument("run", type=Path, metavar="RUNDIR")
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: the run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -236,17 +262,23 @@ def cmd_calibrate(args) -> int:
 
 
 def add_calibrated_flag(p) -> None:
-    p.add_argument("--calibrated", action="store_true",
-                   help="probabilities from logits / T, with the temperature `cifarlab calibrate` stored in the run")
+    p.add_argument(
+        "--calibrated", action="store_true", help="probabilities from logits / T, with the temperature `cifarlab calibrate` stored in the run"
+    )
 
 
 def robustness_request(args):
     """The robustness part of `evaluate`, its options and files checked before any work; None if not asked."""
     from cifarlab.inference.robustness import RobustnessError, RobustnessRequest, check_request
 
-    request = RobustnessRequest(args.corruptions, args.corruptions_dir, args.cifar101_dir,
-                                tuple(args.corruption_names) if args.corruption_names else None,
-                                args.corruption_subset, args.corruption_seed)
+    request = RobustnessRequest(
+        args.corruptions,
+        args.corruptions_dir,
+        args.cifar101_dir,
+        tuple(args.corruption_names) if args.corruption_names else None,
+        args.corruption_subset,
+        args.corruption_seed,
+    )
     if not request.wanted:
         if args.corruption_names or args.corruption_subset is not None:
             raise RobustnessError("--corruption-names and --corruption-subset go with --corruptions or --corruptions-dir")
@@ -307,9 +339,12 @@ def cmd_info(args) -> int:
 
 
 def add_presets(sub) -> None:
-    p = sub.add_parser("presets", help="the named recipes and every setting each resolves to",
-                       description="Show presets with all their settings (those a preset changes from the "
-                       "defaults are marked *). Any of them can be changed with train flags or --set.")
+    p = sub.add_parser(
+        "presets",
+        help="the named recipes and every setting each resolves to",
+        description="Show presets with all their settings (those a preset changes from the "
+        "defaults are marked *). Any of them can be changed with train flags or --set.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="presets to show (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_presets)
@@ -334,10 +369,13 @@ def cmd_presets(args) -> int:
 
 
 def add_models(sub) -> None:
-    p = sub.add_parser("models", help="the registered models: parameters and forward GFLOPs per image",
-                       description="List registered models with their parameter count and the GFLOPs of one forward "
-                       "pass on one 32x32 image, counted by torch.utils.flop_counter (convolutions and matrix products, "
-                       "2 FLOPs per multiply-add), with each model's default options.")
+    p = sub.add_parser(
+        "models",
+        help="the registered models: parameters and forward GFLOPs per image",
+        description="List registered models with their parameter count and the GFLOPs of one forward "
+        "pass on one 32x32 image, counted by torch.utils.flop_counter (convolutions and matrix products, "
+        "2 FLOPs per multiply-add), with each model's default options.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these models (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON rows")
     p.set_defaults(func=cmd_models)
@@ -364,11 +402,14 @@ def cmd_models(args) -> int:
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with a trained model",
-                       description="Classify image files (any format Pillow reads) or folders of them, searched "
-                       "recursively. Images that are not 32x32 RGB are converted (centre square, bicubic resize) "
-                       "and flagged. A folder laid out as FOLDER/CLASS_NAME/... also gets accuracy. Exit status "
-                       "1 if any file could not be read (each is reported on its own line; the rest still run).")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a trained model",
+        description="Classify image files (any format Pillow reads) or folders of them, searched "
+        "recursively. Images that are not 32x32 RGB are converted (centre square, bicubic resize) "
+        "and flagged. A folder laid out as FOLDER/CLASS_NAME/... also gets accuracy. Exit status "
+        "1 if any file could not be read (each is reported on its own line; the rest still run).",
+    )
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT|EXPORT", help="a run, a checkpoint or a safetensors export folder")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: %(default)s)")
@@ -408,16 +449,22 @@ def cmd_predict(args) -> int:
 def add_export(sub) -> None:
     from cifarlab.inference.export import CHECK_IMAGES, FORMATS, TOLERANCE
 
-    p = sub.add_parser("export", help="export a model to ONNX, TorchScript or a safetensors folder, checked against PyTorch",
-                       description="Export a run's model (float32, dynamic batch size) and write its preprocessing "
-                       "to MODEL.json beside it. The export is loaded back and compared with PyTorch on real test "
-                       "images; if the logits differ by more than --tolerance, nothing is written. --format "
-                       "safetensors writes a folder (model.safetensors, config.json, a README.md model card) that "
-                       "predict, evaluate and serve take as they take a run; its logits must be identical.")
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX, TorchScript or a safetensors folder, checked against PyTorch",
+        description="Export a run's model (float32, dynamic batch size) and write its preprocessing "
+        "to MODEL.json beside it. The export is loaded back and compared with PyTorch on real test "
+        "images; if the logits differ by more than --tolerance, nothing is written. --format "
+        "safetensors writes a folder (model.safetensors, config.json, a README.md model card) that "
+        "predict, evaluate and serve take as they take a run; its logits must be identical.",
+    )
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT")
     p.add_argument("--format", choices=list(FORMATS), default="onnx", help="(default: %(default)s)")
-    p.add_argument("--output", type=Path, help="model file, or folder for safetensors "
-                   "(default: RUNDIR/model.onnx, RUNDIR/model.torchscript.pt or RUNDIR/safetensors/)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="model file, or folder for safetensors (default: RUNDIR/model.onnx, RUNDIR/model.torchscript.pt or RUNDIR/safetensors/)",
+    )
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 for the check (default: the run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--tolerance", type=float, default=TOLERANCE, help="max absolute logit difference, ONNX and TorchScript (default: %(default)g)")
     p.add_argument("--check-images", type=int, default=CHECK_IMAGES, help="test images to check on (default: %(default)s)")
@@ -438,9 +485,11 @@ def cmd_export(args) -> int:
         print(f"model card: {path / EXPORT_CARD}; predict, evaluate and serve take {path} as they take a run")
         return 0
     print(f"exported {info['model']} to {path} ({args.format}, float32 input N x 3 x 32 x 32)")
-    print(f"checked on {check['count']} images ({check['images']}), batch sizes {check['batch_sizes']}: "
-          f"max |logit difference| {check['max_abs_diff']:.2e} <= {check['tolerance']:g}, "
-          f"top-1 agreement {check['top1_agreement']:.1%}")
+    print(
+        f"checked on {check['count']} images ({check['images']}), batch sizes {check['batch_sizes']}: "
+        f"max |logit difference| {check['max_abs_diff']:.2e} <= {check['tolerance']:g}, "
+        f"top-1 agreement {check['top1_agreement']:.1%}"
+    )
     print(f"preprocessing written to {sidecar(path)}")
     return 0
 
@@ -458,9 +507,12 @@ def add_serve(sub) -> None:
         MAX_WAIT_MS,
     )
 
-    p = sub.add_parser("serve", help="HTTP service: POST /predict, GET /health, upload page at /",
-                       description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
-                       "(curl -F file=@img.png URL/predict) returns JSON top-k; GET / is an upload page.")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP service: POST /predict, GET /health, upload page at /",
+        description="Serve a model over HTTP: POST /predict with a multipart field 'file' "
+        "(curl -F file=@img.png URL/predict) returns JSON top-k; GET / is an upload page.",
+    )
     p.add_argument("run", type=Path, metavar="RUNDIR|CHECKPOINT|EXPORT", help="a run, a checkpoint or a safetensors export folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
@@ -487,12 +539,26 @@ def add_serve(sub) -> None:
 def cmd_serve(args) -> int:
     from cifarlab.serve import serve
 
-    serve(args.run, host=args.host, port=args.port, device=args.device, top_k=args.top_k,
-          max_upload_bytes=args.max_upload_bytes, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, amp=args.amp,
-          max_pixels=args.max_pixels, decode_workers=args.decode_workers, decode_queue=args.decode_queue,
-          keep_alive_s=args.keep_alive, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
-          calibrated=args.calibrated)
+    serve(
+        args.run,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        top_k=args.top_k,
+        max_upload_bytes=args.max_upload_bytes,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        amp=args.amp,
+        max_pixels=args.max_pixels,
+        decode_workers=args.decode_workers,
+        decode_queue=args.decode_queue,
+        keep_alive_s=args.keep_alive,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        calibrated=args.calibrated,
+    )
     return 0
+
 
 # ---------------------------------------------------------------- report, runs, compare, sweep
 
@@ -537,8 +603,11 @@ def add_compare(sub) -> None:
     p = sub.add_parser("compare", help="one HTML page overlaying runs' curves and tabulating their configs")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUNDIR")
     p.add_argument("--out", type=Path, default=Path("comparison"), help="folder for compare.html and its PNGs (default: %(default)s)")
-    p.add_argument("--data-dir", type=Path, help="CIFAR-10 location, for the test accuracy of runs not finished "
-                   "(default: each run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="CIFAR-10 location, for the test accuracy of runs not finished (default: each run's own data, else $CIFARLAB_DATA or ~/.cache/cifarlab)",
+    )
     p.add_argument("--device", default="auto", help="device for those test-set predictions: auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.set_defaults(func=cmd_compare)
@@ -556,13 +625,22 @@ def add_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="train the variants of a sweep spec (TOML) as trials of one Optuna study, and rank them")
     p.add_argument("spec", type=Path, metavar="SPEC.toml")
     p.add_argument("--out", type=Path, help="sweep folder (default: next to the spec, named after it)")
-    p.add_argument("--storage", metavar="URL", help="the study's database: default a SQLite file in the sweep folder; "
-                   "any URL Optuna accepts, e.g. postgresql+psycopg://user:password@host/db, shared by workers on several machines")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's database: default a SQLite file in the sweep folder; "
+        "any URL Optuna accepts, e.g. postgresql+psycopg://user:password@host/db, shared by workers on several machines",
+    )
     p.add_argument("--data-dir", type=Path, help="CIFAR-10 location (default: $CIFARLAB_DATA or ~/.cache/cifarlab)")
     p.add_argument("--device", default="auto", help="auto (worker i on cuda:(i %% GPUs) when there are GPUs), cpu, cuda:N")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="run N workers on this machine, in processes of their own")
-    p.add_argument("--heartbeat", type=int, default=30, metavar="S",
-                   help="seconds between a worker's heartbeats; a trial silent for 3 of them is retried (default: %(default)s)")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="S",
+        help="seconds between a worker's heartbeats; a trial silent for 3 of them is retried (default: %(default)s)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="queue the variants that failed again")
     p.add_argument("--list", action="store_true", help="only list the variants (a search's trials, with their values) and their state")
     p.add_argument("--leaderboard", action="store_true", help="only write the leaderboard pages again, from the study's storage")
@@ -581,8 +659,17 @@ def cmd_sweep(args) -> int:
     if args.leaderboard:
         board = rebuild_leaderboard(spec, args.out, args.storage)
     else:
-        board = run_sweep(spec, args.out, args.data_dir, args.device, args.workers, progress=not args.quiet, storage=args.storage,
-                          heartbeat=args.heartbeat, retry_failed=args.retry_failed)
+        board = run_sweep(
+            spec,
+            args.out,
+            args.data_dir,
+            args.device,
+            args.workers,
+            progress=not args.quiet,
+            storage=args.storage,
+            heartbeat=args.heartbeat,
+            retry_failed=args.retry_failed,
+        )
     print(format_leaderboard(board))
     return 0
 
@@ -595,8 +682,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = (
-        add_train, add_evaluate, add_calibrate, add_info, add_presets, add_models, add_report,
-        add_runs, add_compare, add_sweep, add_predict, add_export, add_serve,
+        add_train,
+        add_evaluate,
+        add_calibrate,
+        add_info,
+        add_presets,
+        add_models,
+        add_report,
+        add_runs,
+        add_compare,
+        add_sweep,
+        add_predict,
+        add_export,
+        add_serve,
     )
     for add in commands:
         add(sub)

@@ -4,7 +4,7 @@ import difflib
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
-    """"1 error", "2 errors" (and "1 batch", "3 batches" given the plural)."""
+    """ "1 error", "2 errors" (and "1 batch", "3 batches" given the plural)."""
     return f"{count:,} {noun if count == 1 else nouns or noun + 's'}"
 
 
@@ -20,6 +20,6 @@ def first_problem(error: BaseException) -> str:
 
 
 def did_you_mean(word: str, known) -> str:
-    """" (did you mean 'lr'?)" for the known name closest to a typo, or "" when none is close."""
+    """ " (did you mean 'lr'?)" for the known name closest to a typo, or "" when none is close."""
     close = difflib.get_close_matches(str(word), list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

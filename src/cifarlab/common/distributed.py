@@ -268,9 +268,7 @@ def restore_process_rng_state(states: list[dict] | None, seed: int, epoch: int) 
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_sharded(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, num_classes: int = 10, **kwargs
-) -> Evaluation:
+def evaluate_sharded(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, num_classes: int = 10, **kwargs) -> Evaluation:
     """`evaluate` split over the processes of a distributed run; alone, `evaluate` itself.
 
     Each process scores its contiguous slice of the images (no padding, no image twice, unlike

@@ -74,10 +74,7 @@ def load_model_state(path: Path | str) -> dict:
 def float32_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The weights as safetensors stores them: contiguous, each in its own memory (it refuses shared
     storage), floating point as float32; integer buffers (BatchNorm's batch count) keep their type."""
-    return {
-        name: (t.float() if t.is_floating_point() else t).detach().cpu().contiguous().clone()
-        for name, t in state_dict.items()
-    }
+    return {name: (t.float() if t.is_floating_point() else t).detach().cpu().contiguous().clone() for name, t in state_dict.items()}
 
 
 def write_export(folder: Path, state_dict: dict[str, torch.Tensor], config: dict) -> dict:
@@ -117,8 +114,7 @@ def read_export(folder: Path | str) -> dict:
     return {"model": tensors, "meta": meta, "epoch": config.get("epoch"), "config": config.get("recipe") or {}}
 
 
-def check_weight_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path | str,
-                        exact: bool = True) -> None:
+def check_weight_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path | str, exact: bool = True) -> None:
     """RunError naming the first tensor whose dtype is not the one the model holds it in.
 
     Loading copies (and casts) each tensor into the model, so a header relabelled from F32 to I32
@@ -131,8 +127,10 @@ def check_weight_dtypes(tensors: dict[str, torch.Tensor], expected: dict[str, to
         if wanted is None or tensor.dtype == wanted.dtype:
             continue
         if exact or tensor.is_floating_point() != wanted.is_floating_point() or tensor.is_complex() != wanted.is_complex():
-            raise RunError(f"{source}: tensor {name[:80]!r} is {str(tensor.dtype).removeprefix('torch.')}, "
-                           f"the model holds it as {str(wanted.dtype).removeprefix('torch.')} (a relabelled or foreign file)")
+            raise RunError(
+                f"{source}: tensor {name[:80]!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                f"the model holds it as {str(wanted.dtype).removeprefix('torch.')} (a relabelled or foreign file)"
+            )
 
 
 def read_export_config(folder: Path) -> dict:

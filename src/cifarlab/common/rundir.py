@@ -273,8 +273,9 @@ class RunDir:
         training writes, so that starting it again loses nothing."""
         foreign = sorted(set(self.entries()) - set(TRAINING_FILES))
         if foreign:
-            raise RunError(f"{self.path}: a run that saved no epoch, but the folder also holds {_listing(foreign)}; "
-                           "move them away or choose another --out")
+            raise RunError(
+                f"{self.path}: a run that saved no epoch, but the folder also holds {_listing(foreign)}; move them away or choose another --out"
+            )
         self.config()  # someone else's config.json is not ours to overwrite
         records, _ = self.metrics()
         saved = len(records) or self.status().get("epoch") or 0

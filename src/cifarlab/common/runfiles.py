@@ -205,6 +205,7 @@ class ExportConfig(Schema):
 
 # ---------------------------------------------------------------- reading and writing
 
+
 def check(schema: type[Schema], value: Any, where: str) -> dict:
     """`value`, unchanged, when it fits `schema`; else RunError naming `where` and the first field that does not."""
     try:
@@ -276,8 +277,16 @@ def check_history(history: list, where: str) -> list[dict]:
 
 # ---------------------------------------------------------------- one line per problem
 
-_KINDS = {"float": "a number", "int": "an integer", "string": "text", "bool": "true/false", "dict": "an object",
-          "model": "an object", "list": "a list", "tuple": "a list"}
+_KINDS = {
+    "float": "a number",
+    "int": "an integer",
+    "string": "text",
+    "bool": "true/false",
+    "dict": "an object",
+    "model": "an object",
+    "list": "a list",
+    "tuple": "a list",
+}
 
 
 def problem(where: str, error: Any) -> str:

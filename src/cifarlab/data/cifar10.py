@@ -34,5 +34,3 @@ def load_cifar10(root: Path | str | None = None, download: bool = True, archive:
     if found.is_file():
         return _read_archive(found)
     return read_parquet_folder(found) if is_parquet_folder(found) else read_folder(found)
-
-

@@ -88,8 +88,7 @@ def corrupt(images, name: str, severity: int, seed: int = 0):
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), severity])  # one stream per (name, severity)
     hwc = array.transpose(0, 2, 3, 1)
     # In chunks: the float temporaries of 10,000 images at once take gigabytes, and time to page in.
-    chunks = [_CORRUPT[name](np.ascontiguousarray(hwc[i : i + CHUNK]), PARAMETERS[name][severity - 1], rng)
-              for i in range(0, len(hwc), CHUNK)]
+    chunks = [_CORRUPT[name](np.ascontiguousarray(hwc[i : i + CHUNK]), PARAMETERS[name][severity - 1], rng) for i in range(0, len(hwc), CHUNK)]
     out = np.ascontiguousarray(np.concatenate(chunks).transpose(0, 3, 1, 2)) if chunks else array.copy()
     return torch.from_numpy(out) if as_torch else out
 
@@ -203,7 +202,7 @@ def _disk(radius: float, alias_blur: float) -> np.ndarray:
     rows, cols = np.meshgrid(grid, grid)
     disk = (rows**2 + cols**2 <= radius**2).astype(np.float64)
     disk /= disk.sum()
-    taps = np.exp(-np.arange(-1, 2) ** 2 / (2 * alias_blur**2))
+    taps = np.exp(-(np.arange(-1, 2) ** 2) / (2 * alias_blur**2))
     taps /= taps.sum()
     for axis in (0, 1):
         disk = ndimage.correlate1d(disk, taps, axis=axis, mode="mirror")
@@ -362,10 +361,20 @@ def elastic_transform(x, c, rng):
 
 
 _CORRUPT: dict[str, Callable[[np.ndarray, object, np.random.Generator], np.ndarray]] = {
-    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
-    "speckle_noise": speckle_noise, "gaussian_blur": gaussian_blur, "defocus_blur": defocus_blur,
-    "glass_blur": glass_blur, "zoom_blur": zoom_blur, "fog": fog, "brightness": brightness,
-    "contrast": contrast, "saturate": saturate, "jpeg_compression": jpeg_compression,
-    "pixelate": pixelate, "elastic_transform": elastic_transform,
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "speckle_noise": speckle_noise,
+    "gaussian_blur": gaussian_blur,
+    "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "zoom_blur": zoom_blur,
+    "fog": fog,
+    "brightness": brightness,
+    "contrast": contrast,
+    "saturate": saturate,
+    "jpeg_compression": jpeg_compression,
+    "pixelate": pixelate,
+    "elastic_transform": elastic_transform,
 }
 assert set(_CORRUPT) == set(PARAMETERS)

@@ -104,5 +104,3 @@ def _fetch(url: str, target: Path, progress: bool) -> None:
 
 def archive_names() -> str:
     return f"{BINARY_ARCHIVE.filename} / {PYTHON_ARCHIVE.filename}"
-
-

@@ -184,9 +184,7 @@ def read_binary_batch(path: Path, records: int | None = None) -> tuple[torch.Ten
     """Images and labels of one binary batch file; it must hold `records` records (None: any number)."""
     raw = _read_bytes(Path(path))
     if len(raw) == 0 or len(raw) % RECORD_BYTES:
-        raise DataError(
-            f"{path}: {len(raw)} bytes is not a whole number of {RECORD_BYTES}-byte records (truncated or wrong file)"
-        )
+        raise DataError(f"{path}: {len(raw)} bytes is not a whole number of {RECORD_BYTES}-byte records (truncated or wrong file)")
     _check_count(path, len(raw) // RECORD_BYTES, records)
     rows = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)
     labels = rows[:, 0].astype(np.int64)
@@ -394,5 +392,3 @@ def _safe_extract(archive: Path, dest: Path) -> None:
             tar.extractall(dest, filter="data")  # refuses absolute paths, '..' and links out
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:  # zlib.error: corrupt compressed data
         raise DataError(f"{archive}: cannot extract ({_one_line(e)})") from None
-
-

@@ -89,8 +89,9 @@ def open_checked(pq, path: Path):
     if missing:
         raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (Hugging Face cifar10 has 'img' and 'label')")
     image_type, label_type = schema.field(IMAGE_COLUMN).type, schema.field(LABEL_COLUMN).type
-    if not (pa.types.is_struct(image_type) and image_type.get_field_index(BYTES_FIELD) >= 0
-            and pa.types.is_binary(image_type.field(BYTES_FIELD).type)):
+    if not (
+        pa.types.is_struct(image_type) and image_type.get_field_index(BYTES_FIELD) >= 0 and pa.types.is_binary(image_type.field(BYTES_FIELD).type)
+    ):
         raise DataError(f"{path}: column 'img' should be an image (a struct of PNG 'bytes'), found {image_type}")
     if not pa.types.is_integer(label_type):
         raise DataError(f"{path}: column 'label' should hold integers 0-9, found {label_type}")

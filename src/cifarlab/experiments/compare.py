@@ -38,9 +38,7 @@ def run_labels(views: list[RunView]) -> list[str]:
     return [str(v.path) for v in views]
 
 
-def shown_test_accuracy(
-    view: RunView, data_dir: Path | str | None, device: str, log: Callable[[str], None]
-) -> tuple[str, str | None]:
+def shown_test_accuracy(view: RunView, data_dir: Path | str | None, device: str, log: Callable[[str], None]) -> tuple[str, str | None]:
     """A run's test accuracy as the report shows it: results.json's once finished, else its checkpoint's
     on the test set; and why there is none, when there is none."""
     if view.results:
@@ -53,6 +51,7 @@ def shown_test_accuracy(
 
 def results_rows(views: list[RunView], test_cells: list[str] | None = None) -> list[list[str]]:
     """The Results table; `test_cells` are the runs' test accuracies (default: results.json's)."""
+
     def row(label: str, get, kind: str = "") -> list[str]:
         return [label, *(pages.fmt(get(v), kind) for v in views)]
 
@@ -98,12 +97,14 @@ def robustness_context(views: list[RunView]) -> dict | None:
     shifted = [r.get("cifar10_1") or {} for r in results]
     names = list(dict.fromkeys(name for part in parts for name in part.get("accuracy", {})))
     sources = [["corrupted images", *map(_corruption_source, parts)], ["CIFAR-10.1 source", *(s.get("source") for s in shifted)]]
-    figures = [["clean accuracy", *(r.get("clean", {}).get("accuracy") for r in results)],
-               ["mean corruption accuracy", *(p.get("mean_accuracy") for p in parts)],
-               ["relative drop from clean", *(p.get("relative_drop") for p in parts)],
-               *([name, *(_mean(p.get("accuracy", {}).get(name)) for p in parts)] for name in names),
-               ["CIFAR-10.1 accuracy", *(s.get("accuracy") for s in shifted)],
-               ["CIFAR-10.1 relative drop", *(s.get("relative_drop") for s in shifted)]]
+    figures = [
+        ["clean accuracy", *(r.get("clean", {}).get("accuracy") for r in results)],
+        ["mean corruption accuracy", *(p.get("mean_accuracy") for p in parts)],
+        ["relative drop from clean", *(p.get("relative_drop") for p in parts)],
+        *([name, *(_mean(p.get("accuracy", {}).get(name)) for p in parts)] for name in names),
+        ["CIFAR-10.1 accuracy", *(s.get("accuracy") for s in shifted)],
+        ["CIFAR-10.1 relative drop", *(s.get("relative_drop") for s in shifted)],
+    ]
     rows = [[row[0], *map(pages.fmt, row[1:])] for row in sources] + [[row[0], *(pages.fmt(v, "pct") for v in row[1:])] for row in figures]
     differs = ["differs" if len({v for v in row[1:] if v is not None}) > 1 else "" for row in sources]
     return {"file": ROBUSTNESS, "rows": rows, "classes": differs + [""] * len(figures), "sources_differ": any(differs)}
@@ -163,9 +164,15 @@ def compare_runs(
 
 
 def _partial_notes(views: list[RunView], labels: list[str]) -> list[Note]:
-    return [Note(f"Partial: {label} is {view.status}" + (" and its metrics.jsonl ends in a cut line" if view.partial else "")
-                 + f"; showing its {len(view.metrics)} complete epochs.")
-            for view, label in zip(views, labels) if view.partial or view.status != "finished"]
+    return [
+        Note(
+            f"Partial: {label} is {view.status}"
+            + (" and its metrics.jsonl ends in a cut line" if view.partial else "")
+            + f"; showing its {len(view.metrics)} complete epochs."
+        )
+        for view, label in zip(views, labels)
+        if view.partial or view.status != "finished"
+    ]
 
 
 def _write_comparison(views: list[RunView], out: Path, data_dir, device: str, log: Callable[[str], None]) -> Path:
@@ -181,11 +188,21 @@ def _write_comparison(views: list[RunView], out: Path, data_dir, device: str, lo
     lr_time = pages.save_png(lr_time_figure(views, labels), out / FIGURES["time"])
     settings, setting_classes, differing = config_rows(views)
     page = out / COMPARE
-    pages.write_page(page, pages.render(
-        "compare.html", labels=labels, written=time.strftime("%Y-%m-%d %H:%M:%S"), notes=notes,
-        results=results_rows(views, tests), robustness=robustness_context(views),
-        curves=pages.data_uri(curves), lr_time=pages.data_uri(lr_time),
-        settings=settings, setting_classes=setting_classes, differing=differing,
-        runs=[[label, str(v.path.resolve())] for label, v in zip(labels, views)],
-    ))
+    pages.write_page(
+        page,
+        pages.render(
+            "compare.html",
+            labels=labels,
+            written=time.strftime("%Y-%m-%d %H:%M:%S"),
+            notes=notes,
+            results=results_rows(views, tests),
+            robustness=robustness_context(views),
+            curves=pages.data_uri(curves),
+            lr_time=pages.data_uri(lr_time),
+            settings=settings,
+            setting_classes=setting_classes,
+            differing=differing,
+            runs=[[label, str(v.path.resolve())] for label, v in zip(labels, views)],
+        ),
+    )
     return page

@@ -63,8 +63,12 @@ def curves_figure(views: list[RunView], labels: list[str]):
     fig = pages.new_figure(12, 7.5 + 0.25 * (len(views) // 4))
     axes = fig.subplots(2, 2)
     colours = run_colours(len(views))
-    panels = (("train_loss", "Training loss"), ("val_loss", "Validation loss"),
-              ("train_accuracy", "Training accuracy (%)"), ("val_accuracy", "Validation accuracy (%)"))
+    panels = (
+        ("train_loss", "Training loss"),
+        ("val_loss", "Validation loss"),
+        ("train_accuracy", "Training accuracy (%)"),
+        ("val_accuracy", "Validation accuracy (%)"),
+    )
     for ax, (key, title) in zip(axes.ravel(), panels):
         for view, label, colour in zip(views, labels, colours):
             points = [(m["epoch"], m.get(key)) for m in view.metrics if m.get(key) is not None]
@@ -95,8 +99,14 @@ def lr_time_figure(views: list[RunView], labels: list[str]):
         key = "val_accuracy" if any(m.get("val_accuracy") is not None for m in view.metrics) else "train_accuracy"
         points = [(m["elapsed_seconds"], 100 * m[key]) for m in view.metrics if m.get(key) is not None]
         if points:
-            ax_time.plot(*zip(*points), marker="o", markersize=3, color=colour, linestyle="-" if key == "val_accuracy" else "--",
-                         label=pages.plain(label + ("" if key == "val_accuracy" else " (training)")))
+            ax_time.plot(
+                *zip(*points),
+                marker="o",
+                markersize=3,
+                color=colour,
+                linestyle="-" if key == "val_accuracy" else "--",
+                label=pages.plain(label + ("" if key == "val_accuracy" else " (training)")),
+            )
     ax_lr.set_title("Learning rate")
     ax_lr.set_xlabel("epoch")
     ax_lr.ticklabel_format(axis="y", useOffset=False)

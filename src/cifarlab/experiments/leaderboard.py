@@ -34,10 +34,16 @@ def run_result(folder: Path) -> dict[str, Any]:
     except RunError as e:
         return {"status": "failed", "reason": str(e), **empty}
     res = view.results or {}
-    return {"status": view.status, "reason": view.reason, "val_accuracy": view.final_val_accuracy(),
-            "best_val_accuracy": view.best_val_accuracy(), "test_accuracy": res.get("test_accuracy"),
-            "params": res.get("params", view.config.get("params")), "epochs": len(view.metrics) or None,
-            "train_seconds": view.train_seconds()}
+    return {
+        "status": view.status,
+        "reason": view.reason,
+        "val_accuracy": view.final_val_accuracy(),
+        "best_val_accuracy": view.best_val_accuracy(),
+        "test_accuracy": res.get("test_accuracy"),
+        "params": res.get("params", view.config.get("params")),
+        "epochs": len(view.metrics) or None,
+        "train_seconds": view.train_seconds(),
+    }
 
 
 def _row(name: str, overrides: dict, run: str, result: dict) -> dict[str, Any]:
@@ -76,8 +82,17 @@ def format_leaderboard(rows: list[dict]) -> str:
     lines = [("rank", "variant", "val acc", "test acc", "epochs", "time", "status")]
     for r in rows:
         status = r["status"] + (f" ({r['reason']})" if r["reason"] and r["status"] != "finished" else "")
-        lines.append((str(r["rank"] or "-"), r["name"], pct(r["val_accuracy"]), pct(r["test_accuracy"]), str(r["epochs"] or "-"),
-                      "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}s", status))
+        lines.append(
+            (
+                str(r["rank"] or "-"),
+                r["name"],
+                pct(r["val_accuracy"]),
+                pct(r["test_accuracy"]),
+                str(r["epochs"] or "-"),
+                "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}s",
+                status,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -103,15 +118,35 @@ def write_leaderboard(spec: SweepSpec, folder: Path, rows: list[dict]) -> list[d
             views = [load_run(r["run"]) for r in reachable]
             curves = pages.save_png(curves_figure(views, [r["name"] for r in reachable]), folder / FIGURES["curves"])
             images.append((pages.data_uri(curves), "training curves of the finished variants", "Curves"))
-    table = [[pages.fmt(r["rank"]), r["name"], *(pages.fmt(r["overrides"].get(k)) for k in keys),
-                        pages.fmt(r["val_accuracy"], "pct"), pages.fmt(r["best_val_accuracy"], "pct"), pages.fmt(r["test_accuracy"], "pct"),
-                        pages.fmt(r["params"], "int"), pages.fmt(r["epochs"]), pages.fmt(r["train_seconds"], "s"), _status(r)] for r in rows]
+    table = [
+        [
+            pages.fmt(r["rank"]),
+            r["name"],
+            *(pages.fmt(r["overrides"].get(k)) for k in keys),
+            pages.fmt(r["val_accuracy"], "pct"),
+            pages.fmt(r["best_val_accuracy"], "pct"),
+            pages.fmt(r["test_accuracy"], "pct"),
+            pages.fmt(r["params"], "int"),
+            pages.fmt(r["epochs"]),
+            pages.fmt(r["train_seconds"], "s"),
+            _status(r),
+        ]
+        for r in rows
+    ]
     header = ["rank", "variant", *keys, "val acc (final, ranks)", "best val acc", "test acc", "params", "epochs", "train time", "status"]
     fixed = ", ".join(f"{k} = {pages.fmt(v)}" for k, v in spec.fixed.items()) or "none"
     subset = f"; first {spec.train_subset:,} training images" if spec.train_subset else ""
     subtitle = f"{spec.path.name}: {spec.describe(len(rows))}; fixed: {fixed}{subset}; written {time.strftime('%Y-%m-%d %H:%M:%S')}"
-    html = pages.render("leaderboard.html", title=f"Sweep {spec.path.stem}", subtitle=subtitle, header=header,
-                        rows=table, row_classes=["failed" if r["status"] == "failed" else "" for r in rows], num_from=2, images=images)
+    html = pages.render(
+        "leaderboard.html",
+        title=f"Sweep {spec.path.stem}",
+        subtitle=subtitle,
+        header=header,
+        rows=table,
+        row_classes=["failed" if r["status"] == "failed" else "" for r in rows],
+        num_from=2,
+        images=images,
+    )
     pages.write_page(folder / LEADERBOARD, html)
     return rows
 

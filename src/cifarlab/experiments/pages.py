@@ -102,4 +102,3 @@ def save_png(fig: Figure, path: Path) -> bytes:
 
 def write_page(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-

@@ -62,10 +62,12 @@ class Predictions:
         """What the page must say about a checkpoint evaluated at its low training resolution."""
         if self.stem_stride is None:
             return None
-        return (f"The checkpoint is of epoch {self.epoch}, in progressive resolution's low-resolution phase: it was trained "
-                f"with the stem at stride {self.stem_stride} (16x16 feature maps), so its test figures here are measured "
-                "at that resolution, as its training and validation figures were. They are not comparable with a "
-                "finished run's full-resolution test accuracy; the run's later epochs train at full resolution.")
+        return (
+            f"The checkpoint is of epoch {self.epoch}, in progressive resolution's low-resolution phase: it was trained "
+            f"with the stem at stride {self.stem_stride} (16x16 feature maps), so its test figures here are measured "
+            "at that resolution, as its training and validation figures were. They are not comparable with a "
+            "finished run's full-resolution test accuracy; the run's later epochs train at full resolution."
+        )
 
 
 def low_res_stride(model: Predictor) -> int | None:

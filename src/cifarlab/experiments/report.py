@@ -172,7 +172,8 @@ def errors_figure(pred: Predictions, indices: np.ndarray):
         p = pred.preds[i]
         ax.set_title(
             pages.plain(f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%"),
-            fontsize=8, color="darkred",
+            fontsize=8,
+            color="darkred",
         )
     fig.suptitle("Most confidently wrong test images")
     return fig
@@ -232,9 +233,13 @@ def calibration_context(view: RunView, pred: Predictions, cal: dict, figures: Fi
         scaled_cal = calibration(scaled_probabilities(pred.probs, temperature), pred.labels)
         uri = figures.draw(CALIBRATED_FIGURE, lambda: calibration_figure(scaled_cal, f"After temperature scaling, T = {temperature:.3f}"))
         diagrams.append(reliability_diagram(uri, "reliability diagram after temperature scaling", scaled_cal))
-        scaled = {"temperature": f"{temperature:.4f}", "fitted_on": stored.get("fitted_on", "validation split"),
-                  "tta": stored.get("tta", 0), "nll_before": pages.fmt(stored.get("val_nll_before")),
-                  "nll_after": pages.fmt(stored.get("val_nll_after"))}
+        scaled = {
+            "temperature": f"{temperature:.4f}",
+            "fitted_on": stored.get("fitted_on", "validation split"),
+            "tta": stored.get("tta", 0),
+            "nll_before": pages.fmt(stored.get("val_nll_before")),
+            "nll_after": pages.fmt(stored.get("val_nll_after")),
+        }
     return {
         "ece": pages.fmt(cal["ece"], "pct"),
         "bins": CALIBRATION_BINS,
@@ -249,8 +254,10 @@ def calibration_context(view: RunView, pred: Predictions, cal: dict, figures: Fi
 
 def reliability_diagram(uri: str, alt: str, cal: dict) -> dict:
     """A reliability diagram and its table of bins."""
-    bins = [(f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
-            for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])]
+    bins = [
+        (f"{lo:.3f}–{hi:.3f}", int(n), pages.fmt(a if n else None, "pct"), pages.fmt(c if n else None, "pct"))
+        for lo, hi, n, a, c in zip(cal["edges"][:-1], cal["edges"][1:], cal["counts"], cal["accuracy"], cal["confidence"])
+    ]
     return {"image": uri, "alt": alt, "bins": bins}
 
 
@@ -259,10 +266,12 @@ def smoothing_note(train: dict) -> str | None:
     s = train.get("label_smoothing") or 0
     if not s:
         return None
-    return (f"This run trained with label smoothing {s:g}: its targets give the true class {1 - s + s / 10:.0%} and "
-            f"every other class {s / 10:.0%}, so the model learns to stay below full confidence. Accuracy above "
-            "mean confidence in most bins (underconfidence) and a large calibration error follow from that by "
-            "design; they do not mean the predictions are unreliable.")
+    return (
+        f"This run trained with label smoothing {s:g}: its targets give the true class {1 - s + s / 10:.0%} and "
+        f"every other class {s / 10:.0%}, so the model learns to stay below full confidence. Accuracy above "
+        "mean confidence in most bins (underconfidence) and a large calibration error follow from that by "
+        "design; they do not mean the predictions are unreliable."
+    )
 
 
 # ---------------------------------------------------------------- the other sections
@@ -300,8 +309,11 @@ def test_rows(view: RunView, pred: Predictions | None) -> list[tuple[str, str]]:
     """Test accuracy: results.json's for a finished run, else the checkpoint's on the test set."""
     r = view.results
     if r:
-        return [("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")), ("test error", pages.fmt(r.get("test_error"), "pct")),
-                ("test loss", pages.fmt(r.get("test_loss")))]
+        return [
+            ("test accuracy", pages.fmt(r.get("test_accuracy"), "pct")),
+            ("test error", pages.fmt(r.get("test_error"), "pct")),
+            ("test loss", pages.fmt(r.get("test_loss"))),
+        ]
     if pred is None:
         return [("test accuracy", "— (run not finished)")]
     tag = f" ({pred.source}, run not finished)"
@@ -311,13 +323,22 @@ def test_rows(view: RunView, pred: Predictions | None) -> list[tuple[str, str]]:
 def partial_notes(view: RunView) -> list[Note]:
     notes = []
     if view.partial:
-        notes.append(Note(f"Partial: {METRICS} ends in a line cut short (the run was killed while writing it); "
-                          f"showing the {len(view.metrics)} complete epochs.", bad=True))
+        notes.append(
+            Note(
+                f"Partial: {METRICS} ends in a line cut short (the run was killed while writing it); "
+                f"showing the {len(view.metrics)} complete epochs.",
+                bad=True,
+            )
+        )
     if view.status != "finished":
         why = f": {view.reason}" if view.reason else ""
         state = view.status if view.status != "unknown" else "of unknown state (no status.json)"
-        notes.append(Note(f"Partial: the run is {state}{why}. This report shows what exists so far "
-                          f"({len(view.metrics)} of {view.train.get('epochs')} epochs).", bad=view.status == "failed"))
+        notes.append(
+            Note(
+                f"Partial: the run is {state}{why}. This report shows what exists so far ({len(view.metrics)} of {view.train.get('epochs')} epochs).",
+                bad=view.status == "failed",
+            )
+        )
     return notes
 
 
@@ -361,24 +382,38 @@ def robustness_context(view: RunView, figures: FigureWriter) -> dict | None:
     rows = [("clean accuracy", f"{pages.fmt(clean['accuracy'], 'pct')} on the first {clean['images']:,} test images")]
     if corruptions:
         seed = f", seed {corruptions['seed']}" if "seed" in corruptions else ""
-        rows += [("corrupted images", f"{corruptions['source']}{seed}; {corruptions['images']:,} per corruption and severity"),
-                 ("mean corruption accuracy", pages.fmt(corruptions["mean_accuracy"], "pct")),
-                 ("relative drop from clean", pages.fmt(corruptions.get("relative_drop"), "pct"))]
+        rows += [
+            ("corrupted images", f"{corruptions['source']}{seed}; {corruptions['images']:,} per corruption and severity"),
+            ("mean corruption accuracy", pages.fmt(corruptions["mean_accuracy"], "pct")),
+            ("relative drop from clean", pages.fmt(corruptions.get("relative_drop"), "pct")),
+        ]
     if shifted:
-        rows += [(f"{shifted['source']} accuracy", f"{pages.fmt(shifted['accuracy'], 'pct')} on {shifted['images']:,} images"),
-                 (f"{shifted['source']} relative drop", pages.fmt(shifted.get("relative_drop"), "pct"))]
+        rows += [
+            (f"{shifted['source']} accuracy", f"{pages.fmt(shifted['accuracy'], 'pct')} on {shifted['images']:,} images"),
+            (f"{shifted['source']} relative drop", pages.fmt(shifted.get("relative_drop"), "pct")),
+        ]
     context = {"file": ROBUSTNESS, "epoch": result.get("epoch"), "tta": result.get("tta"), "rows": rows, "heat_map": None}
     if corruptions:
         context["heat_map"] = figures.draw(ROBUSTNESS_FIGURE, lambda: robustness_figure(corruptions, clean["accuracy"]))
-        context["table"] = [(name, *(pages.fmt(a, "pct") for a in row), pages.fmt(sum(row) / len(row), "pct"))
-                            for name, row in corruptions["accuracy"].items()]
+        context["table"] = [
+            (name, *(pages.fmt(a, "pct") for a in row), pages.fmt(sum(row) / len(row), "pct")) for name, row in corruptions["accuracy"].items()
+        ]
     return context
 
 
 def epoch_rows(metrics: list[dict]) -> list[tuple]:
-    return [(m["epoch"], pages.fmt(m["lr"]), pages.fmt(m.get("train_loss")), pages.fmt(m.get("train_accuracy"), "pct"),
-             pages.fmt(m.get("val_loss")), pages.fmt(m.get("val_accuracy"), "pct"), pages.fmt(m.get("epoch_seconds"), "s"))
-            for m in metrics]
+    return [
+        (
+            m["epoch"],
+            pages.fmt(m["lr"]),
+            pages.fmt(m.get("train_loss")),
+            pages.fmt(m.get("train_accuracy"), "pct"),
+            pages.fmt(m.get("val_loss")),
+            pages.fmt(m.get("val_accuracy"), "pct"),
+            pages.fmt(m.get("epoch_seconds"), "s"),
+        )
+        for m in metrics
+    ]
 
 
 # ---------------------------------------------------------------- the page
@@ -403,7 +438,7 @@ def build_report(
     context = {
         "run_name": view.path.name,
         "subtitle": f"{view.train.get('preset')} preset, {view.train.get('model')} model; {view.path.resolve()}; "
-                    f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}",
         "notes": notes,
         "results": headline(view, pred, None if cal is None else cal["ece"]),
         "settings": [(k, pages.fmt(v)) for k, v in flatten_config(view).items() if k not in unused],

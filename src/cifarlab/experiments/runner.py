@@ -63,8 +63,10 @@ def check_run_folder(spec: SweepSpec, name: str, config: TrainConfig, folder: Pa
     wanted = normal_json(config.to_dict())
     for key in sorted(set(wanted) | set(saved.get("train", {}))):
         if saved.get("train", {}).get(key) != wanted.get(key):
-            raise SweepError(f"{run.file(CONFIG)}: variant {name!r} was run with {key}={saved.get('train', {}).get(key)!r}, "
-                             f"the spec now says {wanted.get(key)!r}; use another --out or move the old run away")
+            raise SweepError(
+                f"{run.file(CONFIG)}: variant {name!r} was run with {key}={saved.get('train', {}).get(key)!r}, "
+                f"the spec now says {wanted.get(key)!r}; use another --out or move the old run away"
+            )
     if saved.get("train_subset") != spec.train_subset:
         raise SweepError(f"{run.file(CONFIG)}: variant {name!r} was run with train_subset={saved.get('train_subset')!r}")
 

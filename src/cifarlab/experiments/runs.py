@@ -128,9 +128,7 @@ def find_runs(folder: Path | str) -> list[Path]:
     return sorted(p.parent for p in folder.rglob(CONFIG) if (p.parent / METRICS).exists() or (p.parent / CHECKPOINT).exists())
 
 
-def list_runs(
-    folder: Path | str, sort: str = "name", reverse: bool = False, warn: Callable[[str], None] = lambda s: None
-) -> list[dict]:
+def list_runs(folder: Path | str, sort: str = "name", reverse: bool = False, warn: Callable[[str], None] = lambda s: None) -> list[dict]:
     """Table rows for the runs under `folder`, sorted by a column (missing values last)."""
     if sort not in COLUMNS:
         raise RunError(f"unknown column {sort!r}; columns: {', '.join(COLUMNS)}")

@@ -206,4 +206,3 @@ def parse_search(table: Any, default_study: str) -> Search:
         raise SpaceError("[search] needs a [search.space] table of fields and their distributions, e.g. lr = { log_uniform = [0.001, 0.1] }")
     axes = tuple(parse_axis(key, entry) for key, entry in _space_entries(space).items())
     return Search(method, trials, seed, study, axes)
-

@@ -99,8 +99,9 @@ class SweepSpec:
         """What makes the trials of one study comparable; a study is continued only by a spec that
         agrees on all of it (the variants may grow: they are compared one by one, by name)."""
         space = self.search.space_table() if self.search else None
-        return normal_json({"method": self.method, "base": self.base, "train_subset": self.train_subset,
-                        "config": self.base_config.to_dict(), "space": space})
+        return normal_json(
+            {"method": self.method, "base": self.base, "train_subset": self.train_subset, "config": self.base_config.to_dict(), "space": space}
+        )
 
     def variant_config(self, overrides: dict[str, Any], where: str) -> TrainConfig:
         """The base with a trial's values applied (a tpe trial's, drawn by its study); SweepError if they fail."""
@@ -198,7 +199,7 @@ def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
 def _base_config(path: Path, raw: dict) -> tuple[str, TrainConfig]:
     base_name = raw.get("base")
     if not isinstance(base_name, str):
-        raise SweepError(f"{path}: base must be a preset name, e.g. base = \"paper\"")
+        raise SweepError(f'{path}: base must be a preset name, e.g. base = "paper"')
     try:
         return base_name, get_preset(base_name)
     except ConfigError as e:
@@ -293,8 +294,9 @@ def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> Swee
 # ---------------------------------------------------------------- a [search] spec
 
 
-def _search_spec(path: Path, table: Any, base_name: str, subset: int | None, fixed: dict, base_config: TrainConfig,
-                 max_variants: int | None, built: set[str]) -> SweepSpec:
+def _search_spec(
+    path: Path, table: Any, base_name: str, subset: int | None, fixed: dict, base_config: TrainConfig, max_variants: int | None, built: set[str]
+) -> SweepSpec:
     try:
         search = parse_search(table, default_study=path.stem)
     except SpaceError as e:

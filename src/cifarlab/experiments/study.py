@@ -85,8 +85,12 @@ def database_errors(storage: Storage, doing: str) -> Iterator[None]:
     except ImportError as e:
         raise SweepError(f"--storage {storage.shown}: its driver is not installed ({e.name or e}); pip install 'cifarlab[search]'") from None
     except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps a failed commit's error in its own
-        raise SweepError(storage.hide(f"{storage.local_file or storage.shown}: {doing}: {_reason(e)}"
-                                      f"{'; move the file away or name another --out' if storage.local_file else ''}")) from None
+        raise SweepError(
+            storage.hide(
+                f"{storage.local_file or storage.shown}: {doing}: {_reason(e)}"
+                f"{'; move the file away or name another --out' if storage.local_file else ''}"
+            )
+        ) from None
 
 
 def _reason(error: BaseException) -> str:
@@ -110,9 +114,14 @@ def open_storage(storage: Storage, create: bool = True) -> Any:
     for attempt in range(3):
         try:
             with database_errors(storage, "cannot open the study's database"), quiet(optuna):
-                return RDBStorage(storage.url, engine_kwargs=kwargs, heartbeat_interval=storage.heartbeat,
-                                  grace_period=3 * storage.heartbeat, skip_table_creation=not create,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES))
+                return RDBStorage(
+                    storage.url,
+                    engine_kwargs=kwargs,
+                    heartbeat_interval=storage.heartbeat,
+                    grace_period=3 * storage.heartbeat,
+                    skip_table_creation=not create,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+                )
         except SweepError as e:
             # workers starting together on a new database race to make its tables: the loser finds them made
             if attempt == 2 or not isinstance(e.__context__, (IntegrityError, ProgrammingError, optuna.exceptions.StorageInternalError)):
@@ -175,11 +184,14 @@ def open_study(rdb: Any, storage: Storage, spec: SweepSpec, create: bool = True)
                 study.set_user_attr("spec_hash", spec_hash(wanted))
         saved = _spec_hash_of(study)
     if saved is None:
-        raise SweepError(f"{storage.local_file or storage.shown}: study {spec.study_name!r} was not made by a cifarlab sweep; "
-                         "name another study or storage")
+        raise SweepError(
+            f"{storage.local_file or storage.shown}: study {spec.study_name!r} was not made by a cifarlab sweep; name another study or storage"
+        )
     if saved != spec_hash(wanted):
-        raise SweepError(f"{storage.local_file or storage.shown}: study {spec.study_name!r} was made with "
-                         f"{_difference(study.user_attrs.get('sweep', {}), wanted)}; use another --out, study or --storage")
+        raise SweepError(
+            f"{storage.local_file or storage.shown}: study {spec.study_name!r} was made with "
+            f"{_difference(study.user_attrs.get('sweep', {}), wanted)}; use another --out, study or --storage"
+        )
     return study
 
 
@@ -229,8 +241,10 @@ def _check_same_variant(storage: Storage, spec: SweepSpec, name: str, trial: Any
     saved = trial.user_attrs.get("config_hash")
     variant = next((v for v in spec.variants if v.name == name), None)
     if saved and variant is not None and saved != config_hash(variant.config):
-        raise SweepError(f"{storage.local_file or storage.shown}: study {spec.study_name!r} ran variant {name!r} with "
-                         f"{trial.user_attrs.get('overrides')}, the spec now gives it other settings; use another study or --out")
+        raise SweepError(
+            f"{storage.local_file or storage.shown}: study {spec.study_name!r} ran variant {name!r} with "
+            f"{trial.user_attrs.get('overrides')}, the spec now gives it other settings; use another study or --out"
+        )
 
 
 @contextlib.contextmanager

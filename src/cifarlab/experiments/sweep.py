@@ -54,8 +54,19 @@ from cifarlab.experiments.study import (
 from cifarlab.text import plural
 from cifarlab.training.tracking import sweep_parent_run
 
-__all__ = ["LEADERBOARD", "LEADERBOARD_JSON", "MAX_VARIANTS", "STUDY_DB", "SweepError", "format_leaderboard", "list_variants",
-           "load_spec", "rebuild_leaderboard", "rows_from_folders", "run_sweep"]
+__all__ = [
+    "LEADERBOARD",
+    "LEADERBOARD_JSON",
+    "MAX_VARIANTS",
+    "STUDY_DB",
+    "SweepError",
+    "format_leaderboard",
+    "list_variants",
+    "load_spec",
+    "rebuild_leaderboard",
+    "rows_from_folders",
+    "run_sweep",
+]
 SWEEP_LOCK = ".sweep.lock"
 
 
@@ -72,8 +83,10 @@ def folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
         try:
             fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SweepError(f"{folder}: another `cifarlab sweep` is running in this folder; wait for it, or add workers "
-                             "to it with --workers or a shared --storage") from None
+            raise SweepError(
+                f"{folder}: another `cifarlab sweep` is running in this folder; wait for it, or add workers "
+                "to it with --workers or a shared --storage"
+            ) from None
         except OSError as e:
             raise SweepError(f"{folder / SWEEP_LOCK}: cannot lock it ({e.strerror})") from None
         yield
@@ -112,8 +125,10 @@ def run_sweep(
             added = enqueue(rdb, where, study, spec, retry_failed)
             trials = latest_trials(study.get_trials(deepcopy=False))
         done = sum(t.state.name == "COMPLETE" for t in trials.values())
-        log(f"sweep {spec.path.name}: {plural(spec.size, spec.unit)} in {folder}, study {spec.study_name!r} in {where.shown}; "
-            f"{done:,} finished already, {spec.size - done:,} to run ({added:,} newly queued)")
+        log(
+            f"sweep {spec.path.name}: {plural(spec.size, spec.unit)} in {folder}, study {spec.study_name!r} in {where.shown}; "
+            f"{done:,} finished already, {spec.size - done:,} to run ({added:,} newly queued)"
+        )
         worker = Worker(spec, where, folder, None if data_dir is None else str(data_dir), device, progress)
         # With `mlflow` set (a spec's [fixed]), the sweep is one parent MLflow run and every trial's
         # training, in this process or a worker, logs as its child (training/tracking.py).

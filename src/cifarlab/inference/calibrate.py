@@ -66,8 +66,10 @@ def validation_size(run: RunDir) -> int:
     """The run's val_size; a CalibrateError for a run that held no validation split out."""
     val_size = read_run_config(run.path)["train"].get("val_size") or 0
     if val_size <= 0:
-        raise CalibrateError(f"{run.path}: trained with val_size 0, so there is no validation split to fit a "
-                             "temperature on (the test set is never used for fitting); train with --val-size N")
+        raise CalibrateError(
+            f"{run.path}: trained with val_size 0, so there is no validation split to fit a "
+            "temperature on (the test set is never used for fitting); train with --val-size N"
+        )
     return val_size
 
 
@@ -76,8 +78,9 @@ def validation_split(run: RunDir, data: Cifar10, val_size: int) -> tuple[torch.T
     _, val_idx = split_train_val(data.train_labels, val_size)
     recorded = run.config().get("val_images")
     if recorded is not None and recorded != len(val_idx):  # another data set than the one the run trained on
-        raise CalibrateError(f"{run.path}: its validation split held {recorded:,} images, this data gives "
-                             f"{len(val_idx):,}; pass the --data-dir the run trained on")
+        raise CalibrateError(
+            f"{run.path}: its validation split held {recorded:,} images, this data gives {len(val_idx):,}; pass the --data-dir the run trained on"
+        )
     return data.train_images[val_idx], data.train_labels[val_idx]
 
 
@@ -85,13 +88,14 @@ def format_calibration(record: dict) -> str:
     """The temperature, the validation NLL it lowered, and the test figures before and after."""
     before, after = record["test_before"], record["test_after"]
     lines = [
-        f"temperature {record['temperature']:.4f}, fitted on the {record['fitted_on']}, "
-        f"epoch-{record['epoch']} checkpoint, tta={record['tta']}",
+        f"temperature {record['temperature']:.4f}, fitted on the {record['fitted_on']}, epoch-{record['epoch']} checkpoint, tta={record['tta']}",
         f"validation NLL {record['val_nll_before']:.4f} -> {record['val_nll_after']:.4f}",
     ]
     if at_range_limit(record["temperature"]):
-        lines.append(f"warning: the temperature is at the end of the range searched {TEMPERATURE_RANGE}: "
-                     "the model's validation predictions are hardly better than a uniform guess")
+        lines.append(
+            f"warning: the temperature is at the end of the range searched {TEMPERATURE_RANGE}: "
+            "the model's validation predictions are hardly better than a uniform guess"
+        )
     lines += [
         "",
         f"{'test set (' + format(record['test_images'], ',') + ' images)':<27}  {'ECE':>7}  {'NLL':>7}  {'Brier':>7}",

@@ -28,8 +28,22 @@ from cifarlab.training.config import read_run_config
 NOT_MEASURED = "Not measured."
 # The recipe fields a reader wants first; config.json's "recipe" holds every one.
 RECIPE_FIELDS = (
-    "preset", "epochs", "batch_size", "optimizer", "lr", "momentum", "nesterov", "weight_decay", "label_smoothing",
-    "schedule", "crop_pad", "flip", "amp", "tta", "seed", "init_from",
+    "preset",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "label_smoothing",
+    "schedule",
+    "crop_pad",
+    "flip",
+    "amp",
+    "tta",
+    "seed",
+    "init_from",
 )
 
 

@@ -128,12 +128,15 @@ def format_evaluation(result: dict) -> str:
 
 def format_calibration_lines(result: dict) -> list[str]:
     """ECE, NLL and Brier score, and the same after temperature scaling when the run has it."""
-    lines = [f"calibration ({CALIBRATION_BINS}-bin ECE)  ECE {result['test_ece']:.2%}  NLL {result['test_nll']:.4f}  "
-             f"Brier {result['test_brier']:.4f}"]
+    lines = [
+        f"calibration ({CALIBRATION_BINS}-bin ECE)  ECE {result['test_ece']:.2%}  NLL {result['test_nll']:.4f}  Brier {result['test_brier']:.4f}"
+    ]
     scaled = result.get("temperature_scaled")
     if scaled:
-        lines.append(f"after temperature scaling (T={scaled['temperature']:.3f}, from {CALIBRATION})  ECE {scaled['ece']:.2%}  "
-                     f"NLL {scaled['nll']:.4f}  Brier {scaled['brier']:.4f}")
+        lines.append(
+            f"after temperature scaling (T={scaled['temperature']:.3f}, from {CALIBRATION})  ECE {scaled['ece']:.2%}  "
+            f"NLL {scaled['nll']:.4f}  Brier {scaled['brier']:.4f}"
+        )
     if result.get("calibration_problem"):
         lines.append(f"no temperature scaling: {result['calibration_problem']}")
     return lines

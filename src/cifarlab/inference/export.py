@@ -176,8 +176,13 @@ def export_model(
         with writing(output):
             os.replace(tmp, output)
 
-    info = describe(fmt, output, ckpt, meta, {"against": "cifarlab predict (PyTorch eager, float32, CPU)", "images": source,
-                                              "count": len(x), "tolerance": tolerance, **check})
+    info = describe(
+        fmt,
+        output,
+        ckpt,
+        meta,
+        {"against": "cifarlab predict (PyTorch eager, float32, CPU)", "images": source, "count": len(x), "tolerance": tolerance, **check},
+    )
     atomic_write_json(sidecar(output), info)
     return output, info
 
@@ -195,10 +200,20 @@ def describe(fmt: str, output: Path, ckpt: Path, meta: dict, check: dict) -> dic
         "checkpoint": str(ckpt),
         "model": meta["model"],
         "model_options": meta["model_options"],
-        "input": {"name": INPUT_NAME, "shape": ["N", 3, 32, 32], "dtype": "float32", "layout": "NCHW",
-                  "channel_order": "RGB", "batch_axis": "dynamic"},
-        "output": {"name": OUTPUT_NAME, "shape": ["N", len(classes)], "dtype": "float32",
-                   "meaning": "logits; softmax over axis 1 gives class probabilities"},
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", 3, 32, 32],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channel_order": "RGB",
+            "batch_axis": "dynamic",
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["N", len(classes)],
+            "dtype": "float32",
+            "meaning": "logits; softmax over axis 1 gives class probabilities",
+        },
         "preprocessing": {
             "pixel_scale": "divide uint8 pixels by 255",
             "mean": list(meta["mean"]),
@@ -250,8 +265,7 @@ def export_safetensors(
             raise ExportError(f"the exported folder's logits differ from the run's by up to {diff:.3g}; nothing was written")
         with writing(output):
             _replace_folder(staging, output)
-    check = {"against": "cifarlab predict on the run (PyTorch eager, float32, CPU)", "images": source,
-             "count": len(pixels), "identical": True}
+    check = {"against": "cifarlab predict on the run (PyTorch eager, float32, CPU)", "images": source, "count": len(pixels), "identical": True}
     return output, {**config, "file": output.name, "check": check}
 
 
@@ -259,15 +273,19 @@ def _write_folder(folder: Path, predictor: Predictor) -> dict:
     """The three files of an export; returns config.json's contents."""
     state, meta = predictor.state, predictor.meta
     model = predictor.model.float().to("cpu", memory_format=torch.contiguous_format)
-    config = write_export(folder, model.state_dict(), {
-        **{key: meta[key] for key in ("model", "model_options", "classes", "mean", "std")},
-        "input_size": meta.get("input_size", [3, 32, 32]),
-        "channels_last": meta["channels_last"],
-        "train_dtype": meta.get("train_dtype", "float32"),
-        "epoch": state.get("epoch"),
-        "recipe": state.get("config") or None,
-        "source": {"checkpoint": str(predictor.checkpoint), "cifarlab_version": __version__, "torch_version": torch.__version__},
-    })
+    config = write_export(
+        folder,
+        model.state_dict(),
+        {
+            **{key: meta[key] for key in ("model", "model_options", "classes", "mean", "std")},
+            "input_size": meta.get("input_size", [3, 32, 32]),
+            "channels_last": meta["channels_last"],
+            "train_dtype": meta.get("train_dtype", "float32"),
+            "epoch": state.get("epoch"),
+            "recipe": state.get("config") or None,
+            "source": {"checkpoint": str(predictor.checkpoint), "cifarlab_version": __version__, "torch_version": torch.__version__},
+        },
+    )
     params = sum(p.numel() for p in model.parameters())
     card = model_card(config, params, run_measurements(predictor.checkpoint.parent, state.get("epoch")))
     atomic_write_bytes(folder / EXPORT_CARD, card.encode())

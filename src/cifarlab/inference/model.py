@@ -99,10 +99,7 @@ class Predictor:
         """The k most probable (class, probability) pairs of each row of logits."""
         probs = self.probabilities(logits)
         values, indices = probs.topk(self.check_top_k(k), dim=1)
-        return [
-            [(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-            for row_i, row_p in zip(indices, values)
-        ]
+        return [[(self.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())] for row_i, row_p in zip(indices, values)]
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits, divided by the temperature first when there is one."""
@@ -110,8 +107,10 @@ class Predictor:
         probs = F.softmax(logits if self.temperature is None else logits / self.temperature, dim=1)
         if not torch.isfinite(probs).all():
             scaled = "" if self.temperature is None else f" divided by temperature {self.temperature:g}"
-            raise NonFiniteProbabilities(f"{self.checkpoint}: the model's logits{scaled} give probabilities that are "
-                                         "not finite numbers (NaN or infinite weights, or a broken temperature)")
+            raise NonFiniteProbabilities(
+                f"{self.checkpoint}: the model's logits{scaled} give probabilities that are "
+                "not finite numbers (NaN or infinite weights, or a broken temperature)"
+            )
         return probs
 
 
@@ -127,8 +126,7 @@ def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
     if calibration is None:
         raise RunError(f"{run.path}: no {CALIBRATION}; {fit}")
     if calibration.get("epoch") != epoch:
-        raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, "
-                       f"this is epoch {epoch}; {fit}")
+        raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, this is epoch {epoch}; {fit}")
     return checked_temperature(calibration["temperature"], run.file(CALIBRATION), fit)
 
 
@@ -136,10 +134,8 @@ def checked_temperature(temperature, source: Path, fit: str) -> float:
     """A stored temperature within the range `fit_temperature` searches, else a RunError: a value
     outside it (1e-300 passes "positive, finite") cannot come from a fit and overflows the logits."""
     low, high = TEMPERATURE_RANGE
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or not low <= temperature <= high:
-        raise RunError(f"{source}: temperature {temperature!r:.40} is outside {low:g} to {high:g}, the range a "
-                       f"fit searches; {fit}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or not low <= temperature <= high:
+        raise RunError(f"{source}: temperature {temperature!r:.40} is outside {low:g} to {high:g}, the range a fit searches; {fit}")
     return float(temperature)
 
 

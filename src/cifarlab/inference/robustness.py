@@ -125,8 +125,11 @@ def _check_same_test_set(files: Cifar10C, test_labels: torch.Tensor) -> None:
     theirs, ours = files.labels[:count], test_labels[:count].numpy()
     differ = (theirs != ours).nonzero()[0]
     if files.per_severity != len(test_labels) or len(differ):
-        where = f"label of image {differ[0]} is {theirs[differ[0]]}, the test set's {ours[differ[0]]}" if len(differ) else (
-            f"{files.per_severity:,} images per severity, the test set {len(test_labels):,}")
+        where = (
+            f"label of image {differ[0]} is {theirs[differ[0]]}, the test set's {ours[differ[0]]}"
+            if len(differ)
+            else (f"{files.per_severity:,} images per severity, the test set {len(test_labels):,}")
+        )
         raise DataError(f"{files.folder}: not made from this CIFAR-10 test set ({where})")
 
 
@@ -150,8 +153,14 @@ def corruption_result(
         table, seconds = corruption_accuracies(model, names, _generated_source(test_images, test_labels, request.seed), tta, log)
         origin = {"source": GENERATED, "seed": request.seed}
     mean = sum(sum(row) for row in table.values()) / (len(SEVERITIES) * len(table))
-    return {**origin, "images": count, "severities": list(SEVERITIES), "accuracy": table, "mean_accuracy": mean,
-            "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    return {
+        **origin,
+        "images": count,
+        "severities": list(SEVERITIES),
+        "accuracy": table,
+        "mean_accuracy": mean,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
 
 
 def relative_drop(clean: float, shifted: float) -> float | None:
@@ -192,8 +201,13 @@ def evaluate_robustness(
         result["corruptions"]["relative_drop"] = relative_drop(clean, result["corruptions"]["mean_accuracy"])
     if cifar101 is not None:
         shifted = accuracy(model, cifar101.images, cifar101.labels, tta)
-        result["cifar10_1"] = {"source": cifar101.source, "file": str(cifar101.path), "images": len(cifar101.labels),
-                               "accuracy": shifted, "relative_drop": relative_drop(clean, shifted)}
+        result["cifar10_1"] = {
+            "source": cifar101.source,
+            "file": str(cifar101.path),
+            "images": len(cifar101.labels),
+            "accuracy": shifted,
+            "relative_drop": relative_drop(clean, shifted),
+        }
     output = model.checkpoint.parent / ROBUSTNESS
     runfiles.write(runfiles.Robustness, output, result)
     return result, output
@@ -234,8 +248,13 @@ def format_robustness(result: dict) -> str:
         lines.append(f"mean corruption accuracy {part['mean_accuracy']:.2%}, relative drop from clean {_pct(part.get('relative_drop'))}")
     shifted = result.get("cifar10_1")
     if shifted:
-        lines += ["", (f"{shifted['source']}: accuracy {shifted['accuracy']:.2%} on {shifted['images']:,} images, "
-                       f"relative drop from clean {_pct(shifted.get('relative_drop'))}")]
+        lines += [
+            "",
+            (
+                f"{shifted['source']}: accuracy {shifted['accuracy']:.2%} on {shifted['images']:,} images, "
+                f"relative drop from clean {_pct(shifted.get('relative_drop'))}"
+            ),
+        ]
     return "\n".join(lines)
 
 

@@ -47,9 +47,7 @@ class Tree(nn.Module):
     def __init__(self, cin: int, cout: int, level: int = 1, stride: int = 1):
         super().__init__()
         # the first subtree takes the input (and the stride); the rest continue at cout
-        self.subtrees = nn.ModuleList(
-            Tree(cin, cout, i, stride) if i == level - 1 else Tree(cout, cout, i) for i in reversed(range(1, level))
-        )
+        self.subtrees = nn.ModuleList(Tree(cin, cout, i, stride) if i == level - 1 else Tree(cout, cout, i) for i in reversed(range(1, level)))
         self.from_input = BasicBlock(cin, cout, stride) if level > 1 else None
         self.left = BasicBlock(cout if level > 1 else cin, cout, 1 if level > 1 else stride)
         self.right = BasicBlock(cout, cout)

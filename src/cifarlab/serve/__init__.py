@@ -22,8 +22,14 @@ from cifarlab.serve.limits import (
 )
 
 _NEEDS_EXTRA = {
-    "configure": "app", "create_app": "app", "Settings": "app", "Service": "app",
-    "MicroBatcher": "batching", "DecodePool": "batching", "make_server": "server", "serve": "server",
+    "configure": "app",
+    "create_app": "app",
+    "Settings": "app",
+    "Service": "app",
+    "MicroBatcher": "batching",
+    "DecodePool": "batching",
+    "make_server": "server",
+    "serve": "server",
 }
 
 
@@ -38,7 +44,22 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BODY_TIMEOUT_S", "DECODE_QUEUE", "DECODE_WORKERS", "HEADER_TIMEOUT_S", "KEEP_ALIVE_S", "MAX_BATCH", "MAX_SERVE_PIXELS",
-    "MAX_UPLOAD_BYTES", "MAX_WAIT_MS", "DecodePool", "MicroBatcher", "ServeError", "Service", "Settings",
-    "configure", "create_app", "make_server", "serve",
+    "BODY_TIMEOUT_S",
+    "DECODE_QUEUE",
+    "DECODE_WORKERS",
+    "HEADER_TIMEOUT_S",
+    "KEEP_ALIVE_S",
+    "MAX_BATCH",
+    "MAX_SERVE_PIXELS",
+    "MAX_UPLOAD_BYTES",
+    "MAX_WAIT_MS",
+    "DecodePool",
+    "MicroBatcher",
+    "ServeError",
+    "Service",
+    "Settings",
+    "configure",
+    "create_app",
+    "make_server",
+    "serve",
 ]

@@ -60,8 +60,7 @@ from cifarlab.serve.openapi import (
 )
 
 logger = logging.getLogger("cifarlab.serve")
-PAGES = jinja2.Environment(loader=jinja2.PackageLoader("cifarlab", "templates"), autoescape=True,
-                           undefined=jinja2.StrictUndefined)
+PAGES = jinja2.Environment(loader=jinja2.PackageLoader("cifarlab", "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,15 @@ class Settings:
     body_timeout_s: float = BODY_TIMEOUT_S
 
     def __post_init__(self):
-        if min(self.max_upload_bytes, self.max_batch, self.top_k, self.max_pixels, self.decode_workers) < 1 \
-                or self.max_wait_ms < 0 or self.decode_queue < 0:
-            raise ServeError("--max-upload-bytes, --max-batch, --top-k, --max-pixels and --decode-workers must be "
-                             "positive and --max-wait-ms and --decode-queue not negative")
+        if (
+            min(self.max_upload_bytes, self.max_batch, self.top_k, self.max_pixels, self.decode_workers) < 1
+            or self.max_wait_ms < 0
+            or self.decode_queue < 0
+        ):
+            raise ServeError(
+                "--max-upload-bytes, --max-batch, --top-k, --max-pixels and --decode-workers must be "
+                "positive and --max-wait-ms and --decode-queue not negative"
+            )
         if self.body_timeout_s <= 0:
             raise ServeError("--body-timeout must be positive")
 
@@ -100,8 +104,7 @@ class Service:
         return self.predictor.meta["model"]
 
 
-def configure(application: FastAPI, checkpoint: Path | str, device: str = "cpu", amp: str = "off",
-              calibrated: bool = False, **limits) -> Service:
+def configure(application: FastAPI, checkpoint: Path | str, device: str = "cpu", amp: str = "off", calibrated: bool = False, **limits) -> Service:
     """Load `checkpoint` (a run, a checkpoint file or an export) into `application`, which then
     serves it; `calibrated` scales its probabilities by the temperature `cifarlab calibrate` stored."""
     settings = Settings(**limits)
@@ -111,8 +114,12 @@ def configure(application: FastAPI, checkpoint: Path | str, device: str = "cpu",
     # one line (NonFiniteProbabilities), rather than failing every request later.
     predictor.top_k(predictor.logits(torch.zeros(1, *predictor.meta.get("input_size", (3, 32, 32)), dtype=torch.uint8)), 1)
     decode = functools.partial(load_image, max_pixels=settings.max_pixels)
-    service = Service(predictor, settings, MicroBatcher(predictor.logits, settings.max_batch, settings.max_wait_ms),
-                      DecodePool(decode, settings.decode_workers, settings.decode_queue))
+    service = Service(
+        predictor,
+        settings,
+        MicroBatcher(predictor.logits, settings.max_batch, settings.max_wait_ms),
+        DecodePool(decode, settings.decode_workers, settings.decode_queue),
+    )
     application.state.service = service
     application.summary = f"CIFAR-10 classifier {service.model_name}"
     application.openapi_schema = None  # rebuilt for this model (its classes bound ?top_k=)
@@ -145,9 +152,16 @@ router = APIRouter()
 @router.get("/health", response_model=Health, summary="the model, its classes and the service's counters")
 async def health(service: ServiceDependency):
     predictor = service.predictor
-    return {"status": "ok", "model": service.model_name, "checkpoint": str(predictor.checkpoint),
-            "classes": predictor.classes, "device": str(predictor.device), "temperature": predictor.temperature,
-            **service.batcher.stats(), **service.decoder.stats()}
+    return {
+        "status": "ok",
+        "model": service.model_name,
+        "checkpoint": str(predictor.checkpoint),
+        "classes": predictor.classes,
+        "device": str(predictor.device),
+        "temperature": predictor.temperature,
+        **service.batcher.stats(),
+        **service.decoder.stats(),
+    }
 
 
 @router.head("/health", response_class=Response, responses=HEAD_OK, summary="whether the service is up")
@@ -159,8 +173,11 @@ async def health_head(service: ServiceDependency):
 async def page(service: ServiceDependency):
     settings = service.settings
     return PAGES.get_template("upload.html").render(
-        model=service.model_name, classes=len(service.predictor.classes),
-        upload_limit=f"{settings.max_upload_bytes:,}", pixel_limit=f"{settings.max_pixels:,}")
+        model=service.model_name,
+        classes=len(service.predictor.classes),
+        upload_limit=f"{settings.max_upload_bytes:,}",
+        pixel_limit=f"{settings.max_pixels:,}",
+    )
 
 
 @router.head("/", response_class=Response, responses=HEAD_OK, summary="whether the upload page is there")
@@ -191,10 +208,12 @@ async def read_upload(request: Request, upload_limit: int) -> tuple[bytes, str |
     return data, filename
 
 
-@router.post("/predict", response_model=Prediction, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY,
-             summary="classify one uploaded image")
-async def predict(request: Request, service: ServiceDependency,
-                  top_k: Annotated[int | None, Query(ge=1, description="classes to return (default: serve --top-k)")] = None):
+@router.post("/predict", response_model=Prediction, responses=ERROR_RESPONSES, openapi_extra=UPLOAD_BODY, summary="classify one uploaded image")
+async def predict(
+    request: Request,
+    service: ServiceDependency,
+    top_k: Annotated[int | None, Query(ge=1, description="classes to return (default: serve --top-k)")] = None,
+):
     k = service.predictor.check_top_k(service.settings.top_k if top_k is None else top_k, "top_k")
     data, filename = await read_upload(request, service.settings.max_upload_bytes)
     try:
@@ -267,9 +286,14 @@ def build_app() -> FastAPI:
     application.include_router(router)
     application.add_middleware(BodyLimit)
     application.add_middleware(BodyDeadline)
-    for error, handler in ((UploadTooLarge, too_large), (BodyTimeout, body_too_slow), (Overloaded, overloaded),
-                           (TopKError, bad_top_k), (RequestValidationError, invalid_request),
-                           (ClientDisconnect, client_gone)):
+    for error, handler in (
+        (UploadTooLarge, too_large),
+        (BodyTimeout, body_too_slow),
+        (Overloaded, overloaded),
+        (TopKError, bad_top_k),
+        (RequestValidationError, invalid_request),
+        (ClientDisconnect, client_gone),
+    ):
         # Starlette types a handler as taking any Exception; it calls each only with the class it is registered for
         application.add_exception_handler(error, handler)  # type: ignore[arg-type]
     # replacing the method is FastAPI's documented way to customise the schema

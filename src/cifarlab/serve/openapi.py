@@ -74,8 +74,7 @@ UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "additionalProperties": False,  # any other field is refused (400)
-                    "properties": {"file": {"type": "string", "format": "binary",
-                                            "description": "an image file Pillow reads (PNG, JPEG, ...)"}},
+                    "properties": {"file": {"type": "string", "format": "binary", "description": "an image file Pillow reads (PNG, JPEG, ...)"}},
                 },
                 "encoding": {"file": {"contentType": "image/png, image/jpeg, image/*"}},
             }
@@ -89,8 +88,7 @@ def document_top_k(application) -> dict:
     from fastapi.openapi.utils import get_openapi
 
     if application.openapi_schema is None:
-        schema = get_openapi(title=application.title, version=application.version, summary=application.summary,
-                             routes=application.routes)
+        schema = get_openapi(title=application.title, version=application.version, summary=application.summary, routes=application.routes)
         service = getattr(application.state, "service", None)
         for parameter in schema["paths"]["/predict"]["post"].get("parameters", []):
             if parameter["name"] == "top_k" and service is not None:

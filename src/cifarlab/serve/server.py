@@ -47,8 +47,7 @@ def check_port(host: str, port: int) -> None:
 def timeout_response(detail: str) -> bytes:
     """A complete HTTP 408 answer, written to the socket directly (no request exists to answer)."""
     body = json.dumps({"detail": detail}).encode()
-    head = (f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n")
+    head = f"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n"
     return head.encode() + body
 
 
@@ -117,8 +116,14 @@ def log_config() -> dict:
     return config
 
 
-def make_server(asgi_app, host: str = "127.0.0.1", port: int = 8000, keep_alive_s: float = KEEP_ALIVE_S,
-                header_timeout_s: float = HEADER_TIMEOUT_S, logging_config: dict | None = None):
+def make_server(
+    asgi_app,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    keep_alive_s: float = KEEP_ALIVE_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    logging_config: dict | None = None,
+):
     """A uvicorn server for the app with the service's connection deadlines; `.run()` serves."""
     try:
         import uvicorn
@@ -126,16 +131,29 @@ def make_server(asgi_app, host: str = "127.0.0.1", port: int = 8000, keep_alive_
         raise ServeError(f"{e}: pip install 'cifarlab[serve]'") from None
     if keep_alive_s <= 0 or header_timeout_s <= 0:
         raise ServeError("--keep-alive and --header-timeout must be positive")
-    config = uvicorn.Config(asgi_app, host=host, port=port, http=header_deadline_protocol(header_timeout_s),
-                            # typed int, but used as loop.call_later's seconds, which a float (e.g. 0.5) is
-                            timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
-                            log_level="warning", access_log=False,
-                            log_config=logging_config)
+    config = uvicorn.Config(
+        asgi_app,
+        host=host,
+        port=port,
+        http=header_deadline_protocol(header_timeout_s),
+        # typed int, but used as loop.call_later's seconds, which a float (e.g. 0.5) is
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        log_config=logging_config,
+    )
     return uvicorn.Server(config)
 
 
-def serve(checkpoint: Path | str, host: str = "127.0.0.1", port: int = 8000, log=print,
-          keep_alive_s: float = KEEP_ALIVE_S, header_timeout_s: float = HEADER_TIMEOUT_S, **options) -> None:
+def serve(
+    checkpoint: Path | str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log=print,
+    keep_alive_s: float = KEEP_ALIVE_S,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    **options,
+) -> None:
     """Run the module's app serving `checkpoint` with uvicorn until interrupted; `options` go to configure."""
     service = configure(app, checkpoint, **options)
     server = make_server(app, host, port, keep_alive_s, header_timeout_s, logging_config=log_config())

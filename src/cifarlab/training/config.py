@@ -137,8 +137,10 @@ class TrainConfig:
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "0 to 1"),
             "lr_start_factor": (0 <= self.lr_start_factor <= 1, "0 to 1"),
             "lr_end_factor": (0 <= self.lr_end_factor <= 1, "0 to 1"),
-            "milestones": (_increasing(self.milestones) and (self.milestones or self.schedule != "step"),
-                           f"1 to {MAX_MILESTONES} epochs from 1 to {MAX_EPOCHS:,} in increasing order, at least one for the step schedule"),
+            "milestones": (
+                _increasing(self.milestones) and (self.milestones or self.schedule != "step"),
+                f"1 to {MAX_MILESTONES} epochs from 1 to {MAX_EPOCHS:,} in increasing order, at least one for the step schedule",
+            ),
             "step_factor": (0 < self.step_factor < 1, "0 < step_factor < 1"),
             "bias_lr_scale": (0 < self.bias_lr_scale < math.inf, "a positive number"),
             "eval_batch_size": (self.eval_batch_size >= 1, "at least 1"),
@@ -167,8 +169,7 @@ class TrainConfig:
                 raise ConfigError(f"{source}: field {name!r} must be {_type_name(hints[name])}, got {value!r:.80}")
         model = values.get("model")
         if model is not None and not is_registered(model):
-            raise ConfigError(f"{source}: unknown model {model!r:.80}{did_you_mean(model, list_models())}; "
-                              f"known models: {', '.join(list_models())}")
+            raise ConfigError(f"{source}: unknown model {model!r:.80}{did_you_mean(model, list_models())}; known models: {', '.join(list_models())}")
         return cls(**values)
 
     def replace(self, **overrides) -> TrainConfig:
@@ -254,7 +255,7 @@ def read_run_config(path: Path | str) -> dict:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """"FIELD=VALUE" with VALUE written as in TOML (3, 0.1, true, [32, 64], "text"); a bare word is a string."""
+    """ "FIELD=VALUE" with VALUE written as in TOML (3, 0.1, true, [32, 64], "text"); a bare word is a string."""
     key, sep, raw = text.partition("=")
     key, raw = key.strip(), raw.strip()
     if not sep or not key:
@@ -266,12 +267,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         if raw and all(c.isalnum() or c in "_-./:" for c in raw):
             return key, raw  # a bare word such as linear or runs/paper-1
-        raise ConfigError(f"--set {text!r}: {raw!r} is not a value (numbers, true/false, [lists], \"strings\")") from None
+        raise ConfigError(f'--set {text!r}: {raw!r} is not a value (numbers, true/false, [lists], "strings")') from None
 
 
 def _increasing(epochs: list[int]) -> bool:
-    return (len(epochs) <= MAX_MILESTONES and all(1 <= e <= MAX_EPOCHS for e in epochs)
-            and all(a < b for a, b in zip(epochs, epochs[1:])))
+    return len(epochs) <= MAX_MILESTONES and all(1 <= e <= MAX_EPOCHS for e in epochs) and all(a < b for a, b in zip(epochs, epochs[1:]))
 
 
 @functools.cache
@@ -339,13 +339,30 @@ _SGD_RECIPE: dict[str, Any] = dict(
 # translations, label smoothing 0.2, TTA level 2. airbench sums the loss over the batch, this
 # code averages it: SGD learning rates are x 2000 here and weight decay / 2000 (the same steps).
 _AIRBENCH94 = TrainConfig(
-    preset="airbench94", model="fast",
+    preset="airbench94",
+    model="fast",
     model_options={"widths": [64, 256, 256], "stem_stride": 1, "scale": 1 / 256, "head_std": 1.0},
-    val_size=0, epochs=8, batch_size=2000, optimizer="muon", muon_lr=0.24, muon_momentum=0.6,
-    lr=0.67 * 2000, momentum=0.85, nesterov=True, bias_lr_scale=0.053 / 0.67,
-    weight_decay=2e-6 * 2000 / (0.67 * 2000), whiten_bias_epochs=3,
-    label_smoothing=0.2, schedule="linear", warmup_fraction=0.0, lr_start_factor=1.0, lr_end_factor=0.0,
-    crop_pad=2, flip=True, flip_mode="alternating", tta=2,
+    val_size=0,
+    epochs=8,
+    batch_size=2000,
+    optimizer="muon",
+    muon_lr=0.24,
+    muon_momentum=0.6,
+    lr=0.67 * 2000,
+    momentum=0.85,
+    nesterov=True,
+    bias_lr_scale=0.053 / 0.67,
+    weight_decay=2e-6 * 2000 / (0.67 * 2000),
+    whiten_bias_epochs=3,
+    label_smoothing=0.2,
+    schedule="linear",
+    warmup_fraction=0.0,
+    lr_start_factor=1.0,
+    lr_end_factor=0.0,
+    crop_pad=2,
+    flip=True,
+    flip_mode="alternating",
+    tta=2,
 )
 
 PRESETS: dict[str, TrainConfig] = {
@@ -365,8 +382,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The report's 85.65% in the least CPU time: FastNet with narrower blocks and a stride-2 stem
     # throughout, airbench94's SGD recipe with lookahead, 5 epochs at batch 512.
     "quick": TrainConfig(
-        preset="quick", model_options={"widths": [64, 128, 256], "stem_stride": 2},
-        epochs=5, batch_size=512, lr=0.75, **_SGD_RECIPE
+        preset="quick", model_options={"widths": [64, 128, 256], "stem_stride": 2}, epochs=5, batch_size=512, lr=0.75, **_SGD_RECIPE
     ),
     "airbench94": _AIRBENCH94,
     # kuangliu/pytorch-cifar's recipe for its networks (resnet18 by default; any --model NAME):
@@ -374,8 +390,17 @@ PRESETS: dict[str, TrainConfig] = {
     # annealing to 0 over 200 epochs (kuangliu steps it per epoch, this per batch). Nesterov
     # momentum as the issue's standard recipe has it (kuangliu's main.py uses plain momentum).
     "standard": TrainConfig(
-        preset="standard", model="resnet18", epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
-        weight_decay=5e-4, crop_pad=4, flip=True, schedule="cosine",
+        preset="standard",
+        model="resnet18",
+        epochs=200,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        crop_pad=4,
+        flip=True,
+        schedule="cosine",
     ),
     # He et al. 2016's CIFAR recipe for their ResNet-20 ... 110: SGD lr 0.1, momentum 0.9 (not
     # Nesterov), weight decay 1e-4, batch 128, 4-pixel crop and flip; lr divided by 10 at 32k and
@@ -386,15 +411,36 @@ PRESETS: dict[str, TrainConfig] = {
     # be 64k, 32k and 48k). For ResNet-110 the paper warmed up at lr 0.01 for about 400 iterations:
     # --warmup-fraction 0.007 --lr-start-factor 0.1 is a linear version of that.
     "he2016": TrainConfig(
-        preset="he2016", model="resnet20", epochs=164, batch_size=128, lr=0.1, momentum=0.9,
-        weight_decay=1e-4, crop_pad=4, flip=True, schedule="step", milestones=[82, 123], step_factor=0.1,
+        preset="he2016",
+        model="resnet20",
+        epochs=164,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        crop_pad=4,
+        flip=True,
+        schedule="step",
+        milestones=[82, 123],
+        step_factor=0.1,
     ),
     # The standard recipe in 30 epochs for a GPU: one cycle (Smith and Topin, 2017; torch's
     # OneCycleLR defaults: 30% rising from 1/25 of the peak, then down to ~0), batch 512 and the
     # peak lr scaled with it from the standard's 0.1 at 128.
     "onecycle": TrainConfig(
-        preset="onecycle", model="resnet18", epochs=30, batch_size=512, lr=0.4, momentum=0.9, nesterov=True,
-        weight_decay=5e-4, crop_pad=4, flip=True, schedule="onecycle", warmup_fraction=0.3, lr_start_factor=0.04,
+        preset="onecycle",
+        model="resnet18",
+        epochs=30,
+        batch_size=512,
+        lr=0.4,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        crop_pad=4,
+        flip=True,
+        schedule="onecycle",
+        warmup_fraction=0.3,
+        lr_start_factor=0.04,
     ),
 }
 

@@ -104,9 +104,7 @@ class Learner:
         _set_rng_state(state["rng"], self.generator)
 
 
-def build_learner(
-    config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator, warm_start: bool = True
-) -> Learner:
+def build_learner(config: TrainConfig, splits: Splits, dev: torch.device, generator: torch.Generator, warm_start: bool = True) -> Learner:
     """The model (with its data-dependent initialisation, or a warm start's weights), optimizer,
     schedule and lookahead of a config. A resume passes warm_start=False: its checkpoint has the weights."""
     model = build_model(config.model, **config.model_options)
@@ -133,7 +131,12 @@ def build_learner(
 
 
 def train_epoch(
-    learner: Learner, splits: Splits, config: TrainConfig, desc: str = "", progress: bool = True, epoch: int = 1,
+    learner: Learner,
+    splits: Splits,
+    config: TrainConfig,
+    desc: str = "",
+    progress: bool = True,
+    epoch: int = 1,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """One pass over the training images in a random order; returns loss, accuracy, steps.
@@ -150,9 +153,17 @@ def train_epoch(
     device = splits.train_x.device
     amp = use_amp(config.amp, device)
     world = distributed.world_size()
-    loader = CifarLoader(splits.train_x, splits.train_y, config.batch_size, crop_pad=config.crop_pad, flip=config.flip,
-                         flip_mode=config.flip_mode, seed=config.seed, generator=generator,
-                         min_last_batch=2 * world)  # a shard of one image breaks BatchNorm
+    loader = CifarLoader(
+        splits.train_x,
+        splits.train_y,
+        config.batch_size,
+        crop_pad=config.crop_pad,
+        flip=config.flip,
+        flip_mode=config.flip_mode,
+        seed=config.seed,
+        generator=generator,
+        min_last_batch=2 * world,
+    )  # a shard of one image breaks BatchNorm
     fmt = memory_format(config.channels_last)
     if config.low_res_epochs:  # progressive resolution; set every epoch, so a resume needs no state
         # build_learner checked the model has set_stem_stride; torch types a Module's attributes Tensor | Module
@@ -258,8 +269,10 @@ def check_batches(images: int, config: TrainConfig, total: int) -> None:
     if config.batch_size < 2 * world:
         raise ConfigError(f"batch size {config.batch_size} leaves fewer than 2 images per process for {world} processes")
     if images < 2 * world:
-        raise ConfigError(f"val_size {config.val_size:,} leaves {plural(images, 'training image')} of {total:,} "
-                          f"(after --train-subset), fewer than the {2 * world} a batch needs; lower val_size")
+        raise ConfigError(
+            f"val_size {config.val_size:,} leaves {plural(images, 'training image')} of {total:,} "
+            f"(after --train-subset), fewer than the {2 * world} a batch needs; lower val_size"
+        )
 
 
 def _batch_sizes(n: int, batch_size: int) -> list[int]:

@@ -170,8 +170,7 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
     if config.schedule == "onecycle":
         peak, fall = config.warmup_fraction * total - 1, total - 1 - (config.warmup_fraction * total - 1)
-        return lambda step: (_cosine(start, 1.0, step / peak) if step < peak
-                             else _cosine(1.0, end, (step - peak) / fall if fall > 0 else 1.0))
+        return lambda step: _cosine(start, 1.0, step / peak) if step < peak else _cosine(1.0, end, (step - peak) / fall if fall > 0 else 1.0)
     if config.schedule == "step":
         per_epoch, milestones, cut = max(1, steps_per_epoch), config.milestones, config.step_factor
         return lambda step: rise(step) if step < warmup else cut ** sum(step // per_epoch >= m for m in milestones)
@@ -217,8 +216,11 @@ class Schedule:
             self.plateau.step(monitored_loss)
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "plateau": self.plateau.state_dict() if self.plateau else None,
-                "per_step": self.per_step.state_dict() if self.per_step else None}
+        return {
+            "step_count": self.step_count,
+            "plateau": self.plateau.state_dict() if self.plateau else None,
+            "per_step": self.per_step.state_dict() if self.per_step else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """A checkpoint's schedule; the optimizer's own state (loaded first) holds every group's lr."""

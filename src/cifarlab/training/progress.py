@@ -18,7 +18,7 @@ def log_line(line: str) -> None:
 
 
 def duration(seconds: float) -> str:
-    """"45s", "3m05s", "2h04m": how long, to a reader."""
+    """ "45s", "3m05s", "2h04m": how long, to a reader."""
     seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -30,8 +30,16 @@ def duration(seconds: float) -> str:
 class StepProgress:
     """`with StepProgress(steps, "epoch 3/8", enabled, log) as bar: ... bar.update()` per step."""
 
-    def __init__(self, total: int, desc: str, enabled: bool, log: Callable[[str], None] | None = None,
-                 every: float = PROGRESS_SECONDS, clock: Callable[[], float] = time.monotonic, terminal: bool | None = None):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        enabled: bool,
+        log: Callable[[str], None] | None = None,
+        every: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        terminal: bool | None = None,
+    ):
         terminal = sys.stderr.isatty() if terminal is None else terminal
         self.total, self.desc, self.clock, self.every = total, desc, clock, every
         self.bar = None

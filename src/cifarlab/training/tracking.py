@@ -46,8 +46,7 @@ MODEL_PATH = "model"  # the artifact folder of the logged pyfunc model
 MODEL_LOADER = "cifarlab.inference.mlflow_model"  # imported by MLflow when it loads the model, never here
 # MLflow retries a failed request 7 times with exponential backoff and waits 120 s for an answer:
 # minutes per call against a server that went away. Shorter, unless the user set their own.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 GIVE_UP_AFTER = 3  # failed calls in a row before the rest are skipped (and counted as not logged)
 TOTALS = {"train_seconds": "total_train_seconds"}  # results whose name an epoch metric already has
 
@@ -80,8 +79,7 @@ def connect(uri: str, optional: bool = False, log: Callable[[str], None] = print
         if optional:
             log(f"mlflow: cannot reach {where} ({first_line(e)}); training without it (mlflow_optional)")
             return None
-        raise TrackingError(f"cannot reach {where} ({first_line(e)}); start the server, or pass "
-                            "--mlflow-optional to train without it") from None
+        raise TrackingError(f"cannot reach {where} ({first_line(e)}); start the server, or pass --mlflow-optional to train without it") from None
     return client
 
 
@@ -169,8 +167,7 @@ class Tracker:
         else:
             self.run_id = self._call("the run", self._create_run)
         facts = self.run.config()
-        self._log_batch("parameters and tags", params=config_params(facts["train"], facts.get("train_subset")),
-                        tags=run_tags(job, self.run))
+        self._log_batch("parameters and tags", params=config_params(facts["train"], facts.get("train_subset")), tags=run_tags(job, self.run))
         logged = self._logged_epochs() if job.history else set()
         if logged is not None:  # None: unknown, so none (rather than twice)
             for record in job.history:
@@ -226,18 +223,23 @@ class Tracker:
         where = f"MLflow run {self.run_id} at {self.client.tracking_uri}"
         if not self.missed:
             return f"mlflow: everything logged to {where}"
-        return (f"mlflow: {len(self.missed)} of {self.calls} logging calls failed ({self.last_error or 'skipped'}); "
-                f"not logged: {', '.join(self.missed)}; the run folder {self.run.path} is complete")
+        return (
+            f"mlflow: {len(self.missed)} of {self.calls} logging calls failed ({self.last_error or 'skipped'}); "
+            f"not logged: {', '.join(self.missed)}; the run folder {self.run.path} is complete"
+        )
 
-    def _log_batch(self, what: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
-                   tags: dict | None = None) -> None:
+    def _log_batch(self, what: str, metrics: dict | None = None, step: int = 0, params: dict | None = None, tags: dict | None = None) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        self._call(what, self.client.log_batch, self.run_id,
-                   metrics=[Metric(k, v, now, step) for k, v in (metrics or {}).items()],
-                   params=[Param(k, v) for k, v in (params or {}).items()],
-                   tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        self._call(
+            what,
+            self.client.log_batch,
+            self.run_id,
+            metrics=[Metric(k, v, now, step) for k, v in (metrics or {}).items()],
+            params=[Param(k, v) for k, v in (params or {}).items()],
+            tags=[RunTag(k, v) for k, v in (tags or {}).items()],
+        )
 
     def _log_model(self) -> None:
         with tempfile.TemporaryDirectory(prefix="cifarlab-mlflow-") as tmp:
@@ -249,9 +251,16 @@ def run_tags(job, run: RunDir) -> dict[str, str]:
     from cifarlab.runtime import processor_name
 
     config = job.config
-    return {"preset": config.preset, "model": config.model, "processor": processor_name(job.splits.train_x.device),
-            "training_dtype": job.train_dtype, "torch_version": torch.__version__, "cifarlab_version": __version__,
-            "run_folder": str(run.path.resolve()), "world_size": str(distributed.world_size())}
+    return {
+        "preset": config.preset,
+        "model": config.model,
+        "processor": processor_name(job.splits.train_x.device),
+        "training_dtype": job.train_dtype,
+        "torch_version": torch.__version__,
+        "cifarlab_version": __version__,
+        "run_folder": str(run.path.resolve()),
+        "world_size": str(distributed.world_size()),
+    }
 
 
 # ---------------------------------------------------------------- the model
@@ -277,8 +286,14 @@ def save_pyfunc_model(run: RunDir, into: Path) -> Path:
     )
     example = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     folder = into / MODEL_PATH
-    mlflow.pyfunc.save_model(str(folder), loader_module=MODEL_LOADER, data_path=str(data), signature=signature,
-                             input_example=example, pip_requirements=model_requirements())
+    mlflow.pyfunc.save_model(
+        str(folder),
+        loader_module=MODEL_LOADER,
+        data_path=str(data),
+        signature=signature,
+        input_example=example,
+        pip_requirements=model_requirements(),
+    )
     return folder
 
 
@@ -286,8 +301,7 @@ def model_requirements() -> list[str]:
     """What serving the model needs: cifarlab itself (MODEL_LOADER) and the torch it trained with."""
     import mlflow
 
-    return [f"cifarlab=={__version__}", f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}",
-            "numpy", "pandas"]
+    return [f"cifarlab=={__version__}", f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy", "pandas"]
 
 
 def register_model(client, name: str, run_id: str) -> None:

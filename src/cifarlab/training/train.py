@@ -286,8 +286,9 @@ def _train_and_test(job: Job, io: Io, started: float) -> dict:
         raise
     if stop:
         io.log(f"stopped early after epoch {len(job.history)}: {stop}")
-    io.log(f"test accuracy {results['test_accuracy']:.2%} (error {results['test_error']:.2%}, tta={config.tta}); "
-           f"results in {job.run.describe_results()}")
+    io.log(
+        f"test accuracy {results['test_accuracy']:.2%} (error {results['test_error']:.2%}, tta={config.tta}); results in {job.run.describe_results()}"
+    )
     return results
 
 
@@ -299,8 +300,10 @@ def resume_command(path: Path) -> str:
 def _start_line(job: Job) -> str:
     world = distributed.world_size()
     across = f" x {world} processes" if world > 1 else ""
-    return (f"{job.config.preset}: {job.config.model} with {job.params:,} parameters on {job.splits.train_x.device}{across}, "
-            f"{len(job.splits.train_x):,} training images")
+    return (
+        f"{job.config.preset}: {job.config.model} with {job.params:,} parameters on {job.splits.train_x.device}{across}, "
+        f"{len(job.splits.train_x):,} training images"
+    )
 
 
 def _train_to_stop(job: Job, io: Io) -> str | None:
@@ -335,8 +338,16 @@ def _epoch(job: Job, epoch: int, io: Io) -> dict:
     train_seconds = time.perf_counter() - start
     lr = learner.optimizer.param_groups[0]["lr"]
     if len(splits.val_x):  # validation computes in the training dtype: it is part of training
-        val = evaluate_sharded(learner.model, splits.val_x, splits.val_y, MEAN, STD, amp=job.train_dtype == "bfloat16",
-                               batch_size=config.eval_batch_size, channels_last=config.channels_last)
+        val = evaluate_sharded(
+            learner.model,
+            splits.val_x,
+            splits.val_y,
+            MEAN,
+            STD,
+            amp=job.train_dtype == "bfloat16",
+            batch_size=config.eval_batch_size,
+            channels_last=config.channels_last,
+        )
         record.update(val_loss=val.loss, val_accuracy=val.accuracy)
         learner.schedule.after_epoch(val.loss)  # DDP: the same loss on every process
     else:
@@ -362,8 +373,16 @@ def _test(job: Job, stop: str | None, compile_seconds: float | None, setup_secon
     export compute, with the preset's TTA; returns results.json's contents."""
     config, splits = job.config, job.splits
     eval_start = time.perf_counter()
-    test = evaluate_sharded(job.learner.model, splits.test_x, splits.test_y, MEAN, STD, tta=config.tta,
-                            batch_size=config.eval_batch_size, channels_last=config.channels_last)
+    test = evaluate_sharded(
+        job.learner.model,
+        splits.test_x,
+        splits.test_y,
+        MEAN,
+        STD,
+        tta=config.tta,
+        batch_size=config.eval_batch_size,
+        channels_last=config.channels_last,
+    )
     results = _results(job.history, test, splits, config, job.params, splits.test_x.device)
     results.update(autocast_dtype=job.train_dtype, eval_dtype="float32", deterministic=config.deterministic)
     results.update(stopped_early=stop is not None, stop_epoch=len(job.history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
@@ -389,10 +408,12 @@ def _determinism(config: TrainConfig, log: Callable[[str], None]) -> Iterator[No
             yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-        ops = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
-                      if "does not have a deterministic" in str(w.message)})
-        log("deterministic: every operation ran deterministically" if not ops else
-            f"deterministic: no deterministic implementation for {', '.join(ops)} (ran anyway)")
+        ops = sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught if "does not have a deterministic" in str(w.message)})
+        log(
+            "deterministic: every operation ran deterministically"
+            if not ops
+            else f"deterministic: no deterministic implementation for {', '.join(ops)} (ran anyway)"
+        )
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
