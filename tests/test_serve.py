@@ -135,6 +135,15 @@ def test_bad_requests_get_a_clear_4xx(server, images, request_kwargs, status, me
     assert httpx.get(f"{server}/health").status_code == 200  # still serving
 
 
+def test_a_file_part_labelled_as_no_image_is_refused_as_the_schema_says(server, images):
+    """The upload's encoding in the schema names image/* or raw bytes; a PNG sent as text/plain is
+    refused (415), as schemathesis's negative checks expect, and raw bytes are read as an image."""
+    refused = httpx.post(f"{server}/predict", files={"file": ("img.png", images[0], "text/plain")})
+    assert refused.status_code == 415 and "'text/plain' is not an image type" in refused.json()["detail"]
+    raw = httpx.post(f"{server}/predict", files={"file": ("img", images[0], "application/octet-stream")})
+    assert raw.status_code == 200
+
+
 def test_truncated_image_and_oversize_without_content_length(server, images):
     truncated = images[0][: len(images[0]) // 2]
     response = httpx.post(f"{server}/predict", files={"file": ("cut.png", truncated)})

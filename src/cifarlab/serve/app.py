@@ -185,6 +185,14 @@ async def page_head(service: ServiceDependency):
     return Response(media_type="text/html; charset=utf-8")
 
 
+def check_part_type(content_type: str | None) -> None:
+    """The file part's own Content-Type, where the client gave one, names an image or raw bytes (as
+    browsers and curl send for a file of unknown kind): the schema's encoding says so (openapi.py)."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and not (kind.startswith("image/") or kind == "application/octet-stream"):
+        raise HTTPException(415, f"the file part's Content-Type {kind[:60]!r} is not an image type (image/png, image/jpeg, ...)")
+
+
 async def read_upload(request: Request, upload_limit: int) -> tuple[bytes, str | None]:
     """The bytes and file name of the multipart field `file`, refused (4xx) when absent or too large."""
     declared = request.headers.get("content-length")
@@ -199,6 +207,7 @@ async def read_upload(request: Request, upload_limit: int) -> tuple[bytes, str |
         others = sorted(set(form.keys()) - {"file"})
         if others:
             raise HTTPException(400, f"unexpected form field {others[0][:40]!r}: send only the field 'file'")
+        check_part_type(upload.content_type)
         data = await upload.read(upload_limit + 1)
         filename = upload.filename
     if len(data) > upload_limit:

@@ -60,7 +60,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("no field 'file' in the form, another field, an empty file, or a malformed multipart body"),
     408: _error("the request body did not arrive within --body-timeout"),
     413: _error("the upload is larger than --max-upload-bytes"),
-    415: _error("the body is not multipart/form-data"),
+    415: _error("the body is not multipart/form-data, or the file part's Content-Type is not an image type"),
     422: _error("not an image Pillow reads, more pixels than --max-pixels, or ?top_k= out of range"),
     503: _error("every decode thread is busy and the queue is full: retry", **{"Retry-After": "seconds to wait"}),
 }
@@ -76,7 +76,7 @@ UPLOAD_BODY = {
                     "additionalProperties": False,  # any other field is refused (400)
                     "properties": {"file": {"type": "string", "format": "binary", "description": "an image file Pillow reads (PNG, JPEG, ...)"}},
                 },
-                "encoding": {"file": {"contentType": "image/png, image/jpeg, image/*"}},
+                "encoding": {"file": {"contentType": "image/*, application/octet-stream"}},
             }
         },
     }
