@@ -224,6 +224,18 @@ def apply_overrides(config: TrainConfig, overrides: dict[str, Any], source: str 
     return TrainConfig.from_dict(values, source=source)
 
 
+def dotted_keys(table: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested tables as the dotted keys apply_overrides takes: {"model_options": {"widths": [..]}}
+    -> {"model_options.widths": [..]}; quoted dotted keys pass through."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(dotted_keys(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def load_config_file(path: Path | str) -> TrainConfig:
     """A run's config.json (its "train" table) or a TOML file of fields ([model_options] a table)."""
     path = Path(path)
