@@ -163,3 +163,34 @@ def test_only_the_run_directory_names_run_files():
 def test_common_imports_nothing_from_models():
     """Checkpoint loading that builds a model lives in models/checkpoint.py, above common."""
     assert {(m, t) for m, targets in module_imports().items() if area(m) == "common" for t in targets if area(t) == "models"} == set()
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(tree: ast.AST) -> dict[str, int]:
+    """Each function (or method) longer than MAX_FUNCTION_LINES, from its def line to its last, with its length."""
+    return {
+        f"{node.name}:{node.lineno}": node.end_lineno - node.lineno + 1
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    }
+
+
+def test_the_length_finder_measures_functions_from_def_to_last_line():
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES - 1))
+    assert long_functions(ast.parse(f"def short():\n{body}")) == {}  # 60 lines in all
+    method = f"async def long(self):\n{body}    return 1\n"  # 61 lines, inside a class
+    assert long_functions(ast.parse("class A:\n" + "".join("    " + line for line in method.splitlines(keepends=True)))) == {
+        "long:2": MAX_FUNCTION_LINES + 1
+    }
+
+
+def test_modules_and_functions_are_short():
+    """README's style: modules under 450 lines, functions under 60; split a module by concern and
+    a function into named steps rather than let either grow."""
+    long_modules = {str(p.relative_to(ROOT)): n for p in ROOT.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long_modules == {}
+    functions = {f"{p.relative_to(ROOT)}:{name}": n for p in ROOT.rglob("*.py") for name, n in long_functions(ast.parse(p.read_text())).items()}
+    assert functions == {}

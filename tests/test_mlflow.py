@@ -18,13 +18,12 @@ import pytest
 
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10
-from cifarlab.training.config import get_preset
+from cifarlab.training.config import dotted_keys, get_preset
 from cifarlab.training.tracking import (
     PARENT_ENV,
     RUN_FILE,
     Tracker,
     TrackingError,
-    flat,
 )
 from cifarlab.training.train import resume, train
 from conftest import write_binary
@@ -134,7 +133,7 @@ def test_what_is_logged_equals_the_run_folder(server, tracked_run, tmp_path):
     results = json.loads((tracked_run / "results.json").read_text())
     records = [json.loads(line) for line in (tracked_run / "metrics.jsonl").read_text().splitlines()]
     assert logged.info.status == "FINISHED" and logged.info.run_name == "run"
-    train_config = {k: v for k, v in flat(config["train"]).items() if not k.startswith("mlflow")}
+    train_config = {k: v for k, v in dotted_keys(config["train"]).items() if not k.startswith("mlflow")}
     expected = {k: json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v) for k, v in train_config.items()}
     assert logged.data.params == {**expected, "train_subset": "64"}
     assert logged.data.params["model_options.widths"] == "[64, 128, 256]"

@@ -243,12 +243,8 @@ def test_report_shows_only_the_settings_a_run_uses_and_explains_label_smoothing(
 def test_class_names_from_a_users_meta_file_are_drawn_as_text_not_mathtext():
     import io
 
-    from cifarlab.experiments.report import (
-        Predictions,
-        confusion_figure,
-        errors_figure,
-        per_class_figure,
-    )
+    from cifarlab.experiments.figures import confusion_figure, errors_figure, per_class_figure
+    from cifarlab.experiments.predictions import Predictions
 
     classes = ["$x^$", "a$b"]  # mathtext would fail on the first: "Expected end of text"
     pred = Predictions(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([1, 0]), np.zeros((2, 3, 2, 2), np.uint8), classes, 1, 0)

@@ -22,7 +22,7 @@ import shutil
 import stat
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,12 +191,7 @@ def read_text(path: Path | str, kind: str = "JSON") -> str:
 
 def parse_json(text: str, where: str) -> Any:
     """Any JSON value; RunError naming `where` for text that is not JSON or nests too deeply."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise RunError(f"{where}: not valid JSON ({e})") from None
-    except RecursionError:
-        raise RunError(f"{where}: not valid JSON (nested too deeply)") from None
+    return _parse(json.loads, json.JSONDecodeError, text, where, "JSON", RunError)
 
 
 def read_json(path: Path | str) -> dict:
@@ -215,12 +210,17 @@ def read_toml(path: Path | str, error: type[CifarlabError] = FileError) -> dict:
         text = read_text(path, "TOML")
     except RunError as e:
         raise error(str(e)) from None
+    return _parse(tomllib.loads, tomllib.TOMLDecodeError, text, str(path), "TOML", error)
+
+
+def _parse(loads: Callable[[str], Any], invalid: type[Exception], text: str, where: str, kind: str, error: type[CifarlabError]) -> Any:
+    """`loads(text)`, its refusal (`invalid`) or too deep a nesting as `error` naming `where`."""
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise error(f"{path}: not valid TOML ({e})") from None
+        return loads(text)
+    except invalid as e:
+        raise error(f"{where}: not valid {kind} ({e})") from None
     except RecursionError:
-        raise error(f"{path}: not valid TOML (nested too deeply)") from None
+        raise error(f"{where}: not valid {kind} (nested too deeply)") from None
 
 
 def json_kind(value: Any) -> str:

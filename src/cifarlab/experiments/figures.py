@@ -1,5 +1,6 @@
 """Training-curve figures shared by the report, the comparison page and the sweep leaderboard, and
-the report's robustness heat map.
+the report's own: per-class accuracy, confusion matrix, wrong images, reliability diagram and
+robustness heat map.
 
 Figures come from `pages.new_figure` (matplotlib's object API, headless); names drawn in them go
 through `pages.plain` so matplotlib never reads a run's name as mathtext.
@@ -7,11 +8,16 @@ through `pages.plain` so matplotlib never reads a run's name as mathtext.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from matplotlib.lines import Line2D
 
 from cifarlab.experiments import pages
 from cifarlab.experiments.runs import RunView
+
+if TYPE_CHECKING:  # only a type here: the comparison page and leaderboard need no model loading
+    from cifarlab.experiments.predictions import Predictions
 
 
 def run_curves_figure(metrics: list[dict]):
@@ -134,4 +140,79 @@ def robustness_figure(corruptions: dict, clean_accuracy: float):
     ax.set_yticks(range(len(names)), [pages.plain(n) for n in names])  # names of a user's files: no mathtext
     ax.set_xlabel("severity")
     ax.set_title(f"Accuracy under corruptions: mean {100 * corruptions['mean_accuracy']:.2f}% (clean {100 * clean_accuracy:.2f}%)", fontsize=10)
+    return fig
+
+
+def per_class_figure(classes: list[str], accuracy: list[float]):
+    fig = pages.new_figure(6, 3.8)
+    ax = fig.subplots()
+    y = np.arange(len(classes))[::-1]
+    bars = ax.barh(y, [100 * a for a in accuracy], color="tab:blue")
+    ax.bar_label(bars, labels=[f"{100 * a:.1f}%" for a in accuracy], padding=3, fontsize=8)
+    ax.set_yticks(y, [pages.plain(c) for c in classes])  # names from the data's meta file: no mathtext
+    ax.set_xlim(0, 110)
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("Per-class accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]):
+    fig = pages.new_figure(7.5, 6.5)
+    ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
+    threshold = confusion.max() / 2 if confusion.size else 0
+    for (t, p), count in np.ndenumerate(confusion):
+        ax.text(p, t, str(count), ha="center", va="center", fontsize=8, color="white" if count > threshold else "black")
+    ticks = np.arange(len(classes))
+    names = [pages.plain(c) for c in classes]  # from the data's meta file: no mathtext
+    ax.set_xticks(ticks, names, rotation=45, ha="right")
+    ax.set_yticks(ticks, names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (test set)")
+    return fig
+
+
+def errors_figure(pred: Predictions, indices: np.ndarray):
+    cols = 6
+    rows = max(1, -(-len(indices) // cols))
+    fig = pages.new_figure(1.8 * cols, 2.1 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, i in zip(axes, indices):
+        ax.imshow(pred.images[i].transpose(1, 2, 0), interpolation="nearest")
+        p = pred.preds[i]
+        ax.set_title(
+            pages.plain(f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%"),
+            fontsize=8,
+            color="darkred",
+        )
+    fig.suptitle("Most confidently wrong test images")
+    return fig
+
+
+def calibration_figure(cal: dict, heading: str = "Reliability diagram"):
+    fig = pages.new_figure(6, 5.5)
+    ax, ax_hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    edges, counts = cal["edges"], cal["counts"]
+    width = edges[1] - edges[0]
+    centers = edges[:-1] + width / 2
+    filled = counts > 0
+    ax.bar(centers[filled], cal["accuracy"][filled], width=width * 0.95, color="tab:blue", label="accuracy in bin")
+    # the gap as a line from accuracy to a marker at mean confidence: drawn over the bars, it keeps
+    # exactly the colour the legend shows (a translucent bar over the blue one did not)
+    ax.vlines(centers[filled], cal["accuracy"][filled], cal["confidence"][filled], color="tab:red", linewidth=2)
+    ax.plot(centers[filled], cal["confidence"][filled], "o", color="tab:red", markersize=5, label="mean confidence in bin")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{heading} ({len(counts)} bins), ECE = {100 * cal['ece']:.2f}%")
+    ax.legend(loc="upper left", fontsize=8)
+    ax_hist.bar(centers, counts, width=width * 0.95, color="gray")
+    ax_hist.set_xlabel("confidence (top softmax probability)")
+    ax_hist.set_ylabel("images")
     return fig

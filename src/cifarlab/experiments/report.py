@@ -39,7 +39,7 @@ from cifarlab.common.rundir import (
     RunError,
 )
 from cifarlab.experiments import pages
-from cifarlab.experiments.figures import robustness_figure, run_curves_figure
+from cifarlab.experiments.figures import calibration_figure, confusion_figure, errors_figure, per_class_figure, robustness_figure, run_curves_figure
 from cifarlab.experiments.pages import Note
 from cifarlab.experiments.predictions import Predictions, checkpoint_predictions
 from cifarlab.experiments.runs import RunView, flatten_config, load_run
@@ -123,84 +123,6 @@ def most_confident_errors(pred: Predictions, top: int = WRONG_SHOWN) -> np.ndarr
     """Indices of wrong test predictions, most confident first."""
     wrong = np.flatnonzero(pred.preds != pred.labels)
     return wrong[np.argsort(-pred.probs[wrong].max(1), kind="stable")][:top]
-
-
-# ---------------------------------------------------------------- figures
-
-
-def per_class_figure(classes: list[str], accuracy: list[float]):
-    fig = pages.new_figure(6, 3.8)
-    ax = fig.subplots()
-    y = np.arange(len(classes))[::-1]
-    bars = ax.barh(y, [100 * a for a in accuracy], color="tab:blue")
-    ax.bar_label(bars, labels=[f"{100 * a:.1f}%" for a in accuracy], padding=3, fontsize=8)
-    ax.set_yticks(y, [pages.plain(c) for c in classes])  # names from the data's meta file: no mathtext
-    ax.set_xlim(0, 110)
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title("Per-class accuracy")
-    ax.grid(axis="x", alpha=0.3)
-    return fig
-
-
-def confusion_figure(confusion: np.ndarray, classes: list[str]):
-    fig = pages.new_figure(7.5, 6.5)
-    ax = fig.subplots()
-    image = ax.imshow(confusion, cmap="Blues")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="test images")
-    threshold = confusion.max() / 2 if confusion.size else 0
-    for (t, p), count in np.ndenumerate(confusion):
-        ax.text(p, t, str(count), ha="center", va="center", fontsize=8, color="white" if count > threshold else "black")
-    ticks = np.arange(len(classes))
-    names = [pages.plain(c) for c in classes]  # from the data's meta file: no mathtext
-    ax.set_xticks(ticks, names, rotation=45, ha="right")
-    ax.set_yticks(ticks, names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (test set)")
-    return fig
-
-
-def errors_figure(pred: Predictions, indices: np.ndarray):
-    cols = 6
-    rows = max(1, -(-len(indices) // cols))
-    fig = pages.new_figure(1.8 * cols, 2.1 * rows)
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, i in zip(axes, indices):
-        ax.imshow(pred.images[i].transpose(1, 2, 0), interpolation="nearest")
-        p = pred.preds[i]
-        ax.set_title(
-            pages.plain(f"true {pred.classes[pred.labels[i]]}\npred {pred.classes[p]} {100 * pred.probs[i, p]:.0f}%"),
-            fontsize=8,
-            color="darkred",
-        )
-    fig.suptitle("Most confidently wrong test images")
-    return fig
-
-
-def calibration_figure(cal: dict, heading: str = "Reliability diagram"):
-    fig = pages.new_figure(6, 5.5)
-    ax, ax_hist = fig.subplots(2, 1, height_ratios=[3, 1], sharex=True)
-    edges, counts = cal["edges"], cal["counts"]
-    width = edges[1] - edges[0]
-    centers = edges[:-1] + width / 2
-    filled = counts > 0
-    ax.bar(centers[filled], cal["accuracy"][filled], width=width * 0.95, color="tab:blue", label="accuracy in bin")
-    # the gap as a line from accuracy to a marker at mean confidence: drawn over the bars, it keeps
-    # exactly the colour the legend shows (a translucent bar over the blue one did not)
-    ax.vlines(centers[filled], cal["accuracy"][filled], cal["confidence"][filled], color="tab:red", linewidth=2)
-    ax.plot(centers[filled], cal["confidence"][filled], "o", color="tab:red", markersize=5, label="mean confidence in bin")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{heading} ({len(counts)} bins), ECE = {100 * cal['ece']:.2f}%")
-    ax.legend(loc="upper left", fontsize=8)
-    ax_hist.bar(centers, counts, width=width * 0.95, color="gray")
-    ax_hist.set_xlabel("confidence (top softmax probability)")
-    ax_hist.set_ylabel("images")
-    return fig
 
 
 # ---------------------------------------------------------------- calibration section

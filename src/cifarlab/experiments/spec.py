@@ -42,6 +42,7 @@ from cifarlab.training.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    dotted_keys,
     get_preset,
 )
 
@@ -185,17 +186,6 @@ def variant_name(overrides: dict[str, Any], keys: list[str]) -> str:
 # ---------------------------------------------------------------- reading the spec
 
 
-def _flatten(table: dict, prefix: str = "") -> dict[str, Any]:
-    """{"model_options": {"widths": [..]}} -> {"model_options.widths": [..]}; quoted dotted keys pass through."""
-    flat = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _base_config(path: Path, raw: dict) -> tuple[str, TrainConfig]:
     base_name = raw.get("base")
     if not isinstance(base_name, str):
@@ -220,7 +210,7 @@ def _check_shape(path: Path, raw: dict) -> int | None:
     listed = raw.get("variants", [])
     if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
         raise SweepError(f"{path}: variants must be an array of tables ([[variants]])")
-    for key, values in _flatten(raw.get("grid", {})).items():
+    for key, values in dotted_keys(raw.get("grid", {})).items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"{path} [grid]: {key} must be a non-empty list of values, got {values!r}")
     return subset
@@ -255,7 +245,7 @@ def _listed_variants(path: Path, base: TrainConfig, listed: list[dict], built: s
     for n, table in enumerate(listed, 1):
         table = dict(table)
         given = table.pop("name", None)
-        overrides = _flatten(table)
+        overrides = dotted_keys(table)
         if given is not None and not isinstance(given, str):
             raise SweepError(f"{path} [[variants]] #{n}: name must be text, got {given!r}")
         name = check_name(given, f"{path} [[variants]] #{n}") if given is not None else variant_name(overrides, list(overrides))
@@ -271,9 +261,9 @@ def load_spec(path: Path | str, max_variants: int | None = MAX_VARIANTS) -> Swee
     subset = _check_shape(path, raw)
     base_name, preset = _base_config(path, raw)
     built: set[str] = set()  # model options already built, for this spec only
-    fixed = _flatten(raw.get("fixed", {}))
+    fixed = dotted_keys(raw.get("fixed", {}))
     base_config = _apply(preset, fixed, f"{path} [fixed]", built)
-    grid = _flatten(raw.get("grid", {}))
+    grid = dotted_keys(raw.get("grid", {}))
     listed = raw.get("variants", [])
     if "search" in raw:
         if grid or listed:

@@ -147,7 +147,7 @@ def train_epoch(
     global batch, keeps its contiguous shard, and weights its loss by its share of the batch,
     so the averaged gradient is the global batch's whatever the shard sizes.
     """
-    model, optimizer, schedule, generator = learner.model, learner.optimizer, learner.schedule, learner.generator
+    model, generator = learner.model, learner.generator
     if learner.trainee is not None:
         model = learner.trainee  # DDP
     device = splits.train_x.device
@@ -177,16 +177,7 @@ def train_epoch(
             batch = len(y)
             part = distributed.shard(batch)  # DDP: this process's shard; alone, all of it
             x, y = x[part].contiguous(memory_format=fmt), y[part]
-            share = len(y) * world / batch  # 1 alone or with equal shards
-            with autocast(device, amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            (loss if share == 1 else loss * share).backward()
-            optimizer.step()
-            schedule.after_step()
-            if learner.lookahead is not None:
-                learner.lookahead.step(schedule.step_count)
+            loss, logits = _train_step(learner, model, x, y, batch, config, amp)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             if step % 50 == 49 and not distributed.all_finite(loss_sum):
@@ -198,6 +189,24 @@ def train_epoch(
     if not math.isfinite(total):
         raise TrainingDiverged(f"training loss became {total} in {desc or 'this epoch'}")
     return {"train_loss": total, "train_accuracy": int(totals[1].item()) / seen, "steps": steps}
+
+
+def _train_step(
+    learner: Learner, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, config: TrainConfig, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on this process's shard (x, y) of a global batch of `batch` images;
+    returns the shard's mean loss and its logits."""
+    share = len(y) * distributed.world_size() / batch  # 1 alone or with equal shards
+    with autocast(x.device, amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+    learner.optimizer.zero_grad(set_to_none=True)
+    (loss if share == 1 else loss * share).backward()
+    learner.optimizer.step()
+    learner.schedule.after_step()
+    if learner.lookahead is not None:
+        learner.lookahead.step(learner.schedule.step_count)
+    return loss, logits
 
 
 # A model that predicts every class equally has a loss of ln(classes) (2.30 for CIFAR-10), and

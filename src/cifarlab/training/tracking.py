@@ -36,6 +36,7 @@ from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import atomic_write_json
 from cifarlab.common.rundir import CHECKPOINT, CONFIG, RESULTS, RunDir
 from cifarlab.errors import CifarlabError
+from cifarlab.training.config import dotted_keys
 
 DEFAULT_STORE = "default"  # TrainConfig.mlflow: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlflow.db)
 RUN_FILE = "mlflow.json"  # the MLflow run of a run folder (or a sweep folder's parent run)
@@ -95,27 +96,16 @@ def experiment_id(client) -> str:
     return experiment.experiment_id if experiment is not None else client.create_experiment(name)
 
 
-def flat(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested tables as dotted keys: {"model_options": {"widths": [..]}} -> {"model_options.widths": [..]}."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def config_params(config: dict, train_subset: int | None) -> dict[str, str]:
     """The resolved config as MLflow parameters (strings); the mlflow settings themselves left out."""
-    params = {k: v for k, v in flat(config).items() if not k.startswith("mlflow")}
+    params = {k: v for k, v in dotted_keys(config).items() if not k.startswith("mlflow")}
     params["train_subset"] = train_subset
     return {k: json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v) for k, v in params.items()}
 
 
 def numbers(values: dict) -> dict[str, float]:
     """The numbers of a (nested) record under dotted names; booleans, text and None left out."""
-    return {k: float(v) for k, v in flat(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in dotted_keys(values).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def epoch_metrics(record: dict) -> dict[str, float]:

@@ -31,12 +31,11 @@ from cifarlab.common import distributed
 from cifarlab.common.checkpoint import load_training_state, model_metadata
 from cifarlab.common.distributed import evaluate_sharded
 from cifarlab.common.files import RunError
-from cifarlab.common.rundir import CHECKPOINT, RunDir, seconds_to_stabilise
+from cifarlab.common.rundir import CHECKPOINT, RunDir
 from cifarlab.data import MEAN, STD, Cifar10, load_cifar10
 from cifarlab.models import count_parameters
 from cifarlab.runtime import (
     autocast_dtype,
-    processor_name,
     resolve_device,
     set_cpu_threads,
     tune_for_training,
@@ -56,6 +55,7 @@ from cifarlab.training.learner import (
 )
 from cifarlab.training.optim import early_stop_reason
 from cifarlab.training.progress import log_line
+from cifarlab.training.results import results_record, time_split
 from cifarlab.training.tracking import tracking
 
 
@@ -383,12 +383,12 @@ def _test(job: Job, stop: str | None, compile_seconds: float | None, setup_secon
         batch_size=config.eval_batch_size,
         channels_last=config.channels_last,
     )
-    results = _results(job.history, test, splits, config, job.params, splits.test_x.device)
+    results = results_record(job.history, test, splits, config, job.params, splits.test_x.device)
     results.update(autocast_dtype=job.train_dtype, eval_dtype="float32", deterministic=config.deterministic)
     results.update(stopped_early=stop is not None, stop_epoch=len(job.history), stop_reason=stop or f"reached the {config.epochs}-epoch limit")
     results["eval_seconds"] = time.perf_counter() - eval_start
     results["compile_seconds"] = compile_seconds  # apart from train_seconds; None when not compiled
-    results["timing"] = _timing(job.history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
+    results["timing"] = time_split(job.history, setup_seconds, results["eval_seconds"], time.perf_counter() - started)
     return results
 
 
@@ -422,48 +422,3 @@ def _epoch_line(r: dict, epochs: int) -> str:
         f"epoch {r['epoch']}/{epochs} lr {r['lr']:.4g} train loss {r['train_loss']:.4f} "
         f"acc {r['train_accuracy']:.2%}{val} ({r['epoch_seconds']:.1f}s)"
     )
-
-
-def _timing(history: list[dict], setup: float, test_eval: float, wall: float) -> dict:
-    """Where the seconds went. Records (airbench) time training plus the final TTA evaluation and
-    leave out warm-up; here every part is apart, so any such sum can be made from them. For a
-    resumed run, setup and wall clock are those of the process that finished it."""
-    training = sum(h["train_seconds"] for h in history)
-    return {
-        "setup_seconds": setup,
-        "training_seconds": training,
-        "validation_seconds": sum(h["epoch_seconds"] for h in history) - training,
-        "test_evaluation_seconds": test_eval,
-        "training_plus_test_evaluation_seconds": training + test_eval,
-        "wall_seconds": wall,
-    }
-
-
-def _results(history: list[dict], test, splits: Splits, config: TrainConfig, params: int, dev: torch.device) -> dict:
-    stable_epoch, stable_seconds = seconds_to_stabilise(history)
-    train_time = sum(h["train_seconds"] for h in history)
-    steps = sum(h["steps"] for h in history)
-    vals = [h["val_accuracy"] for h in history if h["val_accuracy"] is not None]
-    return {
-        "preset": config.preset,
-        "model": config.model,
-        "test_accuracy": test.accuracy,
-        "test_error": test.error,
-        "test_loss": test.loss,
-        "tta": config.tta,
-        "per_class_accuracy": dict(zip(splits.classes, test.per_class_accuracy())),
-        "params": params,
-        "epochs": len(history),
-        "final_val_accuracy": vals[-1] if vals else None,
-        "best_val_accuracy": max(vals) if vals else None,
-        "seconds_per_step": train_time / max(1, steps),
-        "seconds_per_epoch": history[-1]["elapsed_seconds"] / len(history),
-        "stabilised_epoch": stable_epoch,
-        "seconds_to_stabilise": stable_seconds,
-        "train_seconds": history[-1]["elapsed_seconds"],
-        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
-        "processor": processor_name(dev),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "world_size": distributed.world_size(),
-    }
