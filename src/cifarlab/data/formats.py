@@ -126,7 +126,8 @@ def _check_listable(folder: Path) -> None:
     try:
         os.scandir(folder).close()
     except OSError as e:
-        raise DataError(f"{folder}: cannot be read ({e.strerror or _one_line(e)}); check its permissions") from None
+        reason = e.strerror or _one_line(e)
+        raise DataError(f"{folder}: cannot be read ({reason}); not downloading CIFAR-10 into a folder that cannot be read") from None
 
 
 def _layout(folder: Path) -> tuple[list[str], str] | None:
