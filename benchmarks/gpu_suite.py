@@ -42,9 +42,9 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 STARTED = time.monotonic()  # the budget counts from here, before torch is imported
 
@@ -55,8 +55,8 @@ import torch  # noqa: E402
 from measure import Stopwatch, inference_throughput, profile_training_steps, summary, training_throughput  # noqa: E402
 
 import cifarlab  # noqa: E402
-from cifarlab.common.metrics import evaluate  # noqa: E402
 from cifarlab.common.files import atomic_write_json  # noqa: E402
+from cifarlab.common.metrics import evaluate  # noqa: E402
 from cifarlab.data import CLASSES, MEAN, STD, Cifar10, DataError, load_cifar10  # noqa: E402
 from cifarlab.models import list_models  # noqa: E402
 from cifarlab.runtime import autocast_dtype, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     header = {
         "suite": "cifarlab GPU suite",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "smoke": args.smoke,
         "plan": plan.__dict__,
         "seeds": seeds,

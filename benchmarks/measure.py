@@ -31,7 +31,7 @@ class Stopwatch:
         self.device = device
         self.seconds: float | None = None
 
-    def __enter__(self) -> "Stopwatch":
+    def __enter__(self) -> Stopwatch:
         if self.device.type == "cuda":
             self._start = torch.cuda.Event(enable_timing=True)
             self._start.record(torch.cuda.current_stream(self.device))

@@ -12,12 +12,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from cifarlab.common.metrics import evaluate
-from cifarlab.common.rundir import RunDir
 from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import atomic_write_json
-from cifarlab.models.checkpoint import model_from_checkpoint
+from cifarlab.common.metrics import evaluate
+from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10, split_train_val
+from cifarlab.models.checkpoint import model_from_checkpoint
 from cifarlab.training.config import TrainConfig
 
 

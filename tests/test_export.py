@@ -54,6 +54,20 @@ def test_onnx_export_round_trip(tiny_run, test_images, tmp_path, capsys):
         assert (logits.argmax(1) == reference[:n].argmax(1)).all()
 
 
+def test_onnx_export_on_a_full_disk_is_a_one_line_error(tiny_run, tmp_path, capsys, monkeypatch):
+    """The ONNX exporter writes its file itself: a full disk was an OSError traceback."""
+
+    def full(model, x, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "_export_onnx", full)
+    out = tmp_path / "net.onnx"
+    assert main(["export", str(tiny_run), "--format", "onnx", "--output", str(out), "--data-dir", str(tiny_run.parent / "data")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{out}: cannot write it (No space left on device)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no model, no temporary
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_export_round_trip(tiny_run, test_images, tmp_path, capsys):
     out = tmp_path / "net.pt"

@@ -1,5 +1,8 @@
 """`cifarlab info` says which dtype `amp: auto` resolves to on this machine, and why."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,3 +35,22 @@ def test_info_prints_the_dtype(tiny_binary, capsys, cpu_bf16):
     cpu_bf16("0")
     assert main(["info", "--data-dir", str(tiny_binary)]) == 0
     assert "amp auto: trains in float32 here (this CPU has no native bfloat16" in capsys.readouterr().out
+
+
+def test_an_unlistable_batches_folder_is_not_taken_for_missing_data(tiny_binary, monkeypatch):
+    """Its batch files hidden, it read as "not found (it is downloaded on first use)" and train downloaded into it."""
+    from cifarlab.data import formats
+    from cifarlab.training.info import data_status
+
+    batches = tiny_binary / "cifar-10-batches-bin"
+    listing = os.scandir
+
+    def scandir(path):
+        if Path(path) == batches:
+            raise PermissionError(13, "Permission denied")
+        return listing(path)
+
+    monkeypatch.setattr(formats, "_layout", lambda folder: None)  # as root reads any folder, hide the files
+    monkeypatch.setattr(os, "scandir", scandir)
+    status = data_status(tiny_binary)["status"]
+    assert f"{batches}: cannot be read (Permission denied)" in status and "downloaded" not in status

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cifarlab.cli import main
 from cifarlab.common.checkpoint import load_checkpoint
-from cifarlab.common.files import atomic_torch_save
+from cifarlab.common.files import RunError, atomic_torch_save
 from cifarlab.common.metrics import predict_logits
 from cifarlab.data import load_cifar10
 from cifarlab.inference import predict as predict_module
@@ -227,6 +227,18 @@ def test_checkpoint_with_arbitrary_objects_is_refused(tiny_run, tmp_path, png, c
     assert main(["predict", str(tmp_path / "pickled.pt"), str(png)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "not a readable cifarlab checkpoint" in err
+
+
+def test_a_foreign_pickle_is_refused_without_torchs_warning(tmp_path):
+    """A plain pickle (protocol 4) made torch warn on stderr above cifarlab's one-line error."""
+    import pickle
+    import warnings
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps({"model": {"w": 1}}, protocol=4))
+    with warnings.catch_warnings(record=True) as shown, pytest.raises(RunError, match="not a readable cifarlab checkpoint"):
+        warnings.simplefilter("always")
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    assert [str(w.message) for w in shown] == []
 
 
 def test_bad_output_name_and_empty_folder(tiny_run, tmp_path, png, capsys):

@@ -63,6 +63,19 @@ def test_a_lock_taken_for_nothing_leaves_the_folder_as_it_was(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
 
 
+def test_a_full_disk_while_taking_the_lock_is_a_one_line_error(tmp_path, monkeypatch):
+    """train on a full disk failed with an OSError traceback from writing the lock's holder."""
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(RunError, match=r"\.lock: cannot write it \(No space left on device\)"), RunDir(tmp_path / "run").lock():
+        pass
+    monkeypatch.undo()
+    assert not (tmp_path / "run").exists()  # nothing half-made is left
+
+
 def altered(tiny_run, tmp_path, weights=None, **meta):
     state = load_checkpoint(tiny_run)
     state["meta"].update(meta)

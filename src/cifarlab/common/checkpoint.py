@@ -8,6 +8,7 @@ restores) without building a model; models/checkpoint.py rebuilds the model it d
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ def checkpoint_path(path: Path | str) -> Path:
 def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     path = checkpoint_path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a foreign pickle protocol: the one-line error below says it all
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean: not a usable checkpoint
         raise RunError(f"{path}: not a readable cifarlab checkpoint ({_load_problem(e)})") from None
     problem = _checkpoint_problem(state)

@@ -180,8 +180,9 @@ class RunDir:
         fd = self._acquire_lock()
         try:
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-            os.ftruncate(fd, 0)
-            os.write(fd, (json.dumps(holder) + "\n").encode())
+            with writing(self.file(LOCK)):  # a full disk: a one-line error naming the lock file
+                os.ftruncate(fd, 0)
+                os.write(fd, (json.dumps(holder) + "\n").encode())
             yield
         finally:
             self._remove_lock_if_alone(created)

@@ -110,13 +110,24 @@ def find_dataset(root: Path) -> Path | None:
         if root.is_file():
             return root
         for path in candidates:
-            if path.is_dir() and (_layout(path) is not None or has_parquet(path)):
-                return path
+            if path.is_dir():
+                if _layout(path) is not None or has_parquet(path):
+                    return path
+                _check_listable(path)
             if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
                 return path
     except OSError as e:  # a name too long, a folder that cannot be searched
         raise DataError(f"{root}: cannot look for CIFAR-10 there ({e.strerror or _one_line(e)})") from None
     return None
+
+
+def _check_listable(folder: Path) -> None:
+    """A folder that cannot be listed hides its batch files: it must not read as "no data" (and be downloaded over)."""
+    try:
+        os.scandir(folder).close()
+    except OSError as e:
+        reason = e.strerror or _one_line(e)
+        raise DataError(f"{folder}: cannot be read ({reason}); not downloading CIFAR-10 into a folder that cannot be read") from None
 
 
 def _layout(folder: Path) -> tuple[list[str], str] | None:

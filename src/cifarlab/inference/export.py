@@ -166,7 +166,8 @@ def export_model(
     # Exported graphs are float32 and contiguous, in eval mode (dropout off, BatchNorm running stats).
     model = predictor.model.float().to("cpu", memory_format=torch.contiguous_format).eval()
     with temporary_for(output) as tmp:
-        runner = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, x[:2], tmp)
+        with writing(output):  # the exporter writes the file itself: a full disk is a one-line error naming it
+            runner = (_export_onnx if fmt == "onnx" else _export_torchscript)(model, x[:2], tmp)
         check = compare(runner, reference, x)
         if not check["max_abs_diff"] <= tolerance:
             raise ExportError(
