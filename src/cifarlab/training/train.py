@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -121,20 +122,12 @@ def train(
     return _run(RunDir(out), config, train_subset, io)
 
 
-def resume(
-    out: Path | str,
-    *,
-    data_dir: Path | str | None = None,
-    device: str = "auto",
-    progress: bool = True,
-    log: Callable[[str], None] = log_line,
-    data: Cifar10 | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
-) -> dict:
+def resume(out: Path | str, **io: Any) -> dict:
     """Continue the run in `out` from its last checkpoint to its end, exactly as if it had never
     stopped (a run that saved no epoch starts again from its config.json); returns results.
-    Without `data_dir` (or `data`) it reads the data the run recorded in its config.json."""
-    return _run(RunDir(out), None, None, Io(data_dir=data_dir, device=device, progress=progress, log=log, data=data, on_epoch=on_epoch))
+    Takes train()'s keyword options (data_dir, device, progress, log, data, on_epoch); without
+    `data_dir` (or `data`) it reads the data the run recorded in its config.json."""
+    return _run(RunDir(out), None, None, Io(**io))
 
 
 @dataclass
