@@ -108,8 +108,10 @@ def cmd_train(args) -> int:
     device = str(distributed.init_from_env(args.device))
     try:
         _train(args, device)
-    finally:
+    except BaseException:
         distributed.cleanup()
+        raise
+    distributed.cleanup(finished=True)
     return 0
 
 

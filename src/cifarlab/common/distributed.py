@@ -82,8 +82,13 @@ def init_from_env(device: str = "auto") -> torch.device:
     return dev
 
 
-def cleanup() -> None:
+def cleanup(finished: bool = False) -> None:
+    """Leave the process group. After a finished run every process first waits for the others: a
+    process that tore gloo down while a peer was still in its last collective sometimes aborted at
+    exit ("terminate called without an active exception"). After an error, no wait: a peer may be gone."""
     if is_distributed():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
