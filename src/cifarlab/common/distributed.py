@@ -16,6 +16,7 @@ Conventions the training loop relies on:
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 from collections.abc import Callable, Iterator
@@ -83,13 +84,17 @@ def init_from_env(device: str = "auto") -> torch.device:
 
 
 def cleanup(finished: bool = False) -> None:
-    """Leave the process group. After a finished run every process first waits for the others: a
-    process that tore gloo down while a peer was still in its last collective sometimes aborted at
-    exit ("terminate called without an active exception"). After an error, no wait: a peer may be gone."""
+    """Leave the process group. After a finished run every process first waits for the others;
+    after an error, no wait (a peer may be gone). Objects of the training still in reference cycles
+    (the DDP wrapper holds the group) are collected first: left to interpreter shutdown, their
+    group's threads were torn down there and a rank sometimes aborted at exit ("terminate called
+    without an active exception")."""
     if is_distributed():
+        gc.collect()
         if finished:
             dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
 
 
 # ---------------------------------------------------------------- collectives (no-ops alone)
