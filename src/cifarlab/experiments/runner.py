@@ -32,6 +32,7 @@ from cifarlab.experiments.study import (
     quiet,
     require_optuna,
     take_trial,
+    taking,
     wanted_names,
 )
 from cifarlab.text import first_problem
@@ -107,7 +108,8 @@ def run_worker(worker: Worker, log: Callable[[str], None] = print) -> int:
         with database_errors(storage, "lost the study's database"):
             with quiet(optuna):
                 optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and queued again
-            trial = take_trial(study, rdb)
+            with taking(storage):
+                trial = take_trial(study, rdb)
             if trial is None:
                 if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                     return ran

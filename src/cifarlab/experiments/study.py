@@ -14,6 +14,7 @@ The database's password never leaves this module: messages show the URL with `**
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import threading
@@ -291,6 +292,22 @@ def latest_trials(trials: list) -> dict[str, Any]:
         if name not in best or best[name].state.name != "COMPLETE":
             best[name] = t
     return best
+
+
+@contextlib.contextmanager
+def taking(storage: Storage) -> Iterator[None]:
+    """Held while a worker takes a trial. A database server decides between workers asking at once
+    (Optuna's row lock); SQLite ignores that lock, and two workers once both moved one waiting trial
+    to RUNNING, so on SQLite workers take trials one at a time under a file lock beside the database."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage.url)
+    if url.get_backend_name() != "sqlite" or not url.database:
+        yield
+        return
+    with open(f"{url.database}.take-lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def take_trial(study: Any, rdb: Any) -> Any:
