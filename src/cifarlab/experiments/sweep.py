@@ -17,11 +17,11 @@ folder whose SQLite study is in use; workers sharing a database server take a sh
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cifarlab.common.files import try_lock
 from cifarlab.experiments.leaderboard import (
     LEADERBOARD,
     LEADERBOARD_JSON,
@@ -81,14 +81,14 @@ def folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
     the kernel lets go of it however the holder dies."""
     with open(folder / SWEEP_LOCK, "a") as lock:
         try:
-            fcntl.flock(lock, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
-        except BlockingIOError:
+            taken = try_lock(lock.fileno(), shared=not exclusive)
+        except OSError as e:
+            raise SweepError(f"{folder / SWEEP_LOCK}: cannot lock it ({e.strerror})") from None
+        if not taken:
             raise SweepError(
                 f"{folder}: another `cifarlab sweep` is running in this folder; wait for it, or add workers "
                 "to it with --workers or a shared --storage"
-            ) from None
-        except OSError as e:
-            raise SweepError(f"{folder / SWEEP_LOCK}: cannot lock it ({e.strerror})") from None
+            )
         yield
 
 

@@ -14,7 +14,6 @@ before the softmax: it changes the probabilities, never the logits or the rankin
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from cifarlab.common.exported import check_weight_dtypes, is_export, load_model_state, model_file
 from cifarlab.common.files import RunError
-from cifarlab.common.metrics import TEMPERATURE_RANGE, predict_logits
+from cifarlab.common.metrics import predict_logits
 from cifarlab.common.rundir import CALIBRATION, RunDir
 from cifarlab.errors import CifarlabError
 from cifarlab.models.checkpoint import model_from_checkpoint
@@ -127,16 +126,7 @@ def stored_temperature(checkpoint: Path, epoch: int | None) -> float:
         raise RunError(f"{run.path}: no {CALIBRATION}; {fit}")
     if calibration.get("epoch") != epoch:
         raise RunError(f"{run.file(CALIBRATION)}: fitted on the epoch-{calibration.get('epoch')} checkpoint, this is epoch {epoch}; {fit}")
-    return checked_temperature(calibration["temperature"], run.file(CALIBRATION), fit)
-
-
-def checked_temperature(temperature, source: Path, fit: str) -> float:
-    """A stored temperature within the range `fit_temperature` searches, else a RunError: a value
-    outside it (1e-300 passes "positive, finite") cannot come from a fit and overflows the logits."""
-    low, high = TEMPERATURE_RANGE
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or not low <= temperature <= high:
-        raise RunError(f"{source}: temperature {temperature!r:.40} is outside {low:g} to {high:g}, the range a fit searches; {fit}")
-    return float(temperature)
+    return float(calibration["temperature"])  # within TEMPERATURE_RANGE: calibration.json's schema checks it on read
 
 
 def run_data_dir(ckpt: Path) -> Path | None:
