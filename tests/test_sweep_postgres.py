@@ -134,7 +134,8 @@ def _running_trial_of(url: str, study: str, pid: int, folder: Path) -> str | Non
 
 
 def test_a_worker_killed_with_sigkill_leaves_a_trial_that_another_retries_and_resumes(postgres, tiny_binary, tmp_path):
-    spec = spec_file(tmp_path, "[grid]\nseed = [0, 1, 2, 3]\n", "killed", epochs=4)
+    epochs = 30  # long enough a trial that the test sees one running before the worker finishes them all
+    spec = spec_file(tmp_path, "[grid]\nseed = [0, 1, 2, 3]\n", "killed", epochs=epochs)
     url, folder = postgres.url(), tmp_path / "killed"
     victim = worker(spec, url, tiny_binary, folder)
     deadline, name = time.monotonic() + 300, None
@@ -154,7 +155,7 @@ def test_a_worker_killed_with_sigkill_leaves_a_trial_that_another_retries_and_re
     retry = next(t for t in trials if t.state.name == "COMPLETE" and t.user_attrs["variant"] == name)
     assert retry.system_attrs.get("failed_trial") is not None
     assert f"resuming {folder / name}" in output
-    assert len((folder / name / "metrics.jsonl").read_text().splitlines()) == 4  # no epoch lost or trained twice
+    assert len((folder / name / "metrics.jsonl").read_text().splitlines()) == epochs  # no epoch lost or trained twice
 
 
 def test_tpe_with_two_workers_makes_exactly_its_budget(postgres, tiny_binary, tmp_path):
