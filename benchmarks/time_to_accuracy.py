@@ -12,7 +12,15 @@ preset's TTA), final validation accuracy, and results.json's timing (set-up, tra
 validation, final test evaluation, wall clock; the records time training plus the final TTA
 evaluation, `training_plus_test_evaluation_seconds`), and the validation accuracy after every epoch
 with the training seconds so far. `--set FIELD=VALUE` (the `train --set` syntax, one parser)
-overrides settings of every preset. Nothing else should run on the machine while this times.
+overrides settings of every preset; `--with FIELD=VALUE` after a `--preset` changes that entry
+only (repeatable), and the entry is named after both, so one run can hold a budget curve:
+
+    python benchmarks/time_to_accuracy.py --preset airbench94 --seeds 1 \
+        --preset airbench94 --seeds 1 --with epochs=2 --preset airbench94 --seeds 1 --with epochs=4 ... \
+        --preset fast --seeds 3 --preset fast --seeds 1 --with epochs=4 ... --plot docs/time-to-accuracy.png
+
+The plot draws each preset's entries as one curve: mean test accuracy (bars: std over seeds)
+against mean training seconds. Nothing else should run on the machine while this times.
 """
 
 from __future__ import annotations
@@ -36,17 +44,26 @@ from cifarlab.training.train import train
 
 
 class PresetSeeds(argparse.Action):
-    """--preset NAME [--seeds N]: a list of [name, seeds] pairs, seeds defaulting to 3."""
+    """--preset NAME [--seeds N] [--with FIELD=VALUE ...]: a list of [name, seeds, overrides],
+    seeds defaulting to 3."""
 
     def __call__(self, parser, namespace, value, option_string=None):
         plan = getattr(namespace, "plan", None) or []
         if option_string == "--preset":
-            plan.append([value, 3])
-        elif plan:
+            plan.append([value, 3, {}])
+        elif not plan:
+            parser.error(f"{option_string} comes after the --preset it applies to")
+        elif option_string == "--seeds":
             plan[-1][1] = int(value)
         else:
-            parser.error("--seeds comes after the --preset it applies to")
+            key, setting = parse_assignment(value)
+            plan[-1][2][key] = setting
         namespace.plan = plan
+
+
+def entry_name(preset: str, overrides: dict) -> str:
+    """'fast', or 'airbench94 epochs=2' for an entry with --with settings."""
+    return " ".join([preset, *(f"{k}={json.dumps(v)}" for k, v in overrides.items())])
 
 
 def one_run(config, seed: int, data, device: str, train_subset: int | None) -> dict:
@@ -90,6 +107,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", action=PresetSeeds, dest="plan", required=True, help="a preset to time (repeatable)")
     p.add_argument("--seeds", action=PresetSeeds, dest="plan", help="seeds for the preset before it (default 3)")
+    p.add_argument("--with", action=PresetSeeds, dest="plan", metavar="FIELD=VALUE", help="a setting of the preset before it only")
     p.add_argument("--anchor", default="airbench94", help="the preset others are measured against (default: %(default)s)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -113,8 +131,8 @@ def main() -> int:
         "presets": {},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    for name, seeds in args.plan:
-        report["presets"][name] = preset_report(name, seeds, overrides, data, args)
+    for name, seeds, own in args.plan:
+        report["presets"][entry_name(name, own)] = {"preset": name, **preset_report(name, seeds, {**overrides, **own}, data, args)}
         add_anchor_ratios(report, args.anchor)
         atomic_write_json(args.output, report)  # after every preset: a long benchmark keeps what it measured
     if args.plot:
@@ -133,28 +151,27 @@ def add_anchor_ratios(report: dict, anchor: str) -> None:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Validation accuracy against training seconds per run, and each run's final test accuracy."""
+    """Each preset's entries as one curve: mean test accuracy (bars: std over seeds) against mean
+    training seconds, labelled with the entry's settings."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 5), dpi=110)
     ax = fig.subplots()
-    for index, (name, entry) in enumerate(report["presets"].items()):
-        colour = f"C{index}"
-        for n, run in enumerate(entry["runs"]):
-            points = [(c["training_seconds"], 100 * c["val_accuracy"]) for c in run["curve"] if c["val_accuracy"] is not None]
-            if points:
-                ax.plot(*zip(*points), color=colour, alpha=0.5, marker=".", label=f"{name} validation" if n == 0 else None)
-            ax.plot(
-                run["timing"]["training_seconds"],
-                100 * run["test_accuracy"],
-                "*",
-                color=colour,
-                markersize=11,
-                label=f"{name} test (mean {100 * entry['test_accuracy']['mean']:.2f}%)" if n == 0 else None,
-            )
+    families: dict[str, list[tuple[str, dict]]] = {}
+    for name, entry in report["presets"].items():
+        families.setdefault(entry.get("preset", name), []).append((name, entry))
+    for index, (preset, entries) in enumerate(families.items()):
+        entries.sort(key=lambda e: e[1]["training_seconds"]["mean"])
+        seconds = [e["training_seconds"]["mean"] for _, e in entries]
+        accuracy = [100 * e["test_accuracy"]["mean"] for _, e in entries]
+        spread = [100 * e["test_accuracy"]["std"] for _, e in entries]
+        ax.errorbar(seconds, accuracy, yerr=spread, color=f"C{index}", marker="o", capsize=3, label=preset)
+        for (name, entry), x, y in zip(entries, seconds, accuracy):
+            note = name[len(preset) :].strip() or "as published"
+            ax.annotate(f"{note} ({entry['test_accuracy']['n']} seed{'s' if entry['test_accuracy']['n'] > 1 else ''})", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
     ax.axhline(94, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("training seconds (per-epoch validation and final evaluation not counted)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel("test accuracy (%, TTA as the preset)")
     ax.set_title(f"Time to accuracy on {report['processor']} ({report['threads']} threads, torch {report['torch_version']})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

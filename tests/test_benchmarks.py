@@ -25,6 +25,12 @@ def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
         "quick",
         "--seeds",
         "2",
+        "--preset",
+        "airbench94",
+        "--seeds",
+        "1",
+        "--with",
+        "batch_size=20",
         "--set",
         "epochs=1",
         "--set",
@@ -46,7 +52,9 @@ def test_time_to_accuracy_times_presets_against_the_anchor(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert list(report["presets"]) == ["airbench94", "quick"] and report["processor"]
+    assert list(report["presets"]) == ["airbench94", "quick", "airbench94 batch_size=20"] and report["processor"]
+    smaller = report["presets"]["airbench94 batch_size=20"]  # --with: that entry only, over every --set
+    assert smaller["preset"] == "airbench94" and smaller["config"]["batch_size"] == 20 and smaller["config"]["epochs"] == 1
     anchor, quick = report["presets"]["airbench94"], report["presets"]["quick"]
     assert len(anchor["runs"]) == 1 and len(quick["runs"]) == 2 and [r["seed"] for r in quick["runs"]] == [0, 1]
     assert anchor["training_time_vs_airbench94"] == 1.0

@@ -132,7 +132,7 @@ def test_fast_presets_train_on_tiny_data(tmp_path, preset):
     from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    progressive = dict(low_res_epochs=1, lr=0.67 * 64) if preset == "fast" else {}  # its SGD lr is per batch of 2000
+    progressive = dict(low_res_epochs=1) if preset == "fast" else {}  # its SGD lr follows the batch size (lr_batch_size)
     config = get_preset(preset).replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]}, **progressive)
     results = train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     assert results["tta"] == 2 and results["epochs"] == 2
@@ -174,7 +174,7 @@ def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_pat
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     config = get_preset("fast").replace(
-        epochs=3, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=2, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+        epochs=3, batch_size=64, val_size=20, low_res_epochs=2, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
     )
     quiet = dict(data_dir=data, device="cpu", progress=False, log=lambda s: None)
     strides, set_stride = [], FastNet.set_stem_stride
@@ -214,3 +214,37 @@ def test_training_refuses_a_class_count_other_than_ten():
 
     with pytest.raises(CifarlabError, match="num_classes"):
         get_preset("fast").replace(model_options={"num_classes": 5})
+
+
+@pytest.mark.parametrize("preset", ["fast", "airbench94", "quick"])
+def test_learning_rates_follow_the_batch_size(preset):
+    from cifarlab.training.optim import build_optimizer
+
+    config = get_preset(preset)
+    assert config.lr_batch_size == config.batch_size and config.step_lr == config.lr  # the preset as published
+    small = config.replace(batch_size=config.batch_size // 8, model_options={**config.model_options, "widths": [8, 16, 16]})
+    assert small.step_lr == pytest.approx(config.lr / 8)  # linear scaling: each example pulls as hard
+    groups = build_optimizer(build_model(small.model, **small.model_options), small).param_groups
+    sgd = [g for g in groups if not g.get("muon")]
+    assert sgd[0]["lr"] == pytest.approx(small.step_lr) and all(g["lr"] > 0 for g in groups)
+    assert [g["lr"] for g in groups if g.get("muon")] == ([config.muon_lr] if config.optimizer == "muon" else [])  # Muon's is not scaled
+    assert get_preset("paper").replace(batch_size=8).step_lr == get_preset("paper").lr  # lr_batch_size 0: lr as given
+
+
+def test_intermediate_resolution_trains_on_crops_then_full_images(tmp_path, monkeypatch):
+    from cifarlab.models.fast import FastNet
+    from cifarlab.training.train import train
+    from conftest import write_binary
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
+    config = get_preset("fast").replace(
+        epochs=4, batch_size=64, val_size=20, low_res_epochs=1, mid_res_epochs=2, mid_res_size=20, tta=0, model_options={"widths": [8, 16, 16]}
+    )
+    sizes, forward = [], FastNet.forward
+    monkeypatch.setattr(FastNet, "forward", lambda m, x: (sizes.append((m.training, m.whiten.stride[0], x.shape[-1])), forward(m, x))[1])
+    train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
+    trained = [size for size in dict.fromkeys(sizes) if size[0]]
+    assert trained == [(True, 2, 32), (True, 1, 20), (True, 1, 32)]  # low, then 20x20 crops, then full resolution
+    assert {size for size in sizes if not size[0]} == {(False, 2, 32), (False, 1, 32)}  # validation and test: whole images
+    with pytest.raises(ValueError, match="mid_res_epochs: 3 .*epochs - low_res_epochs - 1 = 2"):
+        config.replace(mid_res_epochs=3)  # at least one full-resolution epoch

@@ -306,7 +306,7 @@ def test_a_low_resolution_checkpoint_is_measured_at_its_training_resolution_and_
 
     data = write_binary(tmp_path / "data", per_batch=40, test=40).parent
     config = get_preset("fast").replace(
-        epochs=2, batch_size=64, lr=0.67 * 64, val_size=20, low_res_epochs=1, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+        epochs=2, batch_size=64, val_size=20, low_res_epochs=1, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
     )
 
     def interrupt(record):  # killed after epoch 1, the low-resolution one, as a report mid-run sees it

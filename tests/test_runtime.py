@@ -113,7 +113,7 @@ def test_deterministic_training_is_recorded_and_repeatable(tiny_binary, tmp_path
     from cifarlab.training.train import train
 
     config = get_preset("fast").replace(
-        epochs=1, low_res_epochs=0, batch_size=32, lr=0.67 * 32, val_size=20, deterministic=True, amp="off", model_options={"widths": [8, 16, 16]}
+        epochs=1, low_res_epochs=0, batch_size=32, val_size=20, deterministic=True, amp="off", model_options={"widths": [8, 16, 16]}
     )
     lines = []
     first = train(config, tmp_path / "a", data_dir=tiny_binary, device="cpu", progress=False, log=lines.append)

@@ -249,6 +249,7 @@ OK_HEAD = 'base = "paper"\n'
         ('method = "random"\ntrials = 2\nstudy = ""\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] study must be a name"]),
         ('method = "random"\ntrials = 2\nbudget = 3\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] unknown key 'budget'"]),
         ('method = "random"\ntrials = 2\n', ["[search] needs a [search.space] table"]),
+        ('method = "tpe"\ntrials = 2\nbudget_seconds = -1\n[search.space]\nlr = { uniform = [0.1, 0.2] }\n', ["[search] budget_seconds", "-1"]),
     ],
 )
 def test_bad_search_tables_are_one_line_errors_naming_spec_and_field(tmp_path, capsys, search, names):
@@ -289,3 +290,21 @@ def test_the_example_search_spec_loads():
     assert spec.search.method == "tpe" and spec.search.trials >= 20 and spec.train_subset
     keys = {axis.key.rpartition(".")[2] for axis in spec.search.axes}
     assert {"conv_dropout", "dropout2d", "fc_dropout", "widths", "pool2", "extra_dropout", "extra_dropout_after"} <= keys
+
+
+def test_a_trial_over_the_time_budget_is_scored_down_and_ranked_below_the_rest(tiny_binary, tmp_path):
+    from cifarlab.experiments.leaderboard import format_leaderboard, rank
+    from cifarlab.experiments.space import parse_search
+
+    search = parse_search({"method": "tpe", "trials": 1, "budget_seconds": 100, "space": {"lr": {"uniform": [0.1, 0.2]}}}, "s")
+    assert search.score(0.9, 100.0) == 0.9 and search.score(0.9, 110.0) == pytest.approx(0.8)  # a point per 1% over
+    row = dict(status="finished", reason=None, name="", overrides={}, test_accuracy=None, params=None, epochs=1, train_seconds=1.0)
+    rows = rank([{**row, "name": "late", "val_accuracy": 0.9, "over_budget": True}, {**row, "name": "in", "val_accuracy": 0.5}])
+    assert [(r["name"], r["rank"]) for r in rows] == [("in", 1), ("late", 2)]
+    assert "finished, over the time budget" in format_leaderboard(rows)
+
+    spec = search_spec(tmp_path, "tpe", 1, space="budget_seconds = 1e-9\n[search.space]\nlr = { uniform = [0.01, 0.02] }\n")
+    rows = run_sweep(load_spec(spec), None, tiny_binary, "cpu", progress=False, log=lambda s: None)
+    trial = study_trials(tmp_path / "search")["trial-000"]
+    assert rows[0]["over_budget"] and trial.user_attrs["result"]["over_budget"]
+    assert trial.value == pytest.approx(rows[0]["val_accuracy"] - (rows[0]["train_seconds"] / 1e-9 - 1))

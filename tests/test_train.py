@@ -58,7 +58,7 @@ def test_run_directory_contents(tiny_run):
     assert state["meta"]["model"] == "paper" and len(state["meta"]["classes"]) == 10
 
 
-FAST_SMALL = dict(epochs=3, low_res_epochs=1, batch_size=32, lr=0.67 * 32, val_size=20, model_options={"widths": [8, 16, 16]})
+FAST_SMALL = dict(epochs=3, low_res_epochs=1, batch_size=32, val_size=20, model_options={"widths": [8, 16, 16]})
 
 
 @pytest.mark.parametrize("preset", ["paper", "fast"])

@@ -20,7 +20,7 @@ from cifarlab.experiments.spec import SweepSpec
 LEADERBOARD = "leaderboard.html"
 LEADERBOARD_JSON = "leaderboard.json"
 FIGURES = {"ranking": "leaderboard-ranking.png", "curves": "leaderboard-curves.png"}
-RESULT_KEYS = ("val_accuracy", "best_val_accuracy", "test_accuracy", "params", "epochs", "train_seconds")
+RESULT_KEYS = ("val_accuracy", "best_val_accuracy", "test_accuracy", "params", "epochs", "train_seconds", "over_budget")
 STATES = {"COMPLETE": "finished", "FAIL": "failed", "RUNNING": "running", "WAITING": "pending", "PRUNED": "failed"}
 
 
@@ -51,8 +51,12 @@ def _row(name: str, overrides: dict, run: str, result: dict) -> dict[str, Any]:
 
 
 def rank(rows: list[dict]) -> list[dict]:
-    """Finished rows by final validation accuracy (ranks 1, 2, ...), then the rest in their order."""
-    ranked = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: -(r["val_accuracy"] if r["val_accuracy"] is not None else -1))
+    """Finished rows by final validation accuracy (ranks 1, 2, ...), those over a search's time
+    budget after all the others, then the rest in their order."""
+    ranked = sorted(
+        (r for r in rows if r["status"] == "finished"),
+        key=lambda r: (bool(r.get("over_budget")), -(r["val_accuracy"] if r["val_accuracy"] is not None else -1)),
+    )
     for n, r in enumerate(ranked, 1):
         r["rank"] = n
     return ranked + [r for r in rows if r["status"] != "finished"]
@@ -82,6 +86,7 @@ def format_leaderboard(rows: list[dict]) -> str:
     lines = [("rank", "variant", "val acc", "test acc", "epochs", "time", "status")]
     for r in rows:
         status = r["status"] + (f" ({r['reason']})" if r["reason"] and r["status"] != "finished" else "")
+        status += ", over the time budget" if r.get("over_budget") else ""
         lines.append(
             (
                 str(r["rank"] or "-"),
@@ -152,6 +157,8 @@ def write_leaderboard(spec: SweepSpec, folder: Path, rows: list[dict]) -> list[d
 
 
 def _status(row: dict) -> str:
+    if row.get("over_budget"):
+        return row["status"] + ", over the time budget"
     return row["status"] + (f": {row['reason']}" if row["reason"] and row["status"] != "finished" else "")
 
 

@@ -62,8 +62,19 @@ class TrainConfig:
     # epochs (and their validation) run the stem at stride 2, so every later layer sees a quarter of
     # the pixels; the rest at the model's own stride, with the same weights. 0 = off.
     low_res_epochs: int = 0
+    # an intermediate resolution: the mid_res_epochs epochs after the low-resolution ones train on
+    # random mid_res_size x mid_res_size crops of the (already translated) images at the model's own
+    # stride, about (mid_res_size / 32)^2 of a full epoch's work; objects keep the scale they have at
+    # test time (32x32, as every validation). 0 = off.
+    mid_res_epochs: int = 0
+    mid_res_size: int = 24
     batch_size: int = 64
     lr: float = 0.01
+    # the batch size `lr` is given for (fast, airbench94, quick: their own): the SGD/Adam rate used
+    # is lr x batch_size / lr_batch_size, the linear scaling rule (each example's pull on the weights
+    # stays the same; airbench's summed loss does this by itself), so `--batch-size N` alone is safe.
+    # 0 = lr is used as given. muon_lr is not scaled: Muon's step has a fixed size whatever the batch.
+    lr_batch_size: int = 0
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -118,6 +129,7 @@ class TrainConfig:
             "seed": (0 <= self.seed <= MAX_SEED, "0 to 2**63 - 1"),
             "batch_size": (self.batch_size >= 1, "at least 1"),
             "lr": (0 < self.lr < math.inf, "a positive number"),
+            "lr_batch_size": (self.lr_batch_size >= 0, "0 (lr as given) or a batch size"),
             "val_size": (0 <= self.val_size < 50_000, "0 to 49,999"),
             "crop_pad": (0 <= self.crop_pad <= 8, "0 to 8"),
             "tta": (self.tta in (0, 1, 2), "0, 1 or 2"),
@@ -132,6 +144,11 @@ class TrainConfig:
             "muon_momentum": (0 <= self.muon_momentum < 1, "0 <= muon_momentum < 1"),
             "whiten_bias_epochs": (self.whiten_bias_epochs >= 0, "0 (off) or more"),
             "low_res_epochs": (0 <= self.low_res_epochs < self.epochs, f"0 (off) to epochs - 1 = {self.epochs - 1}"),
+            "mid_res_epochs": (
+                0 <= self.mid_res_epochs < self.epochs - self.low_res_epochs,
+                f"0 (off) to epochs - low_res_epochs - 1 = {self.epochs - self.low_res_epochs - 1}",
+            ),
+            "mid_res_size": (8 <= self.mid_res_size <= 32, "8 to 32 pixels"),
             "plateau_factor": (0 < self.plateau_factor < 1, "0 < plateau_factor < 1"),
             "plateau_patience": (self.plateau_patience >= 0, "0 or more"),
             "warmup_fraction": (0 <= self.warmup_fraction <= 1, "0 to 1"),
@@ -155,6 +172,11 @@ class TrainConfig:
         classes = self.model_options.get("num_classes", CIFAR10_CLASSES)
         if classes != CIFAR10_CLASSES:  # else a torch IndexError in the loss, deep in the first step
             raise ConfigError(f"bad value for model_options.num_classes: {classes!r} (training data is CIFAR-10: 10)")
+
+    @property
+    def step_lr(self) -> float:
+        """The learning rate the optimizer uses: `lr` scaled from lr_batch_size to batch_size."""
+        return self.lr * self.batch_size / self.lr_batch_size if self.lr_batch_size else self.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +217,8 @@ def inactive_fields(values: dict[str, Any]) -> set[str]:
         unused |= {"muon_lr", "muon_momentum", "whiten_bias_epochs"}
     if not values.get("flip"):
         unused.add("flip_mode")
+    if not values.get("mid_res_epochs"):
+        unused.add("mid_res_size")
     if not values.get("stop_patience"):
         unused.add("stop_min_delta")
     if not values.get("mlflow"):
@@ -331,6 +355,7 @@ _AIRBENCH94 = TrainConfig(
     muon_lr=0.24,
     muon_momentum=0.6,
     lr=0.67 * 2000,
+    lr_batch_size=2000,
     momentum=0.85,
     nesterov=True,
     bias_lr_scale=0.053 / 0.67,
@@ -369,7 +394,7 @@ PRESETS: dict[str, TrainConfig] = {
     # The report's 85.65% in the least CPU time: FastNet with narrower blocks and a stride-2 stem
     # throughout, airbench94's SGD recipe with lookahead, 5 epochs at batch 512.
     "quick": TrainConfig(
-        preset="quick", model_options={"widths": [64, 128, 256], "stem_stride": 2}, epochs=5, batch_size=512, lr=0.75, **_SGD_RECIPE
+        preset="quick", model_options={"widths": [64, 128, 256], "stem_stride": 2}, epochs=5, batch_size=512, lr=0.75, lr_batch_size=512, **_SGD_RECIPE
     ),
     "airbench94": _AIRBENCH94,
     # kuangliu's recipe as kuangliu trains it: lr 0.1, batch 128, cosine annealing to 0 over

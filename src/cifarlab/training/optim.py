@@ -20,18 +20,18 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     of frozen-scale BatchNorm need a much larger step than conv weights).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
-    scale = config.bias_lr_scale
+    lr, scale = config.step_lr, config.bias_lr_scale
     groups = [
-        {"params": [p for p in trainable if p.ndim > 1], "lr": config.lr, "weight_decay": config.weight_decay},
-        {"params": [p for p in trainable if p.ndim <= 1], "lr": config.lr * scale, "weight_decay": config.weight_decay / scale},
+        {"params": [p for p in trainable if p.ndim > 1], "lr": lr, "weight_decay": config.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "lr": lr * scale, "weight_decay": config.weight_decay / scale},
     ]
     if config.optimizer == "muon":
         return _build_muon(model, config, groups)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr)
+        return torch.optim.Adam(groups, lr=lr)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
 def _build_muon(model: nn.Module, config: TrainConfig, groups: list[dict]) -> Muon:
