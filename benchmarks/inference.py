@@ -40,7 +40,7 @@ from cifarlab.data import CLASSES, MEAN, STD
 from cifarlab.data.augment import normalize
 from cifarlab.inference.export import export_model
 from cifarlab.models import build_model, count_parameters
-from cifarlab.training.config import get_preset
+from cifarlab.training.presets import get_preset
 
 
 def write_checkpoint(folder: Path) -> Path:

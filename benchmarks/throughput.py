@@ -26,7 +26,8 @@ from measure import training_throughput
 from cifarlab.common.files import atomic_write_json
 from cifarlab.data import load_cifar10
 from cifarlab.runtime import autocast_dtype, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
-from cifarlab.training.config import apply_overrides, get_preset, parse_assignment
+from cifarlab.training.config import apply_overrides, parse_assignment
+from cifarlab.training.presets import get_preset
 from cifarlab.training.learner import make_splits
 
 

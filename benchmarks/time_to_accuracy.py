@@ -39,7 +39,8 @@ from cifarlab.common.files import atomic_write_json
 from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10
 from cifarlab.runtime import autocast_dtype, processor_name, resolve_device
-from cifarlab.training.config import apply_overrides, get_preset, parse_assignment
+from cifarlab.training.config import apply_overrides, parse_assignment
+from cifarlab.training.presets import get_preset
 from cifarlab.training.train import train
 
 

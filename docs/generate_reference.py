@@ -69,7 +69,8 @@ def _value(value: typing.Any) -> str:
 def config_page() -> str:
     """Every config field: its type, its flag, its help, and its value in each preset."""
     from cifarlab.cli import FIELD_HELP
-    from cifarlab.training.config import PRESETS, TrainConfig
+    from cifarlab.training.config import TrainConfig
+    from cifarlab.training.presets import PRESETS
 
     hints = typing.get_type_hints(TrainConfig)
     comments = _field_comments()

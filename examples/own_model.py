@@ -42,9 +42,10 @@ if __name__ == "__main__":
     args = parser.parse_args()
 
     # fast's progressive resolution needs a stem whose stride can be set (FastNet's); this network has
-    # none, so it trains at full resolution throughout: the airbench94 recipe on another network.
-    # The recipe's Muon (muon_lr) trains the conv filters whatever the network. Its SGD lr for the rest
-    # (1,340) is FastNet's, whose logits are scaled by 1/256: a plain linear head needs a plain lr.
+    # none, so it trains at full resolution throughout (no stride-2 nor 24x24-crop epochs). The
+    # recipe's Muon (muon_lr) trains the conv filters whatever the network. Its SGD lr for the rest
+    # (2,650 at batch 2000) is FastNet's, whose logits are scaled by 1/256: a plain linear head needs
+    # a plain lr, here used as given at any batch size (lr_batch_size=0).
     run = cifarlab.train(
         "fast",
         out=args.out,
@@ -53,6 +54,8 @@ if __name__ == "__main__":
         model="small_cnn",
         model_options={"width": args.width},
         low_res_epochs=0,
+        mid_res_epochs=0,
+        lr_batch_size=0,
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -88,7 +88,7 @@ def tiny_run(tmp_path_factory) -> Path:
     Trained under bf16 autocast on every machine (emulated, only slower, without native bf16), so
     evaluate, predict, serve and export are checked on a bf16-trained model, inferring in float32.
     """
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
     from cifarlab.training.train import train
 
     root = tmp_path_factory.mktemp("tinyrun")

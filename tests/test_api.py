@@ -73,7 +73,7 @@ def test_train_checks_settings_as_set_does(tmp_path, data):
     with pytest.raises(cifarlab.CifarlabError, match="unknown preset 'quik'"):
         cifarlab.train("quik", out=tmp_path / "c", data_dir=data)
     assert not (tmp_path / "a").exists()
-    assert cifarlab.make_config("fast", epochs=3).low_res_epochs == 1  # --epochs' rule: the full-resolution finish kept
+    assert cifarlab.make_config("fast", epochs=6).low_res_epochs == 2  # --epochs' rule: the 1 + 3 finish kept
 
 
 def test_run_of_a_missing_folder_is_one_line(tmp_path):

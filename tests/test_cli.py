@@ -162,7 +162,7 @@ def test_end_to_end_on_real_data_subset(real_data, tmp_path):
 
 
 def test_presets_shows_resolved_settings(capsys):
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
 
     assert main(["presets", "paper", "airbench94"]) == 0
     out = capsys.readouterr().out

@@ -1,6 +1,7 @@
 import pytest
 
-from cifarlab.training.config import PRESETS, ConfigError, TrainConfig, get_preset
+from cifarlab.training.config import ConfigError, TrainConfig
+from cifarlab.training.presets import PRESETS, get_preset
 
 
 def test_presets_round_trip_through_dict():
@@ -25,11 +26,15 @@ def test_epochs_keep_a_progressive_presets_full_resolution_finish():
     from cifarlab.training.config import apply_overrides
 
     fast = get_preset("fast")
-    finish = fast.epochs - fast.low_res_epochs
-    assert finish >= 1
-    assert apply_overrides(fast, {"epochs": 1}).low_res_epochs == 0  # shorter than the finish: all full resolution
-    assert apply_overrides(fast, {"epochs": 12}).low_res_epochs == 12 - finish
-    assert apply_overrides(fast, {"epochs": 3, "low_res_epochs": 1}).low_res_epochs == 1  # said explicitly: kept
+    finish = fast.epochs - fast.low_res_epochs - fast.mid_res_epochs
+    assert finish >= 1 and fast.mid_res_epochs == 1
+    short = apply_overrides(fast, {"epochs": 1})
+    assert short.low_res_epochs == short.mid_res_epochs == 0  # shorter than the finish: all full resolution
+    assert apply_overrides(fast, {"epochs": finish + 1}).mid_res_epochs == 1  # the intermediate epoch comes first
+    assert apply_overrides(fast, {"epochs": finish + 1}).low_res_epochs == 0
+    assert apply_overrides(fast, {"epochs": 12}).low_res_epochs == 12 - finish - 1
+    explicit = apply_overrides(fast, {"epochs": 6, "low_res_epochs": 1})
+    assert (explicit.low_res_epochs, explicit.mid_res_epochs) == (1, 1)  # said explicitly: kept
     assert apply_overrides(get_preset("airbench94"), {"epochs": 3}).low_res_epochs == 0  # not progressive: untouched
 
 

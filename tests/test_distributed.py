@@ -30,7 +30,7 @@ from cifarlab.data import MEAN, STD, DataError
 from cifarlab.data.augment import augment, normalize
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.models import build_model
-from cifarlab.training.config import get_preset
+from cifarlab.training.presets import get_preset
 from cifarlab.training.learner import Learner, Splits, train_epoch
 from cifarlab.training.optim import Schedule, build_optimizer
 from conftest import write_binary

@@ -82,7 +82,8 @@ def test_the_generated_references_are_fresh(monkeypatch):
 
 
 def test_the_config_reference_has_every_field_and_preset():
-    from cifarlab.training.config import PRESETS, TrainConfig
+    from cifarlab.training.config import TrainConfig
+    from cifarlab.training.presets import PRESETS
 
     page = (ROOT / "docs" / "reference" / "config.md").read_text()
     for field in TrainConfig().to_dict():

@@ -80,7 +80,7 @@ def test_predict_folder(data, tmp_path):
     from PIL import Image
 
     from cifarlab.data import load_cifar10
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
     from cifarlab.training.train import train
 
     config = get_preset("quick").replace(epochs=1, val_size=20, batch_size=32, model_options={"widths": [8, 16, 16], "stem_stride": 2})

@@ -8,7 +8,8 @@ import torch.nn as nn
 from cifarlab.common.metrics import tta_logits
 from cifarlab.models import build_model
 from cifarlab.models.fast import FrozenScaleBatchNorm, patch_whitening
-from cifarlab.training.config import TrainConfig, get_preset
+from cifarlab.training.config import TrainConfig
+from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import Lookahead, lr_factor
 
 
@@ -132,7 +133,7 @@ def test_fast_presets_train_on_tiny_data(tmp_path, preset):
     from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
-    progressive = dict(low_res_epochs=1) if preset == "fast" else {}  # its SGD lr follows the batch size (lr_batch_size)
+    progressive = dict(low_res_epochs=1, mid_res_epochs=0) if preset == "fast" else {}  # its SGD lr follows the batch size (lr_batch_size)
     config = get_preset(preset).replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]}, **progressive)
     results = train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     assert results["tta"] == 2 and results["epochs"] == 2
@@ -146,10 +147,12 @@ def test_fast_presets_train_on_tiny_data(tmp_path, preset):
     assert TrainConfig.from_dict(saved) == config
 
 
-def test_fast_is_the_anchor_with_progressive_resolution():
+def test_fast_is_the_anchor_with_the_searched_cpu_recipe():
     fast, anchor = get_preset("fast"), get_preset("airbench94")
-    assert 0 < fast.low_res_epochs < fast.epochs and anchor.low_res_epochs == 0
-    assert fast.replace(preset="airbench94", epochs=anchor.epochs, low_res_epochs=0) == anchor
+    assert 0 < fast.low_res_epochs + fast.mid_res_epochs < fast.epochs and anchor.low_res_epochs == anchor.mid_res_epochs == 0
+    searched = ("batch_size", "lr", "muon_lr", "label_smoothing", "whiten_bias_epochs", "low_res_epochs", "mid_res_epochs", "model_options")
+    assert fast.replace(preset="airbench94", **{k: getattr(anchor, k) for k in searched}) == anchor  # the anchor's method otherwise
+    assert fast.optimizer == "muon" and fast.lr_batch_size == anchor.lr_batch_size  # rates given at the anchor's batch
     with pytest.raises(ValueError, match=f"low_res_epochs: {fast.low_res_epochs} .*epochs - 1 = 1"):
         fast.replace(epochs=2)  # a shorter run must say how many of its epochs are at low resolution
 
@@ -174,7 +177,7 @@ def test_progressive_resolution_trains_low_then_full_and_resumes_exactly(tmp_pat
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     config = get_preset("fast").replace(
-        epochs=3, batch_size=64, val_size=20, low_res_epochs=2, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+        epochs=3, batch_size=64, val_size=20, low_res_epochs=2, mid_res_epochs=0, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
     )
     quiet = dict(data_dir=data, device="cpu", progress=False, log=lambda s: None)
     strides, set_stride = [], FastNet.set_stem_stride
@@ -221,9 +224,9 @@ def test_learning_rates_follow_the_batch_size(preset):
     from cifarlab.training.optim import build_optimizer
 
     config = get_preset(preset)
-    assert config.lr_batch_size == config.batch_size and config.step_lr == config.lr  # the preset as published
+    assert config.step_lr == config.lr * config.batch_size / config.lr_batch_size  # fast: given at the anchor's 2000, trained at 1000
     small = config.replace(batch_size=config.batch_size // 8, model_options={**config.model_options, "widths": [8, 16, 16]})
-    assert small.step_lr == pytest.approx(config.lr / 8)  # linear scaling: each example pulls as hard
+    assert small.step_lr == pytest.approx(config.step_lr / 8)  # linear scaling: each example pulls as hard
     groups = build_optimizer(build_model(small.model, **small.model_options), small).param_groups
     sgd = [g for g in groups if not g.get("muon")]
     assert sgd[0]["lr"] == pytest.approx(small.step_lr) and all(g["lr"] > 0 for g in groups)

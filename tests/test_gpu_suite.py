@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cifarlab.training.config import PRESETS
+from cifarlab.training.presets import PRESETS
 from conftest import write_binary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ import pytest
 
 from cifarlab.cli import main
 from cifarlab.data import load_cifar10
-from cifarlab.training.config import dotted_keys, get_preset
+from cifarlab.training.config import dotted_keys
+from cifarlab.training.presets import get_preset
 from cifarlab.training.tracking import (
     PARENT_ENV,
     RUN_FILE,
@@ -267,7 +268,7 @@ def test_a_stopped_and_resumed_run_is_one_mlflow_run_with_every_epoch_once(serve
 
 KILLED_AFTER_EPOCH_1 = """
 import os, signal, sys
-from cifarlab.training.config import get_preset
+from cifarlab.training.presets import get_preset
 from cifarlab.training.train import train
 config = get_preset("quick").replace(epochs=2, val_size=20, batch_size=32, mlflow=sys.argv[1])
 train(config, sys.argv[2], train_subset=64, data_dir=sys.argv[3], device="cpu", progress=False,

@@ -300,13 +300,13 @@ def test_a_low_resolution_checkpoint_is_measured_at_its_training_resolution_and_
     from cifarlab.experiments.compare import compare_runs
     from cifarlab.experiments.predictions import checkpoint_predictions
     from cifarlab.inference.model import Predictor
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
     from cifarlab.training.train import train
     from conftest import write_binary
 
     data = write_binary(tmp_path / "data", per_batch=40, test=40).parent
     config = get_preset("fast").replace(
-        epochs=2, batch_size=64, val_size=20, low_res_epochs=1, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
+        epochs=2, batch_size=64, val_size=20, low_res_epochs=1, mid_res_epochs=0, tta=0, model_options={"widths": [8, 16, 16], "stem_stride": 1}
     )
 
     def interrupt(record):  # killed after epoch 1, the low-resolution one, as a report mid-run sees it

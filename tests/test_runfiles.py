@@ -190,7 +190,8 @@ def test_every_reader_refuses_a_tampered_config_the_same_way(tiny_run, tmp_path,
 
 
 def test_a_typo_gets_did_you_mean(tmp_path):
-    from cifarlab.training.config import ConfigError, TrainConfig, get_preset
+    from cifarlab.training.config import ConfigError, TrainConfig
+    from cifarlab.training.presets import get_preset
 
     with pytest.raises(ConfigError, match=r"unknown field 'epoch' \(did you mean 'epochs'\?\)"):
         TrainConfig.from_dict({"epoch": 3})

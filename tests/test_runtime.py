@@ -109,11 +109,11 @@ def test_cudnn_autotuning_is_on_for_cuda_training_unless_determinism_is_asked(mo
 
 
 def test_deterministic_training_is_recorded_and_repeatable(tiny_binary, tmp_path):
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
     from cifarlab.training.train import train
 
     config = get_preset("fast").replace(
-        epochs=1, low_res_epochs=0, batch_size=32, val_size=20, deterministic=True, amp="off", model_options={"widths": [8, 16, 16]}
+        epochs=1, low_res_epochs=0, mid_res_epochs=0, batch_size=32, val_size=20, deterministic=True, amp="off", model_options={"widths": [8, 16, 16]}
     )
     lines = []
     first = train(config, tmp_path / "a", data_dir=tiny_binary, device="cpu", progress=False, log=lines.append)

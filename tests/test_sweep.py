@@ -11,7 +11,8 @@ import pytest
 
 from cifarlab.cli import main
 from cifarlab.experiments.sweep import LEADERBOARD, load_spec, run_sweep
-from cifarlab.training.config import apply_overrides, get_preset
+from cifarlab.training.config import apply_overrides
+from cifarlab.training.presets import get_preset
 from conftest import open_page, write_binary
 
 

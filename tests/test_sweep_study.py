@@ -26,7 +26,8 @@ from cifarlab.experiments.study import (
     storage_for,
 )
 from cifarlab.experiments.sweep import folder_lock
-from cifarlab.training.config import apply_overrides, get_preset
+from cifarlab.training.config import apply_overrides
+from cifarlab.training.presets import get_preset
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 HEAD = """
@@ -68,7 +69,7 @@ def test_grid_values_go_through_train_s_own_override_rules(tmp_path):
     fast = load_spec(write_spec(tmp_path, 'base = "fast"\n[grid]\nepochs = [4, 12]\n', "fast.toml"))
     for variant in fast.variants:
         assert variant.config == apply_overrides(get_preset("fast"), variant.overrides)  # as `train --preset fast --epochs N`
-    assert [v.config.low_res_epochs for v in fast.variants] == [2, 10]
+    assert [(v.config.low_res_epochs, v.config.mid_res_epochs) for v in fast.variants] == [(0, 1), (8, 1)]
     quick = load_spec(write_spec(tmp_path, 'base = "quick"\n[grid]\nmodel = ["fast", "resnet18"]\n', "quick.toml"))
     for variant in quick.variants:
         assert variant.config == apply_overrides(get_preset("quick"), variant.overrides)

@@ -55,7 +55,7 @@ def test_tensorboard_after_a_resume_has_every_epoch_once(tiny_binary, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from cifarlab.training.config import get_preset
+    from cifarlab.training.presets import get_preset
     from cifarlab.training.tblog import TensorBoardMirror
     from cifarlab.training.train import resume, train
 

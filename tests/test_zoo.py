@@ -13,7 +13,8 @@ import torch.nn as nn
 from cifarlab.cli import build_parser, config_from_args, main
 from cifarlab.models import ModelError, build_model, count_parameters, list_models
 from cifarlab.models.measure import build_on_meta, forward_flops
-from cifarlab.training.config import ConfigError, get_preset
+from cifarlab.training.config import ConfigError
+from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import Schedule, build_optimizer, lr_factor
 from conftest import write_binary
 

@@ -28,7 +28,7 @@ _EXPORTS = {
     "register_model": "cifarlab.api",
     "create_model": "cifarlab.models.registry",
     "list_models": "cifarlab.models.registry",
-    "list_presets": "cifarlab.training.config",
+    "list_presets": "cifarlab.training.presets",
     "TrainConfig": "cifarlab.training.config",
     "load_cifar10": "cifarlab.data.cifar10",
     "Cifar10": "cifarlab.data.formats",
@@ -49,7 +49,8 @@ if TYPE_CHECKING:
     from cifarlab.errors import CifarlabError
     from cifarlab.models.registry import build_model as create_model
     from cifarlab.models.registry import list_models
-    from cifarlab.training.config import TrainConfig, list_presets
+    from cifarlab.training.config import TrainConfig
+    from cifarlab.training.presets import list_presets
 
 
 def __getattr__(name: str) -> Any:

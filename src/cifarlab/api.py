@@ -19,7 +19,8 @@ import torch.nn as nn
 from cifarlab.common.rundir import CHECKPOINT, RunDir, RunError
 from cifarlab.inference.inputs import as_model_input
 from cifarlab.inference.model import Predictor, data_dir_for
-from cifarlab.training.config import TrainConfig, apply_overrides, get_preset
+from cifarlab.training.config import TrainConfig, apply_overrides
+from cifarlab.training.presets import get_preset
 
 
 def default_run_path(preset: str) -> Path:

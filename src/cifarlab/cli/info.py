@@ -45,7 +45,8 @@ def add_presets(sub) -> None:
 
 
 def cmd_presets(args) -> int:
-    from cifarlab.training.config import PRESETS, TrainConfig, get_preset, inactive_fields
+    from cifarlab.training.config import TrainConfig, inactive_fields
+    from cifarlab.training.presets import PRESETS, get_preset
 
     presets = {name: get_preset(name) for name in (args.names or PRESETS)}
     if args.json:

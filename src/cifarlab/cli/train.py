@@ -66,7 +66,8 @@ def config_from_args(args):
     """The preset (or --config file), then the flags, then every --set, checked like config.json."""
     import dataclasses
 
-    from cifarlab.training.config import TrainConfig, apply_overrides, get_preset, load_config_file, parse_assignment
+    from cifarlab.training.config import TrainConfig, apply_overrides, load_config_file, parse_assignment
+    from cifarlab.training.presets import get_preset
 
     config = load_config_file(args.config) if args.config else get_preset(args.preset)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name not in _SKIPPED_FIELDS}
@@ -75,7 +76,7 @@ def config_from_args(args):
 
 
 def add_train(sub) -> None:
-    from cifarlab.training.config import PRESETS
+    from cifarlab.training.presets import PRESETS
 
     p = sub.add_parser(
         "train",

@@ -38,13 +38,8 @@ from cifarlab.errors import CifarlabError
 from cifarlab.experiments.space import Search, SpaceError, parse_search, trial_name
 from cifarlab.models import ModelError, build_model
 from cifarlab.text import first_problem, plural
-from cifarlab.training.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    dotted_keys,
-    get_preset,
-)
+from cifarlab.training.config import ConfigError, TrainConfig, apply_overrides, dotted_keys
+from cifarlab.training.presets import get_preset
 
 SPEC_KEYS = ("base", "train_subset", "fixed", "grid", "variants", "search")
 # A larger spec needs --yes: at minutes per variant, a grid one list too long would queue months.

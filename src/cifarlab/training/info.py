@@ -11,7 +11,7 @@ from cifarlab.data.download import unreadable_folder
 from cifarlab.models import count_parameters, list_models
 from cifarlab.models.measure import build_on_meta
 from cifarlab.runtime import autocast_dtype, native_bf16, resolve_device, set_cpu_threads
-from cifarlab.training.config import PRESETS
+from cifarlab.training.presets import PRESETS
 
 
 def data_status(data_dir: Path | None) -> dict:
