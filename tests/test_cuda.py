@@ -27,8 +27,8 @@ from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.inference.model import Predictor
 from cifarlab.models import build_model
 from cifarlab.runtime import autocast
-from cifarlab.training.presets import get_preset
 from cifarlab.training.learner import build_learner, make_splits, train_epoch
+from cifarlab.training.presets import get_preset
 from cifarlab.training.train import resume, train
 from conftest import write_binary
 
@@ -45,7 +45,9 @@ def paper_config(**kw):
 
 
 def fast_config(**kw):
-    return get_preset("fast").replace(**{**dict(epochs=2, low_res_epochs=1, mid_res_epochs=0, batch_size=32, val_size=20, model_options=SMALL_FAST), **kw})
+    return get_preset("fast").replace(
+        **{**dict(epochs=2, low_res_epochs=1, mid_res_epochs=0, batch_size=32, val_size=20, model_options=SMALL_FAST), **kw}
+    )
 
 
 def quiet_train(config, out, data, device="cuda", **kw):

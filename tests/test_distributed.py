@@ -30,9 +30,9 @@ from cifarlab.data import MEAN, STD, DataError
 from cifarlab.data.augment import augment, normalize
 from cifarlab.inference.evaluate import evaluate_checkpoint
 from cifarlab.models import build_model
-from cifarlab.training.presets import get_preset
 from cifarlab.training.learner import Learner, Splits, train_epoch
 from cifarlab.training.optim import Schedule, build_optimizer
+from cifarlab.training.presets import get_preset
 from conftest import write_binary
 
 WORLD = 2

@@ -9,8 +9,8 @@ from cifarlab.common.metrics import tta_logits
 from cifarlab.models import build_model
 from cifarlab.models.fast import FrozenScaleBatchNorm, patch_whitening
 from cifarlab.training.config import TrainConfig
-from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import Lookahead, lr_factor
+from cifarlab.training.presets import get_preset
 
 
 def test_fast_net_shapes_and_frozen_parts():

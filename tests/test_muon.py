@@ -8,8 +8,8 @@ import torch.nn as nn
 
 from cifarlab.data.augment import alternating_flips
 from cifarlab.models import build_model
-from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import Muon, Schedule, build_optimizer, newton_schulz
+from cifarlab.training.presets import get_preset
 
 
 def test_newton_schulz_nearly_orthogonalises():

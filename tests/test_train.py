@@ -9,8 +9,8 @@ from cifarlab.common.checkpoint import load_checkpoint
 from cifarlab.common.files import RunError
 from cifarlab.common.rundir import RunDir, seconds_to_stabilise
 from cifarlab.common.runfiles import read_metrics
-from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import early_stop_reason
+from cifarlab.training.presets import get_preset
 from cifarlab.training.train import TrainingDiverged, check_divergence, resume, train
 from conftest import write_binary
 

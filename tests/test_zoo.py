@@ -14,8 +14,8 @@ from cifarlab.cli import build_parser, config_from_args, main
 from cifarlab.models import ModelError, build_model, count_parameters, list_models
 from cifarlab.models.measure import build_on_meta, forward_flops
 from cifarlab.training.config import ConfigError
-from cifarlab.training.presets import get_preset
 from cifarlab.training.optim import Schedule, build_optimizer, lr_factor
+from cifarlab.training.presets import get_preset
 from conftest import write_binary
 
 # Published parameter counts: (figure, decimals in millions) where a paper gives millions, an exact

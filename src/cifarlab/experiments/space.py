@@ -14,8 +14,9 @@
 
 Ranges include both bounds. With budget_seconds, a trial whose training took longer is still
 trained to its end, but the study scores it as its validation accuracy less one point for each 1%
-over the budget (so TPE learns to stay inside it) and the leaderboard ranks it below every trial inside it. This module only parses and draws; spec.py checks the values against
-TrainConfig and the model; every search is an Optuna study (study.py), TPE's sampler drawing as it goes.
+over the budget (so TPE learns to stay inside it) and the leaderboard ranks it below every trial
+inside it. This module only parses and draws; spec.py checks the values against TrainConfig and
+the model; every search is an Optuna study (study.py), TPE's sampler drawing as it goes.
 """
 
 from __future__ import annotations

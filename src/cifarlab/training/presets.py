@@ -100,7 +100,13 @@ PRESETS: dict[str, TrainConfig] = {
     # The report's 85.65% in the least CPU time: FastNet with narrower blocks and a stride-2 stem
     # throughout, airbench94's SGD recipe with lookahead, 5 epochs at batch 512.
     "quick": TrainConfig(
-        preset="quick", model_options={"widths": [64, 128, 256], "stem_stride": 2}, epochs=5, batch_size=512, lr=0.75, lr_batch_size=512, **_SGD_RECIPE
+        preset="quick",
+        model_options={"widths": [64, 128, 256], "stem_stride": 2},
+        epochs=5,
+        batch_size=512,
+        lr=0.75,
+        lr_batch_size=512,
+        **_SGD_RECIPE,
     ),
     "airbench94": _AIRBENCH94,
     # kuangliu's recipe as kuangliu trains it: lr 0.1, batch 128, cosine annealing to 0 over
