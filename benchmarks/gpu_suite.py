@@ -61,8 +61,8 @@ from cifarlab.data import CLASSES, MEAN, STD, Cifar10, DataError, load_cifar10  
 from cifarlab.models import list_models  # noqa: E402
 from cifarlab.runtime import autocast_dtype, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
 from cifarlab.training import train as train_module  # noqa: E402
-from cifarlab.training.config import TrainConfig, apply_overrides, get_preset  # noqa: E402
-from cifarlab.training.presets import PRESETS
+from cifarlab.training.config import TrainConfig, apply_overrides  # noqa: E402
+from cifarlab.training.presets import PRESETS, get_preset  # noqa: E402
 from cifarlab.training.learner import Splits, build_learner, compile_trainee, make_splits, train_epoch  # noqa: E402
 
 RESULT_FILE = "gpu_suite.json"

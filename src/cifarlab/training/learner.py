@@ -176,10 +176,7 @@ def train_epoch(
         for step, (x, y) in enumerate(loader.batches(epoch)):
             batch = len(y)
             part = distributed.shard(batch)  # DDP: this process's shard; alone, all of it
-            x, y = x[part], y[part]
-            if config.low_res_epochs < epoch <= config.low_res_epochs + config.mid_res_epochs:
-                x = _random_crop(x, config.mid_res_size, generator)
-            x = x.contiguous(memory_format=fmt)
+            x, y = _at_resolution(x[part], config, epoch, generator).contiguous(memory_format=fmt), y[part]
             loss, logits = _train_step(learner, model, x, y, batch, config, amp)
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -194,9 +191,13 @@ def train_epoch(
     return {"train_loss": total, "train_accuracy": int(totals[1].item()) / seen, "steps": steps}
 
 
-def _random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-    """One random size x size window of the whole batch: the intermediate resolution's crops
-    (each image is already translated on its own by the loader)."""
+def _at_resolution(x: torch.Tensor, config: TrainConfig, epoch: int, generator: torch.Generator) -> torch.Tensor:
+    """The batch as epoch `epoch` trains on it: in an intermediate-resolution epoch, one random
+    mid_res_size window of the whole batch (each image is already translated on its own by the
+    loader); else as it is."""
+    if not config.low_res_epochs < epoch <= config.low_res_epochs + config.mid_res_epochs:
+        return x
+    size = config.mid_res_size
     top, left = torch.randint(0, x.shape[-1] - size + 1, (2,), generator=generator, device=generator.device).tolist()
     return x[..., top : top + size, left : left + size]
 
