@@ -26,7 +26,7 @@ STATES = {"COMPLETE": "finished", "FAIL": "failed", "RUNNING": "running", "WAITI
 
 def run_result(folder: Path) -> dict[str, Any]:
     """A run folder's status and numbers, as a leaderboard row holds them (and a trial stores them)."""
-    empty: dict[str, Any] = {key: None for key in RESULT_KEYS} | {"over_budget": False}  # a folder knows no budget: the study does
+    empty: dict[str, Any] = {key: None for key in RESULT_KEYS} | {"over_budget": False}  # a folder knows no budget; the study does
     if not folder.is_dir():
         return {"status": "pending", "reason": None, **empty}
     try:

@@ -142,20 +142,16 @@ def run_trial(worker: Worker, study: Any, rdb: Any, trial: Any, data: Any, log: 
         result = run_result(out)
         if reason is None and result["val_accuracy"] is None:
             reason = "no validation accuracy to rank it by"
-        result = {**result, "status": "failed" if reason else "finished", "reason": reason, "over_budget": _over_budget(worker.spec, result)}
+        search = worker.spec.search
+        over = bool(search and search.over_budget(result["train_seconds"]))
+        result = {**result, "status": "failed" if reason else "finished", "reason": reason, "over_budget": over}
         trial.set_user_attr("result", result)
         if reason:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         else:
-            search = worker.spec.search
             study.tell(trial, search.score(result["val_accuracy"], result["train_seconds"]) if search else result["val_accuracy"])
     log(f"{worker.spec.unit} {name}: {result['status']}{': ' + reason if reason else ''}")
     return result
-
-
-def _over_budget(spec: SweepSpec, result: dict) -> bool:
-    budget = spec.search.budget_seconds if spec.search else 0.0
-    return bool(budget and result["train_seconds"] is not None and result["train_seconds"] > budget)
 
 
 def _overrides(spec: SweepSpec, trial: Any) -> dict[str, Any]:

@@ -124,12 +124,15 @@ class Search:
     axes: tuple[Axis, ...]
     budget_seconds: float = 0.0  # a trial's training-time budget; 0 = none
 
+    def over_budget(self, train_seconds: float | None) -> bool:
+        return bool(self.budget_seconds and train_seconds is not None and train_seconds > self.budget_seconds)
+
     def score(self, val_accuracy: float, train_seconds: float | None) -> float:
         """What the study maximises: validation accuracy, less 0.01 for each 1% of training time
         over the budget."""
-        if not self.budget_seconds or train_seconds is None or train_seconds <= self.budget_seconds:
+        if not self.over_budget(train_seconds):
             return val_accuracy
-        return val_accuracy - (train_seconds / self.budget_seconds - 1)
+        return val_accuracy - (train_seconds / self.budget_seconds - 1)  # type: ignore[operator]
 
     def random_overrides(self, index: int) -> dict[str, Any]:
         """Trial `index` of a random search: fixed by (seed, index) alone, so a rerun after a kill, or
