@@ -59,11 +59,11 @@ from cifarlab.common.files import atomic_write_json  # noqa: E402
 from cifarlab.common.metrics import evaluate  # noqa: E402
 from cifarlab.data import CLASSES, MEAN, STD, Cifar10, DataError, load_cifar10  # noqa: E402
 from cifarlab.models import list_models  # noqa: E402
-from cifarlab.runtime import autocast_dtype, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
+from cifarlab.runtime import autocast_dtype, keep_freed_memory, resolve_device, set_cpu_threads, tune_for_training  # noqa: E402
 from cifarlab.training import train as train_module  # noqa: E402
 from cifarlab.training.config import TrainConfig, apply_overrides  # noqa: E402
-from cifarlab.training.presets import PRESETS, get_preset  # noqa: E402
 from cifarlab.training.learner import Splits, build_learner, compile_trainee, make_splits, train_epoch  # noqa: E402
+from cifarlab.training.presets import PRESETS, get_preset  # noqa: E402
 
 RESULT_FILE = "gpu_suite.json"
 TIMED_PRESETS = ("fast", "airbench94")
@@ -610,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or plan.seeds
     if device.type == "cpu":
         set_cpu_threads()
+        keep_freed_memory()  # as train() does
     tune_for_training(device)  # cudnn.benchmark on CUDA, as train() sets it
     train_module.COMPILE_BACKEND = args.compile_backend
     args.out.mkdir(parents=True, exist_ok=True)

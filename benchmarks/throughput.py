@@ -25,10 +25,10 @@ from measure import training_throughput
 
 from cifarlab.common.files import atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.runtime import autocast_dtype, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
+from cifarlab.runtime import autocast_dtype, keep_freed_memory, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
 from cifarlab.training.config import apply_overrides, parse_assignment
-from cifarlab.training.presets import get_preset
 from cifarlab.training.learner import make_splits
+from cifarlab.training.presets import get_preset
 
 
 def main() -> int:
@@ -48,6 +48,7 @@ def main() -> int:
     dev = resolve_device(args.device)
     if dev.type == "cpu":
         set_cpu_threads()
+        keep_freed_memory()  # as train() does; CIFARLAB_MALLOC=system to measure without
     tune_for_training(dev)
     overrides = dict(parse_assignment(text) for text in args.set)
     if args.model:
@@ -64,6 +65,7 @@ def main() -> int:
         "processor": processor_name(dev),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc_keeps_freed_memory": keep_freed_memory() if dev.type == "cpu" else None,
         "amp": use_amp(config.amp, dev),
         "autocast_dtype": autocast_dtype(config.amp, dev),
         "channels_last": config.channels_last,

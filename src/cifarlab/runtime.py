@@ -1,10 +1,12 @@
-"""Where and how tensors run: device choice, bfloat16 autocast, memory format, threads."""
+"""Where and how tensors run: device choice, bfloat16 autocast, memory format, threads, malloc."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
+import platform
 
 import torch
 
@@ -79,8 +81,6 @@ def processor_name(device: torch.device) -> str:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    import platform
-
     return platform.processor() or "unknown CPU"
 
 
@@ -111,3 +111,32 @@ def set_cpu_threads() -> int:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     return torch.get_num_threads()
+
+
+# glibc's malloc serves every allocation over 32 MB with a fresh mmap and unmaps it when freed. A
+# training step on a CPU allocates and frees activations of about 100 MB (fast at batch 1000: one
+# 1000 x 48 x 32 x 32 bfloat16 map is 98 MB), so each step made the kernel fault in and zero
+# about 200,000 new 4 KB pages: 25-30% of the CPU's time went to the system, not to training.
+# Never mmapping and never trimming keeps freed memory in the process for the next step. One eager
+# fast step at batch 1000 (bf16, 2-core Xeon with AMX, torch 2.13.0+cpu): 1.35-1.61 s -> 0.93-1.06 s
+# (1.3-1.7x), 208,000 -> under 600 page faults. The price: the process keeps what it freed until
+# it exits, as PyTorch's CUDA caching allocator does, with some fragmentation on top: 1.4 GB
+# resident over sixteen such steps against 0.8-0.9 GB without. jemalloc or tcmalloc (LD_PRELOAD) do the
+# same and are used as they are when preloaded: this only tunes glibc's own malloc.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed memory for reuse (above); True if it now does.
+
+    Process-wide and for the process's life; CIFARLAB_MALLOC=system leaves malloc as it is. Off
+    Linux's glibc (musl, macOS, Windows) nothing is changed and it returns False.
+    """
+    if os.environ.get("CIFARLAB_MALLOC") == "system" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

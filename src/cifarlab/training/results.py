@@ -7,7 +7,7 @@ import torch
 
 from cifarlab.common import distributed
 from cifarlab.common.rundir import seconds_to_stabilise
-from cifarlab.runtime import processor_name
+from cifarlab.runtime import keep_freed_memory, processor_name
 from cifarlab.training.config import TrainConfig
 from cifarlab.training.learner import Splits
 
@@ -55,5 +55,6 @@ def results_record(history: list[dict], test, splits: Splits, config: TrainConfi
         "processor": processor_name(dev),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
+        "malloc_keeps_freed_memory": keep_freed_memory() if dev.type == "cpu" else None,
         "world_size": distributed.world_size(),
     }

@@ -37,6 +37,7 @@ from cifarlab.data import MEAN, STD, Cifar10, load_cifar10
 from cifarlab.models import count_parameters
 from cifarlab.runtime import (
     autocast_dtype,
+    keep_freed_memory,
     resolve_device,
     set_cpu_threads,
     tune_for_training,
@@ -152,6 +153,7 @@ def _run(run: RunDir, config: TrainConfig | None, train_subset: int | None, io: 
         io = dataclasses.replace(io, log=lambda line: None, progress=False, on_epoch=None)
     if dev.type == "cpu":
         set_cpu_threads()
+        keep_freed_memory()  # 1.3-1.7x faster steps on a CPU (runtime.py)
     with contextlib.ExitStack() as held:
         held.enter_context(_sigterm_stops_training())
         # DDP: rank 0 alone locks and reads the run directory and tells the others (their machines need not have it)
