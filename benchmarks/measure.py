@@ -67,7 +67,7 @@ def training_throughput(config: TrainConfig, splits: Splits, device: torch.devic
     after one untimed warm-up pass; the median pass counts."""
     # the passes are the run's epochs, so the schedule and lookahead span exactly them; all at the
     # model's own stem stride (a progressive preset's low-resolution epochs: --set model_options.stem_stride=2)
-    config = config.replace(epochs=repeats + 1, low_res_epochs=0)
+    config = config.replace(epochs=repeats + 1, low_res_epochs=0, mid_res_epochs=0)
     learner = build_learner(config, splits, device, torch.Generator(device).manual_seed(0))
     seconds = []
     for i in range(repeats + 1):
