@@ -151,6 +151,13 @@ def add_anchor_ratios(report: dict, anchor: str) -> None:
         entry[f"training_time_vs_{anchor}"] = entry["training_seconds"]["mean"] / reference
 
 
+def schedule_note(config: dict) -> str:
+    """An entry's epochs, and with progressive resolution the split: "14 ep (3/1/10)" is 3 at
+    stride 2, 1 on crops and 10 at full resolution."""
+    epochs, low, mid = config["epochs"], config.get("low_res_epochs", 0), config.get("mid_res_epochs", 0)
+    return f"{epochs} ep ({low}/{mid}/{epochs - low - mid})" if low or mid else f"{epochs} ep"
+
+
 def plot(report: dict, path: Path) -> None:
     """Each preset's entries as one curve: mean test accuracy (bars: std over seeds) against mean
     training seconds, labelled with the entry's settings."""
@@ -168,8 +175,12 @@ def plot(report: dict, path: Path) -> None:
         spread = [100 * e["test_accuracy"]["std"] for _, e in entries]
         ax.errorbar(seconds, accuracy, yerr=spread, color=f"C{index}", marker="o", capsize=3, label=preset)
         for (name, entry), x, y in zip(entries, seconds, accuracy):
-            note = name[len(preset) :].strip() or "as published"
-            ax.annotate(f"{note} ({entry['test_accuracy']['n']} seed{'s' if entry['test_accuracy']['n'] > 1 else ''})", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+            seeds = entry["test_accuracy"]["n"]
+            note = f"{schedule_note(entry['config'])}{'' if name[len(preset) :].strip() else ', preset'}, {seeds} seed{'s' if seeds > 1 else ''}"
+            ax.annotate(
+                note, (x, y), fontsize=7, xytext=(-4, 6) if index == 0 else (4, -10), textcoords="offset points", ha="right" if index == 0 else "left"
+            )
+    ax.margins(x=0.15)  # room for the rightmost labels
     ax.axhline(94, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("training seconds (per-epoch validation and final evaluation not counted)")
     ax.set_ylabel("test accuracy (%, TTA as the preset)")
