@@ -119,11 +119,12 @@ def set_cpu_threads() -> int:
 # about 200,000 new 4 KB pages: 25-30% of the CPU's time went to the system, not to training.
 # Never mmapping and never trimming keeps freed memory in the process for the next step. One eager
 # fast step at batch 1000 (bf16, 2-core Xeon with AMX, torch 2.13.0+cpu): 1.35-1.61 s -> 0.93-1.06 s
-# (1.3-1.7x), 208,000 -> under 600 page faults; benchmarks/throughput.py, with and without
-# (CIFARLAB_MALLOC=system): airbench94 1.42x, fast at full resolution 1.14x more images/s. The price: the process keeps what it freed until
-# it exits, as PyTorch's CUDA caching allocator does, with some fragmentation on top: 1.4 GB
-# resident over sixteen such steps against 0.8-0.9 GB without. jemalloc or tcmalloc (LD_PRELOAD) do the
-# same and are used as they are when preloaded: this only tunes glibc's own malloc.
+# (1.3-1.7x), 208,000 -> under 600 page faults; benchmarks/throughput.py with and without
+# (CIFARLAB_MALLOC=system): airbench94 1.42x, fast at full resolution 1.14x more images/s.
+# The price: the process keeps what it freed until it exits, as PyTorch's CUDA caching allocator
+# does, with some fragmentation on top: 1.4 GB resident over sixteen such steps against 0.8-0.9 GB
+# without. jemalloc or tcmalloc (LD_PRELOAD) keep freed memory too and are used as they are when
+# preloaded: this only tunes glibc's own malloc.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # mallopt's parameter numbers (malloc.h)
 
 

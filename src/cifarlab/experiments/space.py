@@ -130,9 +130,9 @@ class Search:
     def score(self, val_accuracy: float, train_seconds: float | None) -> float:
         """What the study maximises: validation accuracy, less 0.01 for each 1% of training time
         over the budget."""
-        if not self.over_budget(train_seconds):
+        if train_seconds is None or not self.over_budget(train_seconds):
             return val_accuracy
-        return val_accuracy - (train_seconds / self.budget_seconds - 1)  # type: ignore[operator]
+        return val_accuracy - (train_seconds / self.budget_seconds - 1)
 
     def random_overrides(self, index: int) -> dict[str, Any]:
         """Trial `index` of a random search: fixed by (seed, index) alone, so a rerun after a kill, or
