@@ -251,3 +251,29 @@ def test_intermediate_resolution_trains_on_crops_then_full_images(tmp_path, monk
     assert {size for size in sizes if not size[0]} == {(False, 2, 32), (False, 1, 32)}  # validation and test: whole images
     with pytest.raises(ValueError, match="mid_res_epochs: 3 .*epochs - low_res_epochs - 1 = 2"):
         config.replace(mid_res_epochs=3)  # at least one full-resolution epoch
+
+
+def test_the_whitening_bias_stops_its_gradient_when_its_schedule_ends_and_nothing_else_changes(tmp_path, monkeypatch):
+    from cifarlab.training import learner
+    from cifarlab.training.train import train
+    from conftest import write_binary
+
+    data = write_binary(tmp_path / "data", per_batch=40, test=20).parent  # 160 training images: 3 steps an epoch
+    config = get_preset("fast").replace(
+        epochs=3, batch_size=64, val_size=20, low_res_epochs=1, mid_res_epochs=0, whiten_bias_epochs=1, tta=0, model_options={"widths": [8, 16, 16]}
+    )
+    quiet = dict(data_dir=data, device="cpu", progress=False, log=lambda s: None)
+    stop, learning = learner._stop_finished_bias_gradients, []
+
+    def watched(optimizer):
+        stop(optimizer)
+        learning.extend(p.requires_grad for g in optimizer.param_groups if g.get("whiten_bias") for p in g["params"])
+
+    monkeypatch.setattr(learner, "_stop_finished_bias_gradients", watched)
+    stopped = train(config, tmp_path / "stopped", **quiet)
+    assert learning == [True] * 3 + [False] * 6  # one epoch of 3 steps, then no gradient
+    monkeypatch.setattr(learner, "_stop_finished_bias_gradients", lambda optimizer: None)
+    computed = train(config, tmp_path / "computed", **quiet)  # the gradient computed all along, at lr 0
+    a = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "computed" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and stopped["test_accuracy"] == computed["test_accuracy"]

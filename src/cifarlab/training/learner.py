@@ -208,6 +208,7 @@ def _train_step(
     """One optimizer step on this process's shard (x, y) of a global batch of `batch` images;
     returns the shard's mean loss and its logits."""
     share = len(y) * distributed.world_size() / batch  # 1 alone or with equal shards
+    _stop_finished_bias_gradients(learner.optimizer)
     with autocast(x.device, amp):
         logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
@@ -218,6 +219,21 @@ def _train_step(
     if learner.lookahead is not None:
         learner.lookahead.step(learner.schedule.step_count)
     return loss, logits
+
+
+def _stop_finished_bias_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Once the whitening bias's learning rate has reached 0 for good (its schedule stops it after
+    `whiten_bias_epochs`), stop computing its gradient, as airbench does (`whiten_bias_grad=False`).
+    The weights are the same; the backward pass no longer runs through the first GELU and the
+    first block's input gradient at full resolution: 9-11% of a `fast` step at 32x32 and about
+    20% at stride 2 on a 2-core Xeon with AMX (bf16, batch 1000). Not under DDP, whose reducer
+    waits for every gradient it registered."""
+    if distributed.world_size() > 1:
+        return
+    for group in optimizer.param_groups:
+        if group.get("whiten_bias") and group["lr"] == 0:
+            for p in group["params"]:
+                p.requires_grad_(False)
 
 
 # A model that predicts every class equally has a loss of ln(classes) (2.30 for CIFAR-10), and
