@@ -58,7 +58,8 @@ def main() -> int:
     for compiled in (False, True):
         runs.append(one_run(config.replace(compile=compiled), data, args.device))
         r = runs[-1]
-        print(f"compile={compiled}: training {r['training_seconds']:.1f}s, compile {r['compile_seconds'] or 0:.1f}s, epochs {[round(e['train_seconds'], 1) for e in r['epochs']]}", flush=True)
+        epochs = [round(e["train_seconds"], 1) for e in r["epochs"]]
+        print(f"compile={compiled}: training {r['training_seconds']:.1f}s, compile {r['compile_seconds'] or 0:.1f}s, epochs {epochs}", flush=True)
     dev = resolve_device(args.device)
     result = {
         "command": " ".join(sys.argv),

@@ -68,6 +68,8 @@ def training_throughput(config: TrainConfig, splits: Splits, device: torch.devic
     # the passes are the run's epochs, so the schedule and lookahead span exactly them; all at the
     # model's own stem stride (a progressive preset's low-resolution epochs: --set model_options.stem_stride=2)
     config = config.replace(epochs=repeats + 1, low_res_epochs=0, mid_res_epochs=0)
+    if config.whiten_bias_epochs:  # the bias learns in the warm-up pass only: every timed pass is the
+        config = config.replace(whiten_bias_epochs=1)  # step most of a run takes (0, always learning, stays)
     learner = build_learner(config, splits, device, torch.Generator(device).manual_seed(0))
     seconds = []
     for i in range(repeats + 1):

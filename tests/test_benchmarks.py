@@ -99,3 +99,17 @@ def test_throughput_measures_any_registered_model_with_a_preset_recipe(tmp_path)
     result = json.loads(out.read_text())
     assert result["model"] == "resnet20" and result["batch_size"] == 16 and result["steps_per_pass"] == 2
     assert result["autocast_dtype"] == "bfloat16" and result["processor"] and result["params"] == 269_722
+
+
+def test_whiten_bias_gradient_times_both_kinds_of_step_alternately(tmp_path):
+    out = tmp_path / "wb.json"
+    script = ROOT / "benchmarks" / "whiten_bias_gradient.py"
+    tiny = ["--set", "model_options.widths=[8,16,16]", "--set", "batch_size=4", "--set", "amp=bf16"]
+    cmd = [sys.executable, str(script), "--preset", "fast", *tiny, "--steps", "3", "--output", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert len(result["seconds_per_step_bias_learning"]) == len(result["seconds_per_step_bias_stopped"]) == 3
+    assert result["batch_size"] == 4 and result["model_options"]["widths"] == [8, 16, 16] and result["autocast_dtype"] == "bfloat16"
+    assert result["speedup"] == result["median_learning"] / result["median_stopped"] and "stopped" in done.stdout

@@ -225,9 +225,9 @@ def _stop_finished_bias_gradients(optimizer: torch.optim.Optimizer) -> None:
     """Once the whitening bias's learning rate has reached 0 for good (its schedule stops it after
     `whiten_bias_epochs`), stop computing its gradient, as airbench does (`whiten_bias_grad=False`).
     The weights are the same; the backward pass no longer runs through the first GELU and the
-    first block's input gradient at full resolution: 9-11% of a `fast` step at 32x32 and about
-    20% at stride 2 on a 2-core Xeon with AMX (bf16, batch 1000). Not under DDP, whose reducer
-    waits for every gradient it registered."""
+    first block's input gradient: 5-10% of a full-resolution step of `fast` or `airbench94`,
+    nothing measurable at stride 2 (benchmarks/whiten_bias_gradient.py, 2-core Xeon, bf16).
+    Not under DDP, whose reducer waits for every gradient it registered."""
     if distributed.world_size() > 1:
         return
     for group in optimizer.param_groups:
