@@ -38,13 +38,21 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=8, help="timed steps of each kind, after 2 untimed of each")
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
+    if args.steps < 1:
+        p.error(f"--steps {args.steps}: at least 1")
 
     set_cpu_threads()
     keep_freed_memory()  # as train() does on a CPU
     dev = torch.device("cpu")
-    config = apply_overrides(get_preset(args.preset), dict(parse_assignment(text) for text in args.set), "--set")
+    try:
+        config = apply_overrides(get_preset(args.preset), dict(parse_assignment(text) for text in args.set), "--set")
+        model = build_model(config.model, **config.model_options)
+    except ValueError as e:  # ConfigError, ModelError: an unknown preset or setting, a bad value or model option
+        p.error(str(e))
     fmt, amp = memory_format(config.channels_last), use_amp(config.amp, dev)
-    model = build_model(config.model, **config.model_options).to(memory_format=fmt)
+    model = model.to(memory_format=fmt)
+    if not isinstance(getattr(model, "whiten", None), torch.nn.Conv2d):
+        p.error(f"--preset {args.preset}: its model {config.model!r} has no whitening layer (the fast network's); try --preset fast")
     bias = model.whiten.bias
     x = torch.randn(config.batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (config.batch_size,))

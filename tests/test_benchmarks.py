@@ -113,3 +113,12 @@ def test_whiten_bias_gradient_times_both_kinds_of_step_alternately(tmp_path):
     assert len(result["seconds_per_step_bias_learning"]) == len(result["seconds_per_step_bias_stopped"]) == 3
     assert result["batch_size"] == 4 and result["model_options"]["widths"] == [8, 16, 16] and result["autocast_dtype"] == "bfloat16"
     assert result["speedup"] == result["median_learning"] / result["median_stopped"] and "stopped" in done.stdout
+    refused = {
+        "--preset paper": "--preset paper: its model 'paper' has no whitening layer",
+        "--steps 0": "--steps 0: at least 1",
+        "--set model_options.widths=[8,16]": "bad options for model 'fast'",
+    }
+    for bad, message in refused.items():
+        out.unlink(missing_ok=True)
+        done = subprocess.run([sys.executable, str(script), *bad.split(), "--output", str(out)], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 2 and message in done.stderr.splitlines()[-1] and not out.exists()
