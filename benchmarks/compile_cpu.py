@@ -17,12 +17,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from measure import machine_facts
 
 from cifarlab.common.files import atomic_write_json
 from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10
-from cifarlab.runtime import autocast_dtype, processor_name, resolve_device
+from cifarlab.runtime import resolve_device
 from cifarlab.training.config import apply_overrides, parse_assignment
 from cifarlab.training.presets import get_preset
 from cifarlab.training.train import train
@@ -65,11 +65,7 @@ def main() -> int:
         "command": " ".join(sys.argv),
         "preset": args.preset,
         "config": config.to_dict(),
-        "processor": processor_name(dev),
-        "device": str(dev),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "autocast_dtype": autocast_dtype(config.amp, dev),
+        **machine_facts(dev, config.amp),
         "runs": runs,
         "saved_seconds": runs[0]["training_seconds"] - runs[1]["training_plus_compile_seconds"],
     }

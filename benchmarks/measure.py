@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: a stopwatch for device work, summaries over seeds, and the
-training and inference throughput of a preset's network.
+"""What the benchmark scripts share: the facts beside every figure, a stopwatch for device work,
+summaries over seeds, and the training and inference throughput of a preset's network.
 
 Imported by the scripts beside it (`python benchmarks/NAME.py` puts this folder on sys.path).
 """
@@ -14,8 +14,27 @@ import torch
 from cifarlab.common.metrics import predict_logits
 from cifarlab.data import MEAN, STD
 from cifarlab.models import count_parameters
+from cifarlab.runtime import autocast_dtype, keep_freed_memory, processor_name
 from cifarlab.training.config import TrainConfig
 from cifarlab.training.learner import Splits, build_learner, train_epoch
+
+
+def machine_facts(device: torch.device, amp: str | None = None) -> dict:
+    """Where a figure was measured, for the JSON beside it: the processor (lscpu's model name or the
+    GPU's), torch, CPU threads, whether malloc keeps freed memory (CPU), and, given the config's
+    `amp`, the dtype autocast resolves to on this device (bfloat16 only where it is native, or
+    forced)."""
+    facts: dict = {
+        "device": str(device),
+        "processor": processor_name(device),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        # Asking sets it (idempotent): a script times with malloc as train() leaves it.
+        "malloc_keeps_freed_memory": keep_freed_memory() if device.type == "cpu" else None,
+    }
+    if amp is not None:
+        facts["autocast_dtype"] = autocast_dtype(amp, device)
+    return facts
 
 
 class Stopwatch:

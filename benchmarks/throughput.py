@@ -20,12 +20,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-from measure import training_throughput
+from measure import machine_facts, training_throughput
 
 from cifarlab.common.files import atomic_write_json
 from cifarlab.data import load_cifar10
-from cifarlab.runtime import autocast_dtype, keep_freed_memory, processor_name, resolve_device, set_cpu_threads, tune_for_training, use_amp
+from cifarlab.models import build_model
+from cifarlab.runtime import keep_freed_memory, resolve_device, set_cpu_threads, tune_for_training, use_amp
 from cifarlab.training.config import apply_overrides, parse_assignment
 from cifarlab.training.learner import make_splits
 from cifarlab.training.presets import get_preset
@@ -44,30 +44,32 @@ def main() -> int:
     p.add_argument("--amp", choices=["auto", "bf16", "off"], help="override the preset's amp setting")
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args()
+    for flag, value in (("--images", args.images), ("--repeats", args.repeats)):
+        if value < 1:
+            p.error(f"{flag} {value}: at least 1")
+    try:  # an unknown preset, setting or network, a bad value or model option: one line, not a traceback
+        overrides = dict(parse_assignment(text) for text in args.set)
+        if args.model:
+            overrides["model"] = args.model
+        config = apply_overrides(get_preset(args.preset), overrides, "--set")
+        config = config.replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
+        build_model(config.model, **config.model_options)
+    except ValueError as e:  # ConfigError, ModelError
+        p.error(str(e))
 
     dev = resolve_device(args.device)
     if dev.type == "cpu":
         set_cpu_threads()
         keep_freed_memory()  # as train() does; CIFARLAB_MALLOC=system to measure without
     tune_for_training(dev)
-    overrides = dict(parse_assignment(text) for text in args.set)
-    if args.model:
-        overrides["model"] = args.model
-    config = apply_overrides(get_preset(args.preset), overrides, "--set")
-    config = config.replace(batch_size=args.batch_size, amp=args.amp, val_size=0)
     splits = make_splits(load_cifar10(args.data_dir), 0, dev, train_subset=args.images)
     measured = training_throughput(config, splits, dev, args.repeats)
     result = {
         "preset": args.preset,
         "model": config.model,
         "model_options": config.model_options,
-        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-        "processor": processor_name(dev),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "malloc_keeps_freed_memory": keep_freed_memory() if dev.type == "cpu" else None,
+        **machine_facts(dev, config.amp),
         "amp": use_amp(config.amp, dev),
-        "autocast_dtype": autocast_dtype(config.amp, dev),
         "channels_last": config.channels_last,
         **measured,
         "command": " ".join(sys.argv),

@@ -32,13 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from measure import summary
+from measure import machine_facts, summary
 
 from cifarlab.common.files import atomic_write_json
 from cifarlab.common.rundir import RunDir
 from cifarlab.data import load_cifar10
-from cifarlab.runtime import autocast_dtype, processor_name, resolve_device
+from cifarlab.runtime import autocast_dtype, resolve_device
 from cifarlab.training.config import apply_overrides, parse_assignment
 from cifarlab.training.presets import get_preset
 from cifarlab.training.train import train
@@ -124,10 +123,7 @@ def main() -> int:
     device = resolve_device(args.device)
     report = {
         "command": " ".join(sys.argv),
-        "processor": processor_name(device),
-        "device": str(device),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
+        **machine_facts(device),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "presets": {},
     }

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from measure import machine_facts
 
 from cifarlab.common.files import atomic_write_json
 from cifarlab.models import build_model
-from cifarlab.runtime import autocast, autocast_dtype, keep_freed_memory, memory_format, processor_name, set_cpu_threads, use_amp
+from cifarlab.runtime import autocast, keep_freed_memory, memory_format, set_cpu_threads, use_amp
 from cifarlab.training.config import apply_overrides, parse_assignment
 from cifarlab.training.presets import get_preset
 
@@ -78,10 +79,7 @@ def main() -> int:
         "preset": args.preset,
         "model_options": config.model_options,
         "batch_size": config.batch_size,
-        "processor": processor_name(dev),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "autocast_dtype": autocast_dtype(config.amp, dev),
+        **machine_facts(dev, config.amp),
         "channels_last": config.channels_last,
         "seconds_per_step_bias_learning": learning,
         "seconds_per_step_bias_stopped": stopped,

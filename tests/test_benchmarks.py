@@ -99,6 +99,18 @@ def test_throughput_measures_any_registered_model_with_a_preset_recipe(tmp_path)
     result = json.loads(out.read_text())
     assert result["model"] == "resnet20" and result["batch_size"] == 16 and result["steps_per_pass"] == 2
     assert result["autocast_dtype"] == "bfloat16" and result["processor"] and result["params"] == 269_722
+    assert result["threads"] >= 1 and result["malloc_keeps_freed_memory"] in (True, False)
+    refused = {
+        "--preset nosuch": "unknown preset 'nosuch'",
+        "--model nosuch": "nosuch",
+        "--images 0": "--images 0: at least 1",
+        "--set model_options.widths=[8,16]": "bad options for model 'fast'",
+    }
+    for bad, message in refused.items():
+        out.unlink(missing_ok=True)
+        args = bad.split() if bad.startswith("--preset") else ["--preset", "quick", *bad.split()]
+        done = subprocess.run([*cmd[:2], *args, "--output", str(out)], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 2 and message in done.stderr.splitlines()[-1] and not out.exists()
 
 
 def test_whiten_bias_gradient_times_both_kinds_of_step_alternately(tmp_path):
