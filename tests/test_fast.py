@@ -12,6 +12,26 @@ from cifarlab.training.config import TrainConfig
 from cifarlab.training.optim import Lookahead, lr_factor
 from cifarlab.training.presets import get_preset
 
+# The SGD recipe `quick` trained with before the Muon one replaced it (airbench94's SGD version:
+# Nesterov momentum 0.85, a 64x rate for BatchNorm shifts, a linear warm-up, lookahead), at tiny
+# widths: what the SGD optimizer's tests exercise.
+SGD_RECIPE = TrainConfig(
+    model="fast",
+    model_options={"widths": [8, 16, 16], "stem_stride": 2},
+    batch_size=512,
+    lr=0.75,
+    lr_batch_size=512,
+    momentum=0.85,
+    nesterov=True,
+    weight_decay=0.00133,
+    bias_lr_scale=64.0,
+    schedule="linear",
+    warmup_fraction=0.23,
+    lr_start_factor=0.2,
+    lr_end_factor=0.07,
+    lookahead=True,
+)
+
 
 def test_fast_net_shapes_and_frozen_parts():
     m = build_model("fast", widths=[16, 32, 32])
@@ -97,7 +117,7 @@ def test_lookahead_finish_puts_the_slow_weights_in():
 def test_optimizer_groups_and_learning_rates():
     from cifarlab.training.optim import build_optimizer
 
-    config = get_preset("quick").replace(model_options={"widths": [8, 16, 16]})
+    config = SGD_RECIPE
     model = build_model(config.model, **config.model_options)
     weights, shifts = build_optimizer(model, config).param_groups
     assert all(p.ndim > 1 for p in weights["params"]) and all(p.ndim == 1 for p in shifts["params"])
@@ -134,15 +154,13 @@ def test_fast_presets_train_on_tiny_data(tmp_path, preset):
 
     data = write_binary(tmp_path / "data", per_batch=40, test=20).parent
     progressive = dict(low_res_epochs=1, mid_res_epochs=0) if preset == "fast" else {}  # its SGD lr follows the batch size (lr_batch_size)
-    config = get_preset(preset).replace(epochs=2, batch_size=64, val_size=20, model_options={"widths": [8, 16, 16]}, **progressive)
+    options = {**get_preset(preset).model_options, "widths": [8, 16, 16]}  # quick keeps its stride-2 stem
+    config = get_preset(preset).replace(epochs=2, batch_size=64, val_size=20, model_options=options, **progressive)
     results = train(config, tmp_path / "run", data_dir=data, device="cpu", progress=False, log=lambda s: None)
     assert results["tta"] == 2 and results["epochs"] == 2
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    if preset == "quick":
-        assert metrics[1]["train_loss"] < metrics[0]["train_loss"]  # it learns: random labels are fit a little
-        assert metrics[0]["lr"] < config.lr  # the linear warm-up starts low
-    else:  # airbench94's schedule: no warm-up, a linear decay to 0 (Muon is too coarse to fit 200 random labels)
-        assert metrics[0]["lr"] > metrics[1]["lr"] and all(m["train_loss"] < 2 * math.log(10) for m in metrics)
+    # airbench94's schedule: no warm-up, a linear decay to 0 (Muon is too coarse to fit 200 random labels)
+    assert metrics[0]["lr"] > metrics[1]["lr"] and all(m["train_loss"] < 2 * math.log(10) for m in metrics)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert TrainConfig.from_dict(saved) == config
 

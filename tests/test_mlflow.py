@@ -137,7 +137,7 @@ def test_what_is_logged_equals_the_run_folder(server, tracked_run, tmp_path):
     train_config = {k: v for k, v in dotted_keys(config["train"]).items() if not k.startswith("mlflow")}
     expected = {k: json.dumps(v) if isinstance(v, (list, bool)) or v is None else str(v) for k, v in train_config.items()}
     assert logged.data.params == {**expected, "train_subset": "64"}
-    assert logged.data.params["model_options.widths"] == "[64, 128, 256]"
+    assert logged.data.params["model_options.widths"] == str(get_preset("quick").model_options["widths"])
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "epoch_seconds"):
         history = client.get_metric_history(logged.info.run_id, key)
         assert [(m.step, m.value) for m in history] == [(r["epoch"], r[key]) for r in records]
@@ -396,7 +396,7 @@ def test_without_a_uri_the_run_goes_to_mlflows_default_store(data, tmp_path, mon
     saved = json.loads((tmp_path / "run" / RUN_FILE).read_text())
     assert saved["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow 3's default: ./mlflow.db
     logged = MlflowClient(saved["tracking_uri"]).get_run(saved["run_id"])
-    assert logged.info.status == "FINISHED" and logged.data.params["model_options.widths"] == "[64, 128, 256]"
+    assert logged.info.status == "FINISHED" and logged.data.params["model_options.widths"] == str(get_preset("quick").model_options["widths"])
 
 
 def test_mlflow_missing_is_a_one_line_error(data, tmp_path, monkeypatch, capsys):

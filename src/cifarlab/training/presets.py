@@ -11,27 +11,6 @@ from typing import Any
 from cifarlab.text import did_you_mean
 from cifarlab.training.config import ConfigError, TrainConfig
 
-# quick's recipe: airbench94's SGD version (Keller Jordan), rewritten for a mean-reduced loss.
-# airbench's lr 11.5 per 1024 examples with a summed loss and momentum 0.85 is lr 1.5 at batch
-# 1024 here (it scales with the batch); its weight decay 0.0153 per 1024 examples is 0.00133
-# here: the same decay per step (lr x wd) in both groups.
-_SGD_RECIPE: dict[str, Any] = dict(
-    model="fast",
-    crop_pad=2,
-    flip=True,
-    momentum=0.85,
-    nesterov=True,
-    weight_decay=0.00133,
-    bias_lr_scale=64.0,
-    label_smoothing=0.2,
-    schedule="linear",
-    warmup_fraction=0.23,
-    lr_start_factor=0.2,
-    lr_end_factor=0.07,
-    lookahead=True,
-    tta=2,
-)
-
 # Keller Jordan's airbench94_muon (94.01% mean of 200 runs in 2.59 s on an A100), re-implemented:
 # the speed anchor. Full resolution, all 50,000 training images, 8 epochs at batch 2000; Muon
 # (lr 0.24, momentum 0.6) on conv filters; Nesterov SGD (momentum 0.85) on the head (lr 0.67)
@@ -97,16 +76,20 @@ PRESETS: dict[str, TrainConfig] = {
         low_res_epochs=4,
         mid_res_epochs=1,
     ),
-    # The report's 85.65% in the least CPU time: FastNet with narrower blocks and a stride-2 stem
-    # throughout, airbench94's SGD recipe with lookahead, 5 epochs at batch 512.
-    "quick": TrainConfig(
+    # The report's 85.65% in the least CPU time: the anchor's method at a quarter of its widths
+    # with the stem at stride 2 throughout (16x16 features), 7 epochs at batch 1000 on the
+    # 45,000/5,000 split. Searched like fast (benchmarks/cpu_recipe/quick-search.toml, then the
+    # epochs; README there): 85.59% mean validation (seeds 0-1) in 45 s, where the SGD +
+    # lookahead recipe it replaces reached 85.48% in 66 s (2-core Xeon with AMX, bf16).
+    "quick": _AIRBENCH94.replace(
         preset="quick",
-        model_options={"widths": [64, 128, 256], "stem_stride": 2},
-        epochs=5,
-        batch_size=512,
-        lr=0.75,
-        lr_batch_size=512,
-        **_SGD_RECIPE,
+        model_options={**_AIRBENCH94.model_options, "widths": [32, 128, 128], "stem_stride": 2},
+        val_size=5000,
+        epochs=7,
+        batch_size=1000,
+        lr=2807.0,
+        muon_lr=0.134,
+        label_smoothing=0.25,
     ),
     "airbench94": _AIRBENCH94,
     # kuangliu's recipe as kuangliu trains it: lr 0.1, batch 128, cosine annealing to 0 over
