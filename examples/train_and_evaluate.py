@@ -1,6 +1,6 @@
 """Train a preset, evaluate it on the test set and classify a few test images, in a few lines.
 
-python examples/train_and_evaluate.py --data-dir ../shared/cifar10            # quick: about 90 s on 2 cores
+python examples/train_and_evaluate.py --data-dir ../shared/cifar10            # quick: about 60 s on 2 cores
 python examples/train_and_evaluate.py --preset fast --epochs 8 --out runs/fast-py
 """
 
