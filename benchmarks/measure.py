@@ -11,29 +11,20 @@ import time
 
 import torch
 
+from cifarlab import runtime
 from cifarlab.common.metrics import predict_logits
 from cifarlab.data import MEAN, STD
 from cifarlab.models import count_parameters
-from cifarlab.runtime import autocast_dtype, keep_freed_memory, processor_name
 from cifarlab.training.config import TrainConfig
 from cifarlab.training.learner import Splits, build_learner, train_epoch
 
 
 def machine_facts(device: torch.device, amp: str | None = None) -> dict:
-    """Where a figure was measured, for the JSON beside it: the processor (lscpu's model name or the
-    GPU's), torch, CPU threads, whether malloc keeps freed memory (CPU), and, given the config's
-    `amp`, the dtype autocast resolves to on this device (bfloat16 only where it is native, or
-    forced)."""
-    facts: dict = {
-        "device": str(device),
-        "processor": processor_name(device),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        # Asking sets it (idempotent): a script times with malloc as train() leaves it.
-        "malloc_keeps_freed_memory": keep_freed_memory() if device.type == "cpu" else None,
-    }
+    """What results.json records about where it ran (`runtime.machine_facts`) and, given a config's
+    `amp`, the dtype autocast resolves to on this device (bfloat16 only where it is native, or forced)."""
+    facts = runtime.machine_facts(device)
     if amp is not None:
-        facts["autocast_dtype"] = autocast_dtype(amp, device)
+        facts["autocast_dtype"] = runtime.autocast_dtype(amp, device)
     return facts
 
 

@@ -142,3 +142,17 @@ def keep_freed_memory() -> bool:
     except OSError:
         return False
     return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def machine_facts(device: torch.device) -> dict:
+    """Where a figure was measured, beside every one that results.json or a benchmark records: the
+    device (with the GPU's name), the processor (lscpu's model name or the GPU's), torch, CPU
+    threads, and whether malloc keeps freed memory (CPU; asking sets it, once per process, as
+    training does)."""
+    return {
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "processor": processor_name(device),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "malloc_keeps_freed_memory": keep_freed_memory() if device.type == "cpu" else None,
+    }

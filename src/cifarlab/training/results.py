@@ -7,7 +7,7 @@ import torch
 
 from cifarlab.common import distributed
 from cifarlab.common.rundir import seconds_to_stabilise
-from cifarlab.runtime import keep_freed_memory, processor_name
+from cifarlab.runtime import machine_facts
 from cifarlab.training.config import TrainConfig
 from cifarlab.training.learner import Splits
 
@@ -51,10 +51,6 @@ def results_record(history: list[dict], test, splits: Splits, config: TrainConfi
         "stabilised_epoch": stable_epoch,
         "seconds_to_stabilise": stable_seconds,
         "train_seconds": history[-1]["elapsed_seconds"],
-        "device": str(dev) if dev.type == "cpu" else f"{dev} ({torch.cuda.get_device_name(dev)})",
-        "processor": processor_name(dev),
-        "torch_version": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "malloc_keeps_freed_memory": keep_freed_memory() if dev.type == "cpu" else None,
+        **machine_facts(dev),
         "world_size": distributed.world_size(),
     }
