@@ -25,6 +25,7 @@ from cifarlab.data.augment import alternating_flips, augment, normalize
 from cifarlab.data.formats import MEAN, STD
 from cifarlab.runtime import autocast, memory_format, use_amp
 from cifarlab.training.learner import _at_resolution, _stop_finished_bias_gradients
+from cifarlab.training.optim import lr_factor
 
 KEEP, SEL_FROM, MODE = float(os.environ["KEEP"]), int(os.environ["SEL_FROM"]), os.environ.get("MODE", "hard")
 STATE = {}
@@ -42,13 +43,11 @@ def build_learner(config, splits, dev, generator, warm_start=True):
     learner = _build(config, splits, dev, generator, warm_start)
     n, b = len(splits.train_x), config.batch_size
     total = sum(math.ceil(k / b) for k in kept(n, config.epochs))
-    assert config.schedule == "linear" and config.lr_start_factor == 1 and config.warmup_fraction == 0
-    end = config.lr_end_factor
-    whiten_steps = max(1, config.whiten_bias_epochs * math.ceil(n / b))
-    lam = [
-        (lambda s: max(0.0, 1 - s / whiten_steps)) if g.get("whiten_bias") else (lambda s: 1 + (end - 1) * s / total)
-        for g in learner.optimizer.param_groups
-    ]
+    assert config.schedule in ("linear", "cosine", "onecycle"), "a schedule over steps, not epochs"
+    # cifarlab's own schedule over the real step count: lr_factor spans epochs x steps_per_epoch
+    factor = lr_factor(config.replace(epochs=1, low_res_epochs=0, mid_res_epochs=0), total)
+    whiten_steps = max(1, config.whiten_bias_epochs * math.ceil(n / b))  # as Schedule: its epochs see every image
+    lam = [(lambda s: max(0.0, 1 - s / whiten_steps)) if g.get("whiten_bias") else factor for g in learner.optimizer.param_groups]
     learner.schedule.per_step = torch.optim.lr_scheduler.LambdaLR(learner.optimizer, lam)
     STATE["loss"] = torch.full((n,), float("inf"))
     print(f"prototype: KEEP={KEEP} SEL_FROM={SEL_FROM} MODE={MODE}, {total} steps", flush=True)
@@ -71,7 +70,7 @@ def train_epoch(learner, splits, config, desc="", progress=True, epoch=1, log=No
         pool = torch.randperm(n, generator=g)[:k]
     order = pool[torch.randperm(len(pool), generator=g)]
     flips = alternating_flips(n, config.seed, epoch)
-    loss_sum, correct, steps = 0.0, 0, 0
+    loss_sum, correct, steps, seen = 0.0, 0, 0, 0
     fmt = memory_format(config.channels_last)
     for s in range(0, len(order), config.batch_size):
         idx = order[s : s + config.batch_size]
@@ -91,8 +90,7 @@ def train_epoch(learner, splits, config, desc="", progress=True, epoch=1, log=No
         STATE["loss"][idx] = per.detach()
         loss_sum += loss.item() * len(idx)
         correct += int((logits.argmax(1) == y).sum())
-        steps += 1
-    seen = steps and len(order)
+        steps, seen = steps + 1, seen + len(idx)
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "steps": steps}
 
 
